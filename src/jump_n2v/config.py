@@ -1,0 +1,147 @@
+"""Configuration: validation against the workflow's JSON schema, defaults, per-channel resolution.
+
+The schema (``workflow/schemas/config.schema.yaml``) is the single source of defaults. Settings are
+resolved per (experiment, channel) in this order, later winning: schema defaults, the top-level
+``settings``, the experiment's ``settings``, the experiment's ``channel_settings[channel]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+SECTIONS = ("ingest", "n2v", "predict", "qc")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and why."""
+
+
+@functools.cache
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """Defaults of one settings section (``ingest``, ``n2v``, ``predict`` or ``qc``)."""
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown settings section {section!r}; expected one of {', '.join(SECTIONS)}")
+    properties = load_schema()["definitions"][section]["properties"]
+    return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
+
+
+def resolve_section(section: str, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults of ``section`` updated by each mapping in ``overrides`` in turn; unknown keys are errors."""
+    resolved = section_defaults(section)
+    known = set(load_schema()["definitions"][section]["properties"])
+    for override in overrides:
+        for key, value in (override or {}).items():
+            if key not in known:
+                raise ConfigError(f"unknown {section} setting {key!r}; known: {', '.join(sorted(known))}")
+            resolved[key] = copy.deepcopy(value)
+    return resolved
+
+
+def _fill_defaults(validator_class):
+    """A validator class that also writes schema defaults into the instance (as Snakemake's validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_config(config: dict) -> dict:
+    """Validate ``config`` in place against the schema, filling defaults; return it.
+
+    Raises ConfigError naming the offending key path, plus cross-field checks the schema cannot express.
+    """
+    schema = load_schema()
+    validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
+    if errors:
+        lines = []
+        for error in errors[:10]:
+            where = "/".join(str(part) for part in error.absolute_path) or "<top level>"
+            lines.append(f"  {where}: {error.message}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    for experiment_name, experiment in config["experiments"].items():
+        _check_experiment(experiment_name, experiment)
+    return config
+
+
+def _check_experiment(name: str, experiment: dict) -> None:
+    channels = experiment["channels"]
+    for channel in experiment.get("channel_settings", {}):
+        if channel not in channels:
+            raise ConfigError(
+                f"experiments/{name}/channel_settings: {channel!r} is not one of the experiment's "
+                f"channels {channels}"
+            )
+    for plate_name, plate in experiment["plates"].items():
+        where = f"experiments/{name}/plates/{plate_name}"
+        required = {"hyperstack": "pattern", "loaddata": "load_data", "phenix": "directory"}[plate["format"]]
+        if required not in plate:
+            raise ConfigError(f"{where}: format {plate['format']} needs '{required}'")
+        if plate["format"] == "hyperstack":
+            for field in ("{well}", "{site}"):
+                if field not in plate["pattern"]:
+                    raise ConfigError(f"{where}/pattern: {plate['pattern']!r} lacks the field {field}")
+        if plate["format"] == "phenix":
+            missing = [c for c in channels if c not in plate.get("channel_numbers", {})]
+            if missing:
+                raise ConfigError(f"{where}/channel_numbers: no ch number for channel(s) {missing}")
+    # Per-channel settings must resolve cleanly (catches e.g. a patch size off the U-Net grid).
+    for channel in channels:
+        n2v = channel_settings({"experiments": {name: experiment}}, name, channel)["n2v"]
+        if n2v["patch_size"] % 2 ** n2v["depth"]:
+            raise ConfigError(
+                f"experiments/{name}: channel {channel}: n2v patch_size {n2v['patch_size']} is not a "
+                f"multiple of 2**depth = {2 ** n2v['depth']}"
+            )
+        if n2v["roi_size"] % 2 == 0:
+            raise ConfigError(f"experiments/{name}: channel {channel}: n2v roi_size must be odd")
+        struct = n2v["struct_mask"]
+        if struct is not None and struct["span"] % 2 == 0:
+            raise ConfigError(f"experiments/{name}: channel {channel}: n2v struct_mask span must be odd")
+
+
+def channel_settings(config: Mapping, experiment: str, channel: str) -> dict[str, dict[str, Any]]:
+    """All settings sections resolved for one (experiment, channel)."""
+    try:
+        exp = config["experiments"][experiment]
+    except KeyError:
+        raise ConfigError(f"no experiment {experiment!r} in the configuration") from None
+    if channel not in exp["channels"]:
+        raise ConfigError(f"experiment {experiment!r} has no channel {channel!r}; channels: {exp['channels']}")
+    layers = [config.get("settings") or {}, exp.get("settings") or {}, (exp.get("channel_settings") or {}).get(channel) or {}]
+    return {section: resolve_section(section, *(layer.get(section) for layer in layers)) for section in SECTIONS}
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    try:
+        return validate_config(config)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
