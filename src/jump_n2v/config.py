@@ -100,6 +100,8 @@ def _check_experiment(name: str, experiment: dict) -> None:
             for field in ("{well}", "{site}"):
                 if field not in plate["pattern"]:
                     raise ConfigError(f"{where}/pattern: {plate['pattern']!r} lacks the field {field}")
+        if "demo" in plate and (plate["format"] != "hyperstack" or "ground_truth" not in plate):
+            raise ConfigError(f"{where}: a demo plate needs format hyperstack, a pattern and a ground_truth pattern")
         if plate["format"] == "phenix":
             missing = [c for c in channels if c not in plate.get("channel_numbers", {})]
             if missing:
@@ -145,3 +147,13 @@ def load_config(path: str | Path) -> dict:
         return validate_config(config)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def demo_settings(plate_cfg: Mapping) -> dict[str, Any] | None:
+    """The plate's ``demo`` block with schema defaults filled in, or None for a real plate."""
+    if "demo" not in plate_cfg:
+        return None
+    properties = load_schema()["definitions"]["plate"]["properties"]["demo"]["properties"]
+    resolved = {key: copy.deepcopy(spec["default"]) for key, spec in properties.items()}
+    resolved.update(plate_cfg["demo"])
+    return resolved

@@ -1,0 +1,145 @@
+"""A synthetic Cell Painting plate with known ground truth, for the demo and the tests.
+
+Each site is a field of cells drawn from one seeded random layout, rendered in the five Cell Painting
+channels with the structure each stain shows: DNA (nuclei), ER (reticular texture around nuclei),
+RNA (nucleoli and cytoplasmic speckles), AGP (cell borders and actin fibres), Mito (small puncta in
+the cytoplasm). The clean image is in camera units (ADU); the raw image adds Poisson shot noise and
+Gaussian read noise, i.e. ``raw = gain * Poisson(clean_photons) + offset + N(0, read_noise)``,
+rounded to uint16. Both are written as ImageJ CYX hyperstacks with channel labels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage
+
+from jump_n2v.atomic import atomic_output
+
+DEMO_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What the demo plate looks like; every field is recorded in the plate's manifest."""
+
+    wells: tuple[str, ...] = ("B02", "B03", "C02")
+    sites: int = 2
+    size: int = 256
+    cells_per_site: int = 14
+    gain: float = 2.0  # ADU per photon
+    offset: float = 100.0  # camera baseline, ADU
+    read_noise: float = 3.0  # ADU, Gaussian
+    # Peak photon counts per channel: dim stains at Cell Painting exposure times are a few tens.
+    peak_photons: dict = field(default_factory=lambda: {"DNA": 120.0, "ER": 40.0, "RNA": 30.0, "AGP": 35.0, "Mito": 25.0})
+    background_photons: float = 4.0
+    seed: int = 7
+
+
+def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    return (noise - noise.mean()) / (noise.std() + 1e-12)
+
+
+def render_site(spec: DemoSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Clean photon-count images (float64) of one site, one per channel."""
+    size = spec.size
+    shape = (size, size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    centres = rng.uniform(0.08 * size, 0.92 * size, size=(spec.cells_per_site, 2))
+
+    # Cells are the Voronoi regions of the centres, cut off at a random radius around each.
+    distances = np.stack([np.hypot(yy - cy, xx - cx) for cy, cx in centres])
+    owner = distances.argmin(axis=0)
+    nearest = distances.min(axis=0)
+    cell_radius = size / np.sqrt(spec.cells_per_site) * 0.55
+    cytoplasm = ndimage.gaussian_filter((nearest < cell_radius).astype(float), 1.5)
+
+    nuclei = np.zeros(shape)
+    nucleoli = np.zeros(shape)
+    for index, (cy, cx) in enumerate(centres):
+        radius_y, radius_x = rng.uniform(0.3, 0.45, size=2) * cell_radius
+        angle = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dy * np.cos(angle) + dx * np.sin(angle)) / radius_y
+        v = (-dy * np.sin(angle) + dx * np.cos(angle)) / radius_x
+        inside = (u**2 + v**2) < 1.0
+        nuclei += inside * rng.uniform(0.7, 1.0)
+        for _ in range(rng.integers(1, 4)):
+            ny, nx = cy + rng.normal(0, radius_y / 3), cx + rng.normal(0, radius_x / 3)
+            nucleoli += np.exp(-((yy - ny) ** 2 + (xx - nx) ** 2) / (2 * rng.uniform(1.5, 3.0) ** 2))
+        del index
+    nuclei = ndimage.gaussian_filter(nuclei, 1.2)
+    nucleus_mask = nuclei > 0.3
+    cytoplasm_only = cytoplasm * (1 - ndimage.gaussian_filter(nucleus_mask.astype(float), 2.0))
+
+    # DNA: nuclei with chromatin texture.
+    dna = nuclei * (0.8 + 0.2 * _smooth_noise(rng, shape, 1.5))
+    # ER: a reticular network (ridges of band-passed noise) dense around the nucleus.
+    ridges = np.abs(_smooth_noise(rng, shape, 2.0))
+    er = cytoplasm_only * np.exp(-ridges * 2.5) * (0.5 + 0.5 * ndimage.gaussian_filter(nuclei, 8) / (nuclei.max() + 1e-9))
+    # RNA: nucleoli plus diffuse cytoplasmic signal and speckles.
+    speckles = ndimage.gaussian_filter((rng.random(shape) > 0.985).astype(float), 1.0) * 4
+    rna = 0.9 * nucleoli / (nucleoli.max() + 1e-9) + 0.35 * cytoplasm_only + 0.3 * speckles * cytoplasm_only
+    # AGP: bright cell borders (Voronoi edges) plus oriented actin fibres.
+    border = ndimage.gaussian_filter((ndimage.maximum_filter(owner, 3) != ndimage.minimum_filter(owner, 3)).astype(float), 1.0)
+    fibres = np.clip(ndimage.gaussian_filter(rng.standard_normal(shape), (0.8, 6.0)) * 3, 0, None)
+    agp = cytoplasm * (1.2 * border / (border.max() + 1e-9) + 0.4 * fibres / (fibres.max() + 1e-9))
+    # Mito: small puncta and short tubules in the cytoplasm.
+    puncta = ndimage.gaussian_filter((rng.random(shape) > 0.97).astype(float), (1.0, 1.6))
+    mito = cytoplasm_only * puncta / (puncta.max() + 1e-9)
+
+    images = {"DNA": dna, "ER": er, "RNA": rna, "AGP": agp, "Mito": mito}
+    photons = {}
+    for name, image in images.items():
+        image = np.clip(image, 0, None)
+        image = image / (image.max() + 1e-12)
+        photons[name] = spec.background_photons + spec.peak_photons[name] * image
+    return photons
+
+
+def _write_hyperstack(path: Path, planes: list[np.ndarray], labels: list[str]) -> None:
+    with atomic_output(path) as temporary:
+        tifffile.imwrite(
+            temporary,
+            np.stack(planes),
+            imagej=True,
+            metadata={"axes": "CYX", "Labels": labels},
+            resolution=(1 / 0.6, 1 / 0.6),  # 0.6 um pixels, as a 20x Phenix with binning 2
+            compression="zlib",
+        )
+
+
+def write_demo_plate(raw_pattern: str, clean_pattern: str, spec: DemoSpec = DemoSpec(), plate: str = "DemoPlate") -> dict:
+    """Write raw (uint16) and clean (float32) hyperstacks for every (well, site); return the manifest.
+
+    ``raw_pattern``/``clean_pattern`` contain ``{well}`` and ``{site}`` (and optionally ``{plate}``).
+    """
+    rng = np.random.default_rng(spec.seed)
+    files = []
+    for well in spec.wells:
+        for site in range(1, spec.sites + 1):
+            photons = render_site(spec, rng)
+            clean_planes, raw_planes = [], []
+            for name in DEMO_CHANNELS:
+                expected = photons[name]
+                clean_planes.append((spec.gain * expected + spec.offset).astype(np.float32))
+                counts = rng.poisson(expected)
+                noisy = spec.gain * counts + spec.offset + rng.normal(0, spec.read_noise, expected.shape)
+                raw_planes.append(np.clip(np.rint(noisy), 0, 65535).astype(np.uint16))
+            fields = {"plate": plate, "well": well, "site": site}
+            raw_path = Path(raw_pattern.format(**fields))
+            clean_path = Path(clean_pattern.format(**fields))
+            _write_hyperstack(raw_path, raw_planes, list(DEMO_CHANNELS))
+            _write_hyperstack(clean_path, clean_planes, list(DEMO_CHANNELS))
+            files.append({"well": well, "site": site, "raw": str(raw_path), "clean": str(clean_path)})
+    return {"plate": plate, "channels": list(DEMO_CHANNELS), "spec": asdict(spec), "files": files}
+
+
+def write_demo_manifest(manifest: dict, path: str | Path) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2))

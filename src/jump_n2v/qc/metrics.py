@@ -1,0 +1,396 @@
+"""Per-image quality metrics of a denoised channel, and their per-(plate, channel) summary.
+
+Two kinds of measure, kept apart on purpose:
+
+* **Reference metrics** (need a clean ground-truth image): PSNR and SSIM of raw vs clean and of
+  denoised vs clean. The data range of both is the *reference* image's ``max - min`` (see
+  :func:`reference_data_range`). Without a reference these columns are absent, never approximated:
+  PSNR of the denoised image against the raw one measures how much the image changed, not how good
+  it is, so it is not computed.
+* **No-reference measures** (always): the noise level of raw and denoised estimated from the finest
+  diagonal wavelet band, the SNR gain it implies, and statistics of the residual ``raw - denoised``,
+  which for a denoiser that only removes noise is zero-mean, uncorrelated with the signal and
+  spatially white.
+
+The denoised image must be in the raw image's intensity units (the predictor's float32 output,
+de-normalised with the model's mean/std); every statistic is computed in float64.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import zarr
+from skimage.metrics import structural_similarity
+
+from jump_n2v.atomic import atomic_output
+from jump_n2v.config import resolve_section
+
+# Median absolute deviation of a standard normal variable: median(|N(0, 1)|).
+_MAD_TO_SIGMA = 0.6745
+
+# Per-image columns that identify the image rather than measure it.
+ID_COLUMNS = ("experiment", "plate", "channel", "image", "well", "site", "row")
+
+REFERENCE_METRICS = ("data_range", "psnr_raw_db", "psnr_denoised_db", "psnr_gain_db", "ssim_raw", "ssim_denoised")
+NO_REFERENCE_METRICS = (
+    "noise_sigma_raw",
+    "noise_sigma_denoised",
+    "snr_gain_db",
+    "residual_mean",
+    "residual_std",
+    "residual_to_noise_ratio",
+    "bias_relative",
+    "residual_signal_corr",
+    "residual_autocorr_x",
+    "residual_autocorr_y",
+)
+
+# What each flag means; the report prints these next to the thresholds used.
+FLAG_DESCRIPTIONS = {
+    "residual_structure": "median |corr(residual, denoised)| exceeds qc.residual_structure_threshold: "
+    "the denoiser removed signal along with noise (or added it).",
+    "residual_autocorrelation": "median lag-1 autocorrelation of the residual along x or y exceeds "
+    "qc.residual_autocorrelation_threshold: the removed part has spatial structure (signal, or "
+    "row/column-correlated noise that structN2V's struct_mask is meant for).",
+    "bias": "median |bias_relative| exceeds qc.bias_threshold: the denoised image is offset from the raw "
+    "one (check the normalisation).",
+    "psnr_drop": "mean PSNR of denoised vs clean is below that of raw vs clean: denoising made the image "
+    "worse against the ground truth.",
+    "no_snr_gain": "median implied SNR gain is not above 0 dB: the estimated noise level did not go down.",
+}
+
+
+class QCInputError(ValueError):
+    """An input of the QC stage is unusable; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Single-image measures
+
+
+def reference_data_range(reference: np.ndarray) -> float:
+    """The data range used by PSNR and SSIM: ``max - min`` of the clean reference image."""
+    reference = np.asarray(reference)
+    return float(reference.max()) - float(reference.min())
+
+
+def psnr_db(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
+    """PSNR in dB of ``test`` against ``reference``: ``10 log10(data_range**2 / MSE)``.
+
+    Identical images give ``inf``; a zero data range (a constant reference) gives ``nan``.
+    """
+    if data_range <= 0:
+        return math.nan
+    mse = float(np.mean((np.asarray(test, dtype=np.float64) - np.asarray(reference, dtype=np.float64)) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(data_range**2 / mse)
+
+
+def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
+    """Mean SSIM (scikit-image, 7x7 uniform window) of ``test`` against ``reference``.
+
+    ``nan`` when the reference is constant or the image is smaller than the 7x7 window.
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    if data_range <= 0 or min(reference.shape) < 7:
+        return math.nan
+    return float(structural_similarity(reference, np.asarray(test, dtype=np.float64), data_range=data_range))
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Gaussian noise standard deviation estimated from the finest diagonal Haar wavelet band.
+
+    ``sigma = median(|HH1|) / 0.6745`` (Donoho's MAD estimator, as in skimage's ``estimate_sigma``).
+    HH1 of the orthonormal Haar transform is ``(a - b - c + d) / 2`` over each 2x2 block; it cancels
+    any locally linear signal and keeps white noise at its original variance.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or min(image.shape) < 2:
+        raise ValueError(f"noise_sigma needs a 2-D image of at least 2x2 pixels, got shape {image.shape}")
+    even = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
+    diagonal = (even[0::2, 0::2] - even[0::2, 1::2] - even[1::2, 0::2] + even[1::2, 1::2]) / 2.0
+    return float(np.median(np.abs(diagonal)) / _MAD_TO_SIGMA)
+
+
+def snr_gain_db(sigma_raw: float, sigma_denoised: float) -> float:
+    """Implied SNR gain ``20 log10(sigma_raw / sigma_denoised)``, assuming the signal is unchanged."""
+    if sigma_raw <= 0:
+        return math.nan
+    if sigma_denoised <= 0:
+        return math.inf
+    return 20.0 * math.log10(sigma_raw / sigma_denoised)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    denominator = math.sqrt(float(np.sum(a * a)) * float(np.sum(b * b)))
+    return float(np.sum(a * b)) / denominator if denominator > 0 else math.nan
+
+
+def lag1_autocorrelation(image: np.ndarray, axis: int) -> float:
+    """Correlation of each pixel with its neighbour one step along ``axis`` (1 = x, 0 = y).
+
+    About 0 for pixel-independent noise; close to 1 for smooth (structured) content.
+    """
+    centred = np.asarray(image, dtype=np.float64)
+    centred = centred - centred.mean()
+    variance = float(np.mean(centred * centred))
+    if variance == 0.0:
+        return math.nan
+    if axis == 1:
+        product = centred[:, :-1] * centred[:, 1:]
+    elif axis == 0:
+        product = centred[:-1, :] * centred[1:, :]
+    else:
+        raise ValueError(f"axis must be 0 (y) or 1 (x), got {axis}")
+    return float(np.mean(product)) / variance
+
+
+def image_metrics(raw: np.ndarray, denoised: np.ndarray, clean: np.ndarray | None = None) -> dict[str, float]:
+    """All metrics of one image (see the module docstring); reference metrics only when ``clean`` is given."""
+    raw = np.asarray(raw, dtype=np.float64)
+    denoised = np.asarray(denoised, dtype=np.float64)
+    if raw.shape != denoised.shape:
+        raise ValueError(f"raw shape {raw.shape} differs from denoised shape {denoised.shape}")
+    residual = raw - denoised
+    sigma_raw = noise_sigma(raw)
+    sigma_denoised = noise_sigma(denoised)
+    residual_std = float(residual.std())
+    low, high = np.percentile(denoised, [0.5, 99.5])
+    signal_range = float(high - low)
+    residual_mean = float(residual.mean())
+    values: dict[str, float] = {
+        "noise_sigma_raw": sigma_raw,
+        "noise_sigma_denoised": sigma_denoised,
+        "snr_gain_db": snr_gain_db(sigma_raw, sigma_denoised),
+        "residual_mean": residual_mean,
+        "residual_std": residual_std,
+        "residual_to_noise_ratio": residual_std / sigma_raw if sigma_raw > 0 else math.nan,
+        "bias_relative": residual_mean / signal_range if signal_range > 0 else math.nan,
+        "residual_signal_corr": _correlation(residual, denoised),
+        "residual_autocorr_x": lag1_autocorrelation(residual, axis=1),
+        "residual_autocorr_y": lag1_autocorrelation(residual, axis=0),
+    }
+    if clean is not None:
+        clean = np.asarray(clean, dtype=np.float64)
+        if clean.shape != raw.shape:
+            raise ValueError(f"clean shape {clean.shape} differs from raw shape {raw.shape}")
+        data_range = reference_data_range(clean)
+        psnr_raw = psnr_db(clean, raw, data_range)
+        psnr_denoised = psnr_db(clean, denoised, data_range)
+        values.update(
+            data_range=data_range,
+            psnr_raw_db=psnr_raw,
+            psnr_denoised_db=psnr_denoised,
+            psnr_gain_db=psnr_denoised - psnr_raw,
+            ssim_raw=ssim(clean, raw, data_range),
+            ssim_denoised=ssim(clean, denoised, data_range),
+        )
+    return values
+
+
+# --------------------------------------------------------------------------------------------------
+# One (plate, channel): streaming over the Zarr arrays
+
+
+def _open(array: zarr.Array | str | os.PathLike, role: str) -> tuple[zarr.Array, str]:
+    """The array and a name for error messages (its path)."""
+    if isinstance(array, zarr.Array):
+        return array, f"{role} array {array.store_path}"
+    try:
+        return zarr.open_array(str(array), mode="r"), str(array)
+    except Exception as error:  # zarr raises several types for a missing/corrupt store
+        raise QCInputError(f"cannot open {role} Zarr array {array}: {error}") from error
+
+
+def _image_ids(array: zarr.Array, where: str) -> list[str]:
+    ids = array.attrs.get("image_ids")
+    if ids is None:
+        raise QCInputError(f"{where}: attribute 'image_ids' is missing")
+    if len(ids) != array.shape[0]:
+        raise QCInputError(f"{where}: 'image_ids' lists {len(ids)} images but the array has {array.shape[0]} rows")
+    return [str(image) for image in ids]
+
+
+def _read_index(index: pd.DataFrame | str | os.PathLike | None) -> pd.DataFrame | None:
+    if index is None:
+        return None
+    if isinstance(index, pd.DataFrame):
+        table, where = index, "index table"
+    else:
+        where = str(index)
+        try:
+            table = pd.read_csv(index, dtype={"image": str, "well": str, "plate": str})
+        except (OSError, pd.errors.ParserError) as error:
+            raise QCInputError(f"cannot read index {where}: {error}") from error
+    missing = {"image", "well", "site"} - set(table.columns)
+    if missing:
+        raise QCInputError(f"{where}: missing column(s) {sorted(missing)}")
+    table = table.assign(image=table["image"].astype(str))
+    if table["image"].duplicated().any():
+        duplicated = table.loc[table["image"].duplicated(), "image"].iloc[0]
+        raise QCInputError(f"{where}: image {duplicated!r} appears more than once")
+    return table.set_index("image")
+
+
+def channel_metrics(
+    raw: zarr.Array | str | os.PathLike,
+    denoised: zarr.Array | str | os.PathLike,
+    clean: zarr.Array | str | os.PathLike | None = None,
+    index: pd.DataFrame | str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Per-image metrics of one (plate, channel), one row per array row, read one image at a time.
+
+    ``raw``, ``denoised`` and ``clean`` are Zarr arrays or their paths; rows are matched by the
+    ``image_ids`` attribute (a clean image missing for a raw one leaves that row's reference metrics
+    NaN). ``index`` (index.csv or its DataFrame) supplies ``well`` and ``site``. Columns:
+    ``ID_COLUMNS`` + ``NO_REFERENCE_METRICS`` (+ ``REFERENCE_METRICS`` when ``clean`` is given).
+    """
+    raw, raw_where = _open(raw, "raw")
+    denoised, denoised_where = _open(denoised, "denoised")
+    if raw.ndim != 3:
+        raise QCInputError(f"{raw_where}: expected (images, Y, X), got shape {raw.shape}")
+    if denoised.shape != raw.shape:
+        raise QCInputError(f"{denoised_where}: shape {denoised.shape} differs from the raw array's {raw.shape}")
+    raw_ids = _image_ids(raw, raw_where)
+    if _image_ids(denoised, denoised_where) != raw_ids:
+        raise QCInputError(f"{denoised_where}: 'image_ids' do not match the raw array's ({raw_where})")
+    clean_rows: dict[str, int] = {}
+    if clean is not None:
+        clean, clean_where = _open(clean, "clean")
+        if clean.shape[1:] != raw.shape[1:]:
+            raise QCInputError(f"{clean_where}: image shape {clean.shape[1:]} differs from the raw {raw.shape[1:]}")
+        clean_rows = {image: row for row, image in enumerate(_image_ids(clean, clean_where))}
+    index_table = _read_index(index)
+
+    attrs = raw.attrs
+    rows = []
+    for row, image in enumerate(raw_ids):
+        raw_image = np.asarray(raw[row])
+        denoised_image = np.asarray(denoised[row])
+        if not np.all(np.isfinite(denoised_image)):
+            raise QCInputError(f"{denoised_where}: image {image!r} (row {row}) contains NaN or infinite values")
+        clean_image = np.asarray(clean[clean_rows[image]]) if image in clean_rows else None
+        record: dict[str, Any] = {
+            "experiment": attrs.get("experiment"),
+            "plate": attrs.get("plate"),
+            "channel": attrs.get("channel"),
+            "image": image,
+            "well": None,
+            "site": None,
+            "row": row,
+        }
+        if index_table is not None:
+            if image not in index_table.index:
+                raise QCInputError(f"{raw_where}: image {image!r} is not in the index table")
+            record["well"] = str(index_table.at[image, "well"])
+            record["site"] = int(index_table.at[image, "site"])
+        record.update(image_metrics(raw_image, denoised_image, clean_image))
+        if clean is not None and clean_image is None:
+            record.update({name: math.nan for name in REFERENCE_METRICS})
+        rows.append(record)
+    columns = list(ID_COLUMNS) + list(NO_REFERENCE_METRICS) + (list(REFERENCE_METRICS) if clean is not None else [])
+    table = pd.DataFrame.from_records(rows, columns=columns)
+    return table.astype({"site": "Int64"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary per (plate, channel)
+
+
+def load_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """``model.json`` of a model directory, with ``model_dir`` added; a clear error if unreadable."""
+    path = Path(model_dir) / "model.json"
+    try:
+        info = json.loads(path.read_text())
+    except OSError as error:
+        raise QCInputError(f"cannot read {path}: {error}") from error
+    except json.JSONDecodeError as error:
+        raise QCInputError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(info.get("training"), dict):
+        raise QCInputError(f"{path}: no 'training' summary object")
+    info["model_dir"] = str(model_dir)
+    return info
+
+
+def _flags(row: Mapping[str, Any], qc: Mapping[str, Any]) -> list[str]:
+    flags = []
+    if abs(row["residual_signal_corr_median"]) > qc["residual_structure_threshold"]:
+        flags.append("residual_structure")
+    if max(row["residual_autocorr_x_median"], row["residual_autocorr_y_median"]) > qc["residual_autocorrelation_threshold"]:
+        flags.append("residual_autocorrelation")
+    if abs(row["bias_relative_median"]) > qc["bias_threshold"]:
+        flags.append("bias")
+    if "psnr_gain_db_mean" in row and row["psnr_gain_db_mean"] < 0:
+        flags.append("psnr_drop")
+    if not row["snr_gain_db_median"] > 0:  # also catches NaN
+        flags.append("no_snr_gain")
+    return flags
+
+
+def summarize(
+    tables: Iterable[pd.DataFrame],
+    models: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    qc_settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """One row per (plate, channel): ``n_images``, ``<metric>_mean`` / ``<metric>_median`` of every
+    metric present, the model's training summary and ``flags`` (a list of names, see FLAG_DESCRIPTIONS).
+
+    ``tables`` are :func:`channel_metrics` results. ``models`` maps (plate, channel) to the model's
+    info (:func:`load_model_info`); ``qc_settings`` maps channel to its resolved ``qc`` settings
+    (schema defaults for channels not given). Reference-metric columns appear only when some table has
+    them.
+    """
+    combined = pd.concat(list(tables), ignore_index=True)
+    if combined.empty:
+        raise QCInputError("summarize: no per-image metrics to summarise")
+    metrics = [name for name in NO_REFERENCE_METRICS + REFERENCE_METRICS if name in combined.columns]
+    models = models or {}
+    qc_settings = qc_settings or {}
+    rows = []
+    for (plate, channel), group in combined.groupby(["plate", "channel"], sort=True):
+        values = group[metrics].replace([np.inf, -np.inf], np.nan)
+        row: dict[str, Any] = {
+            "experiment": group["experiment"].iloc[0],
+            "plate": plate,
+            "channel": channel,
+            "n_images": len(group),
+            # inf appears only when the denoised image is perfectly flat; count it rather than average it.
+            "n_images_infinite_snr_gain": int(np.isinf(group["snr_gain_db"]).sum()),
+        }
+        for name in metrics:
+            row[f"{name}_mean"] = float(values[name].mean())
+            row[f"{name}_median"] = float(values[name].median())
+        info = models.get((plate, channel))
+        training = (info or {}).get("training", {})
+        row["model_dir"] = (info or {}).get("model_dir")
+        row["best_val_loss"] = training.get("best_val_loss", math.nan)
+        row["best_epoch"] = training.get("best_epoch", math.nan)
+        row["epochs_run"] = training.get("epochs_run", math.nan)
+        row["stopped_early"] = training.get("stopped_early")
+        row["flags"] = _flags(row, resolve_section("qc", qc_settings.get(channel)))
+        rows.append(row)
+    return pd.DataFrame.from_records(rows)
+
+
+def write_table(table: pd.DataFrame, csv_path: str | os.PathLike, parquet_path: str | os.PathLike | None = None) -> None:
+    """Write ``table`` as CSV (and parquet), each atomically. List cells (``flags``) become
+    ``;``-joined strings in the CSV and stay lists in parquet."""
+    as_text = table.copy()
+    for column in as_text.columns:
+        if as_text[column].map(lambda value: isinstance(value, (list, tuple))).any():
+            as_text[column] = as_text[column].map(lambda value: ";".join(value) if isinstance(value, (list, tuple)) else value)
+    with atomic_output(csv_path) as temporary:
+        as_text.to_csv(temporary, index=False)
+    if parquet_path is not None:
+        with atomic_output(parquet_path) as temporary:
+            table.to_parquet(temporary, index=False)

@@ -1,0 +1,129 @@
+import os
+import sys
+from pathlib import Path
+
+# The jump_n2v package holds the logic; make it importable here and in every job (local or SLURM).
+PACKAGE_SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, PACKAGE_SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_SRC, os.environ.get("PYTHONPATH")) if p)
+
+import pandas as pd
+
+from jump_n2v.config import channel_settings, demo_settings, validate_config
+from jump_n2v.ingest import channel_sources
+
+validate_config(config)
+
+RESULTS = config["results"]
+ALL_PLATES_GROUP = "all-plates"
+
+
+wildcard_constraints:
+    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    plate=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    group=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    channel=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+def experiment_cfg(experiment):
+    return config["experiments"][experiment]
+
+
+def plate_cfg(wildcards):
+    return experiment_cfg(wildcards.experiment)["plates"][wildcards.plate]
+
+
+def settings_for(wildcards, section):
+    """One resolved settings section for the job's (experiment, channel)."""
+    return channel_settings(config, wildcards.experiment, wildcards.channel)[section]
+
+
+def train_groups(experiment):
+    """Model groups: one per plate, or one shared by all plates of the experiment."""
+    exp = experiment_cfg(experiment)
+    return list(exp["plates"]) if exp["train_on"] == "plate" else [ALL_PLATES_GROUP]
+
+
+def group_of_plate(experiment, plate):
+    return plate if experiment_cfg(experiment)["train_on"] == "plate" else ALL_PLATES_GROUP
+
+
+def plates_of_group(experiment, group):
+    return list(experiment_cfg(experiment)["plates"]) if group == ALL_PLATES_GROUP else [group]
+
+
+def has_ground_truth(experiment, plate):
+    return "ground_truth" in experiment_cfg(experiment)["plates"][plate]
+
+
+def plate_index_inputs(wildcards):
+    """What the plate's index is built from: a LoadData CSV, or the demo generator's manifest."""
+    plate = plate_cfg(wildcards)
+    inputs = {}
+    if plate["format"] == "loaddata":
+        inputs["load_data"] = plate["load_data"]
+    if demo_settings(plate) is not None:
+        inputs["demo"] = f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/demo_manifest.json"
+    return inputs
+
+
+def channel_source_files(wildcards):
+    """The source files of one channel, read from the plate index (a checkpoint)."""
+    index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
+    return channel_sources(pd.read_csv(index_csv), wildcards.channel)
+
+
+def ground_truth_inputs(wildcards):
+    plate = plate_cfg(wildcards)
+    inputs = {"index": f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/index.csv"}
+    if plate["format"] == "loaddata":
+        inputs["load_data"] = plate["ground_truth"]
+    if demo_settings(plate) is not None:
+        inputs["demo"] = f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/demo_manifest.json"
+    return inputs
+
+
+def model_dir(experiment, group, channel):
+    return f"{RESULTS}/{experiment}/models/{group}/{channel}"
+
+
+def qc_inputs(wildcards):
+    e, p, c = wildcards.experiment, wildcards.plate, wildcards.channel
+    model = model_dir(e, group_of_plate(e, p), c)
+    inputs = {
+        "index": f"{RESULTS}/{e}/{p}/index.csv",
+        "raw": f"{RESULTS}/{e}/{p}/raw/{c}.zarr",
+        "denoised": f"{RESULTS}/{e}/{p}/denoised/{c}.zarr",
+        "model_json": f"{model}/model.json",
+        "training_log": f"{model}/training_log.csv",
+    }
+    if has_ground_truth(e, p):
+        inputs["clean"] = f"{RESULTS}/{e}/{p}/clean/{c}.zarr"
+    return inputs
+
+
+def report_inputs(wildcards):
+    e = wildcards.experiment
+    exp = experiment_cfg(e)
+    channels, plates = exp["channels"], list(exp["plates"])
+    qc = f"{RESULTS}/{e}/{{plate}}/qc/{{channel}}"
+    models = [model_dir(e, g, c) for g in train_groups(e) for c in channels]
+    return {
+        "metrics": expand(f"{qc}/metrics.csv", plate=plates, channel=channels),
+        "panels": expand(f"{qc}/panels.png", plate=plates, channel=channels),
+        "plate_maps": expand(f"{qc}/plate_map.png", plate=plates, channel=channels),
+        "model_json": [f"{m}/model.json" for m in models],
+        "training_curves": [f"{m}/training_curve.png" for m in models],
+        "rejects": expand(f"{RESULTS}/{e}/{{plate}}/rejects/{{channel}}.csv", plate=plates, channel=channels),
+    }
+
+
+def all_targets():
+    targets = []
+    for experiment, exp in config["experiments"].items():
+        targets.append(f"{RESULTS}/{experiment}/report/report.html")
+        for plate in exp["plates"]:
+            for channel in exp["channels"]:
+                if channel_settings(config, experiment, channel)["predict"]["export_tiff"]:
+                    targets.append(f"{RESULTS}/{experiment}/{plate}/denoised_tiff/{channel}/load_data.csv")
+    return targets

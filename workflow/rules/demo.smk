@@ -1,0 +1,14 @@
+rule demo_plate:
+    """Synthetic Cell Painting plate with its clean ground truth (plates with a `demo` block)."""
+    output:
+        manifest=f"{RESULTS}/{{experiment}}/{{plate}}/demo_manifest.json",
+    params:
+        pattern=lambda w: plate_cfg(w)["pattern"],
+        ground_truth=lambda w: plate_cfg(w)["ground_truth"],
+        demo=lambda w: demo_settings(plate_cfg(w)),
+    log:
+        f"{RESULTS}/{{experiment}}/logs/demo_plate/{{plate}}.log",
+    conda:
+        "../../envs/io.yaml"
+    script:
+        "../scripts/demo_plate.py"

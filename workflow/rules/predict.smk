@@ -1,0 +1,35 @@
+rule predict:
+    """Denoise a plate's channel with overlapping tiles, chunk by chunk, into a Zarr array."""
+    input:
+        raw=f"{RESULTS}/{{experiment}}/{{plate}}/raw/{{channel}}.zarr",
+        weights=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.pt",
+        model_json=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.json",
+    output:
+        zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr"),
+    params:
+        predict=lambda w: settings_for(w, "predict"),
+    log:
+        f"{RESULTS}/{{experiment}}/logs/predict/{{plate}}/{{channel}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/predict/{{plate}}/{{channel}}.tsv"
+    conda:
+        "../../envs/n2v.yaml"
+    script:
+        "../scripts/predict.py"
+
+
+rule export_tiff:
+    """Denoised TIFFs mirroring the input plus a LoadData CSV pointing at them (CellProfiler-ready)."""
+    input:
+        zarr=f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr",
+        index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
+    output:
+        load_data=f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/{{channel}}/load_data.csv",
+    log:
+        f"{RESULTS}/{{experiment}}/logs/export_tiff/{{plate}}/{{channel}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/export_tiff/{{plate}}/{{channel}}.tsv"
+    conda:
+        "../../envs/io.yaml"
+    script:
+        "../scripts/export_tiff.py"

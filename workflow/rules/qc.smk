@@ -1,0 +1,31 @@
+rule qc:
+    """Per-image QC of one plate channel: reference metrics when a clean image exists, no-reference ones always."""
+    input:
+        unpack(qc_inputs),
+    output:
+        metrics=f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/metrics.csv",
+        metrics_parquet=f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/metrics.parquet",
+        panels=report(
+            f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/panels.png",
+            caption="../report/panels.rst",
+            category="{experiment}",
+            subcategory="{plate}",
+            labels={"channel": "{channel}", "figure": "raw | denoised | residual"},
+        ),
+        plate_map=report(
+            f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/plate_map.png",
+            caption="../report/plate_map.rst",
+            category="{experiment}",
+            subcategory="{plate}",
+            labels={"channel": "{channel}", "figure": "plate map"},
+        ),
+    params:
+        qc=lambda w: settings_for(w, "qc"),
+    log:
+        f"{RESULTS}/{{experiment}}/logs/qc/{{plate}}/{{channel}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/qc/{{plate}}/{{channel}}.tsv"
+    conda:
+        "../../envs/qc.yaml"
+    script:
+        "../scripts/qc.py"

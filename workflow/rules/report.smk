@@ -1,0 +1,31 @@
+rule report:
+    """One self-contained HTML report per experiment, with the summary tables beside it."""
+    input:
+        unpack(report_inputs),
+    output:
+        summary=report(
+            f"{RESULTS}/{{experiment}}/report/summary.csv",
+            caption="../report/summary.rst",
+            category="{experiment}",
+            subcategory="Summary",
+            labels={"table": "plate x channel summary"},
+        ),
+        summary_parquet=f"{RESULTS}/{{experiment}}/report/summary.parquet",
+        html=report(
+            f"{RESULTS}/{{experiment}}/report/report.html",
+            caption="../report/report.rst",
+            category="{experiment}",
+            subcategory="Summary",
+            labels={"table": "experiment report"},
+        ),
+    params:
+        settings=lambda w: {
+            channel: channel_settings(config, w.experiment, channel)
+            for channel in experiment_cfg(w.experiment)["channels"]
+        },
+    log:
+        f"{RESULTS}/{{experiment}}/logs/report.log",
+    conda:
+        "../../envs/qc.yaml"
+    script:
+        "../scripts/report.py"

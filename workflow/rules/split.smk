@@ -1,0 +1,60 @@
+checkpoint plate_index:
+    """The plate's image index: one row per site with its source file(s) per channel."""
+    input:
+        unpack(plate_index_inputs),
+    output:
+        index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
+    params:
+        plate=plate_cfg,
+        channels=lambda w: experiment_cfg(w.experiment)["channels"],
+    log:
+        f"{RESULTS}/{{experiment}}/logs/plate_index/{{plate}}.log",
+    conda:
+        "../../envs/io.yaml"
+    script:
+        "../scripts/plate_index.py"
+
+
+rule split_raw:
+    """One channel of a plate into a Zarr array (images x Y x X); only this channel's files are read."""
+    input:
+        index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
+        sources=channel_source_files,
+    output:
+        zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/raw/{{channel}}.zarr"),
+        rejects=f"{RESULTS}/{{experiment}}/{{plate}}/rejects/{{channel}}.csv",
+    params:
+        plate=plate_cfg,
+        channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
+        ingest=lambda w: settings_for(w, "ingest"),
+        ground_truth=False,
+    log:
+        f"{RESULTS}/{{experiment}}/logs/split_raw/{{plate}}/{{channel}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/split_raw/{{plate}}/{{channel}}.tsv"
+    conda:
+        "../../envs/io.yaml"
+    script:
+        "../scripts/split.py"
+
+
+rule split_ground_truth:
+    """The clean reference of one channel, laid out like the raw array (demo and benchmark plates)."""
+    input:
+        unpack(ground_truth_inputs),
+    output:
+        zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/clean/{{channel}}.zarr"),
+        rejects=f"{RESULTS}/{{experiment}}/{{plate}}/rejects/clean_{{channel}}.csv",
+    params:
+        plate=plate_cfg,
+        channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
+        ingest=lambda w: settings_for(w, "ingest"),
+        ground_truth=True,
+    log:
+        f"{RESULTS}/{{experiment}}/logs/split_ground_truth/{{plate}}/{{channel}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/split_ground_truth/{{plate}}/{{channel}}.tsv"
+    conda:
+        "../../envs/io.yaml"
+    script:
+        "../scripts/split.py"

@@ -1,0 +1,28 @@
+rule train:
+    """One N2V model per (plate or experiment, channel); resumes from checkpoint.pt after an interruption."""
+    input:
+        arrays=lambda w: expand(
+            f"{RESULTS}/{w.experiment}/{{plate}}/raw/{w.channel}.zarr",
+            plate=plates_of_group(w.experiment, w.group),
+        ),
+    output:
+        weights=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/model.pt",
+        model_json=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/model.json",
+        training_log=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/training_log.csv",
+        curve=report(
+            f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/training_curve.png",
+            caption="../report/training_curve.rst",
+            category="{experiment}",
+            subcategory="Training",
+            labels={"model": "{group}", "channel": "{channel}", "figure": "loss curves"},
+        ),
+    params:
+        n2v=lambda w: settings_for(w, "n2v"),
+    log:
+        f"{RESULTS}/{{experiment}}/logs/train/{{group}}/{{channel}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/train/{{group}}/{{channel}}.tsv"
+    conda:
+        "../../envs/n2v.yaml"
+    script:
+        "../scripts/train.py"
