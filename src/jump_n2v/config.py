@@ -50,12 +50,17 @@ def resolve_section(section: str, *overrides: Mapping[str, Any] | None) -> dict[
     return resolved
 
 
-def _fill_defaults(validator_class):
-    """A validator class that also writes schema defaults into the instance (as Snakemake's validate does)."""
+def _fill_defaults(validator_class, schema: dict):
+    """A validator class that also writes schema defaults into the instance (as Snakemake's validate does).
+
+    Settings sections are left sparse: filling them per layer would let a default written into an
+    experiment's settings override a value set at the top level. resolve_section fills them instead.
+    """
     validate_properties = validator_class.VALIDATORS["properties"]
+    sparse = [schema["definitions"][section]["properties"] for section in SECTIONS]
 
     def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
+        if isinstance(instance, dict) and not any(properties is section for section in sparse):
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
                     instance[name] = copy.deepcopy(subschema["default"])
@@ -70,7 +75,7 @@ def validate_config(config: dict) -> dict:
     Raises ConfigError naming the offending key path, plus cross-field checks the schema cannot express.
     """
     schema = load_schema()
-    validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
+    validator = _fill_defaults(jsonschema.Draft202012Validator, schema)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
     if errors:
         lines = []
@@ -78,12 +83,13 @@ def validate_config(config: dict) -> dict:
             where = "/".join(str(part) for part in error.absolute_path) or "<top level>"
             lines.append(f"  {where}: {error.message}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
-    for experiment_name, experiment in config["experiments"].items():
-        _check_experiment(experiment_name, experiment)
+    for experiment_name in config["experiments"]:
+        _check_experiment(config, experiment_name)
     return config
 
 
-def _check_experiment(name: str, experiment: dict) -> None:
+def _check_experiment(config: dict, name: str) -> None:
+    experiment = config["experiments"][name]
     channels = experiment["channels"]
     for channel in experiment.get("channel_settings", {}):
         if channel not in channels:
@@ -108,7 +114,7 @@ def _check_experiment(name: str, experiment: dict) -> None:
                 raise ConfigError(f"{where}/channel_numbers: no ch number for channel(s) {missing}")
     # Per-channel settings must resolve cleanly (catches e.g. a patch size off the U-Net grid).
     for channel in channels:
-        n2v = channel_settings({"experiments": {name: experiment}}, name, channel)["n2v"]
+        n2v = channel_settings(config, name, channel)["n2v"]
         if n2v["patch_size"] % 2 ** n2v["depth"]:
             raise ConfigError(
                 f"experiments/{name}: channel {channel}: n2v patch_size {n2v['patch_size']} is not a "

@@ -1,0 +1,29 @@
+# The two commands of the README:
+#   make demo   set up (virtualenv) and run the workflow on the synthetic demo plate
+#   make test   set up (virtualenv + system packages) and run the whole test suite
+VENV ?= .venv
+PYTHON ?= python3
+CORES ?= 2
+PY := $(VENV)/bin/python
+
+.PHONY: demo test setup system-deps lint
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+system-deps:
+	bash tests/install_system_deps.sh
+
+test: setup system-deps
+	$(PY) -m pytest -ra
+
+lint: setup
+	$(VENV)/bin/snakemake --lint

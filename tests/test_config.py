@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+import yaml
+
+from jump_n2v.config import (
+    REPO_ROOT,
+    ConfigError,
+    channel_settings,
+    load_config,
+    resolve_section,
+    section_defaults,
+    validate_config,
+)
+
+
+def minimal_config():
+    return {
+        "experiments": {
+            "exp": {
+                "channels": ["DNA", "ER"],
+                "plates": {"P1": {"format": "hyperstack", "pattern": "raw/{well}_s{site}.tif"}},
+            }
+        }
+    }
+
+
+def test_shipped_configs_are_valid():
+    for path in [REPO_ROOT / "config" / "config.yaml", REPO_ROOT / "tests" / "data" / "tiny_config.yaml"]:
+        config = load_config(path)
+        assert config["experiments"]
+
+
+def test_defaults_are_filled_from_the_schema():
+    config = validate_config(minimal_config())
+    assert config["results"] == "results"
+    assert config["experiments"]["exp"]["train_on"] == "plate"
+    n2v = channel_settings(config, "exp", "DNA")["n2v"]
+    assert n2v == section_defaults("n2v")
+    assert n2v["depth"] == 2 and n2v["base_filters"] == 32 and n2v["masked_fraction"] == 0.002
+
+
+def test_channel_override_wins_over_experiment_and_global_settings():
+    config = minimal_config()
+    config["settings"] = {"n2v": {"epochs": 5, "seed": 1}}
+    config["experiments"]["exp"]["settings"] = {"n2v": {"epochs": 7}}
+    config["experiments"]["exp"]["channel_settings"] = {"ER": {"n2v": {"variant": "n2v2"}}}
+    validate_config(config)
+    dna = channel_settings(config, "exp", "DNA")["n2v"]
+    er = channel_settings(config, "exp", "ER")["n2v"]
+    assert (dna["epochs"], dna["seed"], dna["variant"]) == (7, 1, "n2v")
+    assert (er["epochs"], er["seed"], er["variant"]) == (7, 1, "n2v2")
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["experiments"]["exp"].update(channels=[]), "channels"),
+        (lambda c: c["experiments"]["exp"]["plates"]["P1"].update(format="zip"), "format"),
+        (lambda c: c["experiments"]["exp"]["plates"]["P1"].update(pattern="raw/{well}.tif"), "{site}"),
+        (lambda c: c.update(settings={"n2v": {"patch_size": 70}}), "multiple of 2**depth"),
+        (lambda c: c.update(settings={"n2v": {"variant": "n3v"}}), "variant"),
+        (lambda c: c.update(settings={"n2v": {"learning_rat": 0.1}}), "learning_rat"),
+        (lambda c: c["experiments"]["exp"].update(channel_settings={"Mito": {}}), "Mito"),
+        (lambda c: c["experiments"]["exp"]["plates"].update(P2={"format": "loaddata"}), "load_data"),
+    ],
+)
+def test_invalid_config_is_rejected_with_a_message_naming_the_problem(mutate, message):
+    config = minimal_config()
+    mutate(config)
+    with pytest.raises(ConfigError, match=None) as error:
+        validate_config(config)
+    assert message in str(error.value)
+
+
+def test_unknown_setting_in_an_override_is_an_error():
+    with pytest.raises(ConfigError, match="unknown predict setting 'tiles'"):
+        resolve_section("predict", {"tiles": 3})
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    bad = copy.deepcopy(minimal_config())
+    bad["experiments"]["exp"]["plates"]["P1"]["format"] = "zip"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(path)
