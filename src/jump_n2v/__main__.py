@@ -1,0 +1,5 @@
+import sys
+
+from jump_n2v.cli import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""``jump-n2v``: run one step, or denoise one file, without Snakemake.
+
+    jump-n2v check-config config/config.yaml
+    jump-n2v demo resources/demo/raw/{well}_s{site}.tif resources/demo/clean/{well}_s{site}.tif
+    jump-n2v train results/demo/DemoPlate/raw/DNA.zarr --out models/DNA --set epochs=20 --set variant=n2v2
+    jump-n2v predict models/DNA results/demo/DemoPlate/raw/DNA.zarr denoised/DNA.zarr
+    jump-n2v denoise models/DNA image.tif image_denoised.tif
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _parse_assignments(pairs: list[str]) -> dict:
+    """``key=value`` pairs with YAML-typed values (``epochs=5``, ``variant=n2v2``, ``tta=true``)."""
+    settings = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        settings[key] = yaml.safe_load(value)
+    return settings
+
+
+def _check_config(args) -> int:
+    from jump_n2v.config import load_config
+
+    config = load_config(args.config)
+    for name, experiment in config["experiments"].items():
+        print(f"{name}: {len(experiment['plates'])} plate(s), channels {', '.join(experiment['channels'])}")
+    return 0
+
+
+def _demo(args) -> int:
+    from jump_n2v.demo import DemoSpec, write_demo_plate
+
+    spec = DemoSpec(wells=tuple(args.wells), sites=args.sites, size=args.size, seed=args.seed)
+    manifest = write_demo_plate(args.raw_pattern, args.clean_pattern, spec, plate=args.plate)
+    print(f"wrote {len(manifest['files'])} sites of plate {args.plate}")
+    return 0
+
+
+def _train(args) -> int:
+    import torch
+
+    from jump_n2v.logs import rule_logger
+    from jump_n2v.n2v import N2VSettings, train_channel
+
+    torch.set_num_threads(args.threads)
+    summary = train_channel(args.arrays, N2VSettings.from_dict(_parse_assignments(args.set)), Path(args.out), log=rule_logger(None))
+    print(f"model written to {args.out}: best validation loss {summary['best_val_loss']:.4g}")
+    return 0
+
+
+def _predict(args) -> int:
+    import torch
+
+    from jump_n2v.logs import rule_logger
+    from jump_n2v.n2v import load_trained
+    from jump_n2v.predict import PredictSettings, predict_array
+
+    torch.set_num_threads(args.threads)
+    trained = load_trained(args.model)
+    summary = predict_array(trained.net, trained.mean, trained.std, args.source, args.out,
+                            PredictSettings.from_dict(_parse_assignments(args.set)), log=rule_logger(None))
+    print(f"{summary['images']} images denoised at {summary['mpx_per_s']:.2f} Mpx/s into {args.out}")
+    return 0
+
+
+def _denoise(args) -> int:
+    import numpy as np
+    import tifffile
+    import torch
+
+    from jump_n2v.atomic import atomic_output
+    from jump_n2v.n2v import load_trained
+    from jump_n2v.predict import PredictSettings, denoise_image
+
+    torch.set_num_threads(args.threads)
+    trained = load_trained(args.model)
+    image = tifffile.imread(args.image)
+    if image.ndim != 2:
+        raise SystemExit(f"{args.image}: expected one 2-D image, got shape {image.shape}; split hyperstacks with the workflow")
+    denoised = denoise_image(trained.net, image.astype(np.float32), trained.mean, trained.std,
+                             PredictSettings.from_dict(_parse_assignments(args.set)))
+    with atomic_output(args.out) as temporary:
+        tifffile.imwrite(temporary, denoised, photometric="minisblack")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jump-n2v", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check-config", help="validate a config file and list its experiments")
+    check.add_argument("config")
+    check.set_defaults(run=_check_config)
+
+    demo = commands.add_parser("demo", help="write a synthetic Cell Painting plate with ground truth")
+    demo.add_argument("raw_pattern", help="path pattern with {well} and {site}")
+    demo.add_argument("clean_pattern", help="path pattern with {well} and {site}")
+    demo.add_argument("--plate", default="DemoPlate")
+    demo.add_argument("--wells", nargs="+", default=["B02", "B03", "C02"])
+    demo.add_argument("--sites", type=int, default=2)
+    demo.add_argument("--size", type=int, default=256)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(run=_demo)
+
+    train = commands.add_parser("train", help="train an N2V model on one channel's Zarr array(s)")
+    train.add_argument("arrays", nargs="+", help="Zarr arrays (images x Y x X) of one channel")
+    train.add_argument("--out", required=True, help="model folder")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="n2v setting (repeatable)")
+    train.add_argument("--threads", type=int, default=2)
+    train.set_defaults(run=_train)
+
+    predict = commands.add_parser("predict", help="denoise a channel's Zarr array with a trained model")
+    predict.add_argument("model", help="model folder or its model.json")
+    predict.add_argument("source", help="Zarr array (images x Y x X)")
+    predict.add_argument("out", help="denoised Zarr array to write")
+    predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="predict setting (repeatable)")
+    predict.add_argument("--threads", type=int, default=2)
+    predict.set_defaults(run=_predict)
+
+    denoise = commands.add_parser("denoise", help="denoise one 2-D TIFF with a trained model")
+    denoise.add_argument("model", help="model folder or its model.json")
+    denoise.add_argument("image")
+    denoise.add_argument("out", help="float32 TIFF to write")
+    denoise.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="predict setting (repeatable)")
+    denoise.add_argument("--threads", type=int, default=2)
+    denoise.set_defaults(run=_denoise)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
