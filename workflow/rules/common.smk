@@ -5,7 +5,7 @@ from pathlib import Path
 # The jump_n2v package holds the logic; make it importable here and in every job (local or SLURM).
 PACKAGE_SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, PACKAGE_SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_SRC, os.environ.get("PYTHONPATH")) if p)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_SRC, os.getenv("PYTHONPATH")) if p))
 
 import pandas as pd
 
@@ -113,7 +113,7 @@ def report_inputs(wildcards):
         "panels": expand(f"{qc}/panels.png", plate=plates, channel=channels),
         "plate_maps": expand(f"{qc}/plate_map.png", plate=plates, channel=channels),
         "model_json": [f"{m}/model.json" for m in models],
-        "training_curves": [f"{m}/training_curve.png" for m in models],
+        "training_logs": [f"{m}/training_log.csv" for m in models],
         "rejects": expand(f"{RESULTS}/{e}/{{plate}}/rejects/{{channel}}.csv", plate=plates, channel=channels),
     }
 

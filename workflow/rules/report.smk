@@ -19,6 +19,11 @@ rule report:
             labels={"table": "experiment report"},
         ),
     params:
+        model_dirs=lambda w: [
+            [plate, channel, model_dir(w.experiment, group_of_plate(w.experiment, plate), channel)]
+            for plate in experiment_cfg(w.experiment)["plates"]
+            for channel in experiment_cfg(w.experiment)["channels"]
+        ],
         settings=lambda w: {
             channel: channel_settings(config, w.experiment, channel)
             for channel in experiment_cfg(w.experiment)["channels"]

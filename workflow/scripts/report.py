@@ -1,0 +1,15 @@
+from jump_n2v.logs import rule_logger
+from jump_n2v.qc.report import write_experiment_report
+
+log = rule_logger(snakemake.log[0])
+summary = write_experiment_report(
+    snakemake.wildcards.experiment,
+    snakemake.input.metrics,
+    {(plate, channel): directory for plate, channel, directory in snakemake.params.model_dirs},
+    snakemake.params.settings,
+    snakemake.input.rejects,
+    snakemake.output.summary,
+    snakemake.output.summary_parquet,
+    snakemake.output.html,
+)
+log.info("report of %d plate x channel rows written to %s", len(summary), snakemake.output.html)
