@@ -139,6 +139,12 @@ def channel_settings(config: Mapping, experiment: str, channel: str) -> dict[str
     return {section: resolve_section(section, *(layer.get(section) for layer in layers)) for section in SECTIONS}
 
 
+def experiment_settings(config: Mapping, experiment: str, section: str) -> dict[str, Any]:
+    """One settings section for a whole experiment (channel overrides do not apply), e.g. for indexing."""
+    exp = config["experiments"][experiment]
+    return resolve_section(section, (config.get("settings") or {}).get(section), (exp.get("settings") or {}).get(section))
+
+
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file and validate it."""
     path = Path(path)

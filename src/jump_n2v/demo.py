@@ -108,7 +108,7 @@ def _write_hyperstack(path: Path, planes: list[np.ndarray], labels: list[str]) -
             temporary,
             np.stack(planes),
             imagej=True,
-            metadata={"axes": "CYX", "Labels": labels},
+            metadata={"axes": "CYX", "Labels": labels, "unit": "um"},
             resolution=(1 / 0.6, 1 / 0.6),  # 0.6 um pixels, as a 20x Phenix with binning 2
             compression="zlib",
         )

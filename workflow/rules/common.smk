@@ -7,10 +7,8 @@ PACKAGE_SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, PACKAGE_SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_SRC, os.getenv("PYTHONPATH")) if p))
 
-import pandas as pd
-
-from jump_n2v.config import channel_settings, demo_settings, validate_config
-from jump_n2v.ingest import channel_sources
+from jump_n2v.config import channel_settings, demo_settings, experiment_settings, validate_config
+from jump_n2v.ingest import channel_sources, read_index
 
 validate_config(config)
 
@@ -68,9 +66,13 @@ def plate_index_inputs(wildcards):
 
 
 def channel_source_files(wildcards):
-    """The source files of one channel, read from the plate index (a checkpoint)."""
+    """The existing source files of one channel, read from the plate index (a checkpoint).
+
+    Missing files are left to the split, which names them (on_bad_image: fail) or lists them in
+    the rejects table (skip), rather than Snakemake refusing to start the job.
+    """
     index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
-    return channel_sources(pd.read_csv(index_csv), wildcards.channel)
+    return channel_sources(read_index(index_csv), wildcards.channel, existing_only=True)
 
 
 def ground_truth_inputs(wildcards):

@@ -7,6 +7,7 @@ checkpoint plate_index:
     params:
         plate=plate_cfg,
         channels=lambda w: experiment_cfg(w.experiment)["channels"],
+        ingest=lambda w: experiment_settings(config, w.experiment, "ingest"),
     log:
         f"{RESULTS}/{{experiment}}/logs/plate_index/{{plate}}.log",
     conda:

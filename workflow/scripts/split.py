@@ -1,14 +1,11 @@
-import pandas as pd
-
-from jump_n2v.ingest import discover_plate, split_channel
+from jump_n2v.ingest import ground_truth_index, read_index, split_channel
 from jump_n2v.logs import rule_logger
 
 log = rule_logger(snakemake.log[0])
 w, params = snakemake.wildcards, snakemake.params
+index = read_index(snakemake.input.index)
 if params.ground_truth:
-    index = discover_plate(w.plate, params.plate, [w.channel], ground_truth=True)
-else:
-    index = pd.read_csv(snakemake.input.index)
+    index = ground_truth_index(index, w.plate, params.plate, [w.channel], ingest=params.ingest)
 split_channel(
     index,
     w.channel,

@@ -1,0 +1,400 @@
+"""Build a plate's image index (one row per site) from file names or a LoadData table, without reading pixels.
+
+This runs when the workflow is planned, once per plate, so it only globs a pattern, lists a folder
+or reads a CSV. Whether each file exists and is a usable image is decided later by the split, where a
+bad image can be skipped and reported instead of stopping the whole plan.
+
+Index columns: ``image`` (0..n-1), ``plate``, ``well`` ("A01"), ``site`` (int), ``source_<CH>`` per
+channel (the file holding that channel; the same file for every channel of a hyperstack; "" when the
+LoadData row names no file). Rows are sorted by well row, well column, then site.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from jump_n2v.atomic import atomic_output
+from jump_n2v.config import resolve_section
+
+SOURCE_PREFIX = "source_"
+INDEX_COLUMNS = ("image", "plate", "well", "site")
+WELL_PATTERN = re.compile(r"^\s*([A-Za-z]{1,2})0*(\d{1,3})\s*$")
+# Harmony (Phenix/Operetta) export names: row, column, field, plane, channel, timepoint(sk), fk, fl.
+PHENIX_NAME = re.compile(
+    r"^r(?P<row>\d+)c(?P<column>\d+)f(?P<site>\d+)p(?P<plane>\d+)-ch(?P<ch>\d+)sk\d+fk\d+fl\d+\.tiff?$",
+    re.IGNORECASE,
+)
+PATTERN_FIELD = re.compile(r"\{([^{}]*)\}")
+FIELD_REGEX = {"well": r"[A-Za-z]{1,2}\d{1,3}", "site": r"\d+"}
+
+
+class DiscoveryError(ValueError):
+    """The plate's files or LoadData table cannot be turned into an image index; the message says why."""
+
+
+def source_column(channel: str) -> str:
+    return f"{SOURCE_PREFIX}{channel}"
+
+
+def discover_plate(
+    plate: str,
+    plate_cfg: Mapping,
+    channels: Sequence[str],
+    *,
+    ground_truth: bool = False,
+    ingest: Mapping | None = None,
+) -> pd.DataFrame:
+    """The image index of ``plate`` as configured by ``plate_cfg`` (format hyperstack, loaddata or phenix).
+
+    With ``ground_truth=True`` the plate's ``ground_truth`` entry (same layout as the raw images:
+    a pattern, a LoadData table or a Phenix folder) is indexed instead. ``ingest`` is the resolved
+    ingest settings of the experiment (only ``phenix_plane`` is used here; None means the defaults).
+    """
+    channels = list(channels)
+    if not channels:
+        raise DiscoveryError(f"plate {plate}: no channels given")
+    fmt = plate_cfg.get("format")
+    key = {"hyperstack": "pattern", "loaddata": "load_data", "phenix": "directory"}.get(fmt)
+    if key is None:
+        raise DiscoveryError(f"plate {plate}: unknown format {fmt!r}; expected hyperstack, loaddata or phenix")
+    location = plate_cfg.get("ground_truth") if ground_truth else plate_cfg.get(key)
+    if not location:
+        what = "ground_truth" if ground_truth else key
+        raise DiscoveryError(f"plate {plate}: format {fmt} needs '{what}' in the plate's configuration")
+    if fmt == "hyperstack":
+        sites = _hyperstack_sites(plate, str(location), channels)
+    elif fmt == "loaddata":
+        sites = _loaddata_sites(plate, str(location), channels)
+    else:
+        plane = resolve_section("ingest", ingest)["phenix_plane"]
+        sites = _phenix_sites(plate, str(location), channels, plate_cfg.get("channel_numbers") or {}, plane)
+    return _finish_index(plate, sites, channels, str(location))
+
+
+def write_index(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the index CSV atomically (a reader never sees half a table)."""
+    with atomic_output(path) as temporary:
+        table.to_csv(temporary, index=False)
+
+
+def read_index(path: str | os.PathLike) -> pd.DataFrame:
+    """Read an index CSV written by ``write_index`` with its column types (well as text, "" kept as "")."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [column for column in INDEX_COLUMNS if column not in table.columns]
+    if missing:
+        raise DiscoveryError(f"{path}: not an image index, missing column(s) {missing}")
+    table["image"] = table["image"].astype(int)
+    table["site"] = table["site"].astype(int)
+    return table
+
+
+def channel_sources(table: pd.DataFrame, channel: str, *, existing_only: bool = False) -> list[str]:
+    """Unique source files of ``channel`` in index order (the split rule's inputs).
+
+    ``existing_only`` drops files that do not exist, for a workflow that should report them as
+    rejected images (on_bad_image: skip) rather than refuse to run for a missing input.
+    """
+    column = source_column(channel)
+    if column not in table.columns:
+        raise DiscoveryError(f"the index has no channel {channel!r}; channels: {index_channels(table)}")
+    sources = [path for path in dict.fromkeys(map(source_path, table[column].tolist())) if path]
+    if existing_only:
+        sources = [path for path in sources if os.path.isfile(path)]
+    return sources
+
+
+def source_path(value) -> str:
+    """A source cell as a path, "" when there is none (pd.read_csv turns empty cells into NaN)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
+def index_channels(table: pd.DataFrame) -> list[str]:
+    return [column[len(SOURCE_PREFIX):] for column in table.columns if column.startswith(SOURCE_PREFIX)]
+
+
+def normalise_well(well: str) -> str:
+    """'a1', 'A1', 'A001' -> 'A01'; 1536-well rows 'AA'..'AF' are kept as two letters."""
+    match = WELL_PATTERN.match(str(well))
+    if not match:
+        raise ValueError(f"{well!r} is not a well name like A01")
+    return f"{match.group(1).upper()}{int(match.group(2)):02d}"
+
+
+def well_from_row_column(row: int, column: int) -> str:
+    """Phenix r01c01 -> 'A01'; rows past Z continue AA, AB ... (1536-well plates have 32 rows)."""
+    if row < 1 or column < 1:
+        raise ValueError(f"row {row} / column {column}: both start at 1")
+    letters = ""
+    while row:
+        row, remainder = divmod(row - 1, 26)
+        letters = chr(ord("A") + remainder) + letters
+    return f"{letters}{column:02d}"
+
+
+def _well_sort_key(well: str) -> tuple[int, int]:
+    letters, column = WELL_PATTERN.match(well).groups()
+    row = 0
+    for letter in letters.upper():
+        row = row * 26 + ord(letter) - ord("A") + 1
+    return row, int(column)
+
+
+# ---------------------------------------------------------------- hyperstack: one file per site
+
+
+def _hyperstack_sites(plate: str, pattern: str, channels: Sequence[str]) -> list[dict]:
+    glob_pattern, regex = _compile_pattern(pattern, plate)
+    matches = glob.glob(glob_pattern)
+    sites = []
+    for path in matches:
+        match = regex.fullmatch(path)
+        if match is None:
+            continue  # the glob's '*' is looser than the field syntax (e.g. 'A01_s1_old.tif')
+        try:
+            well = normalise_well(match.group("well"))
+        except ValueError:
+            continue
+        row = {"well": well, "site": int(match.group("site"))}
+        row.update({source_column(channel): path for channel in channels})
+        sites.append(row)
+    if not sites:
+        detail = (
+            f"; {len(matches)} file(s) match the glob but not the fields, e.g. {sorted(matches)[0]}"
+            if matches
+            else ""
+        )
+        raise DiscoveryError(
+            f"plate {plate}: pattern {pattern!r} (glob {glob_pattern!r}, relative to {os.getcwd()}) "
+            f"matched no files{detail}"
+        )
+    return sites
+
+
+def _compile_pattern(pattern: str, plate: str) -> tuple[str, re.Pattern]:
+    """Glob and regex for a pattern with {well}, {site} and optionally {plate}; other text is literal."""
+    pieces = PATTERN_FIELD.split(pattern)
+    glob_parts, regex_parts, seen = [], [], set()
+    for position, piece in enumerate(pieces):
+        if position % 2 == 0:
+            glob_parts.append(glob.escape(piece))
+            regex_parts.append(re.escape(piece))
+        elif piece == "plate":
+            glob_parts.append(glob.escape(plate))
+            regex_parts.append(re.escape(plate))
+        elif piece in FIELD_REGEX:
+            glob_parts.append("*")
+            regex_parts.append(f"(?P={piece})" if piece in seen else f"(?P<{piece}>{FIELD_REGEX[piece]})")
+            seen.add(piece)
+        else:
+            raise DiscoveryError(
+                f"pattern {pattern!r}: unknown field {{{piece}}}; allowed fields are {{plate}}, {{well}}, {{site}}"
+            )
+    missing = {"well", "site"} - seen
+    if missing:
+        raise DiscoveryError(f"pattern {pattern!r} lacks the field(s) {', '.join('{' + m + '}' for m in sorted(missing))}")
+    return "".join(glob_parts), re.compile("".join(regex_parts))
+
+
+# ---------------------------------------------------------------- LoadData: one file per channel per site
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A LoadData table from .csv, .csv.gz or .parquet, every column as text ('' for empty cells)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiscoveryError(f"LoadData table {path} does not exist")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            table = pd.read_parquet(path)
+            table = table.astype(object).where(table.notna(), "").astype(str)
+        else:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)  # compression from the suffix
+    except Exception as error:
+        raise DiscoveryError(f"cannot read LoadData table {path}: {type(error).__name__}: {error}") from error
+    table.columns = [str(column).strip() for column in table.columns]
+    return table.reset_index(drop=True)
+
+
+def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str]) -> list[dict]:
+    table = read_table(csv_path)
+    for column in ("Metadata_Well", "Metadata_Site"):
+        if column not in table.columns:
+            raise DiscoveryError(f"LoadData table {csv_path} has no {column} column; columns: {list(table.columns)}")
+    if "Metadata_Plate" in table.columns:
+        plates = table["Metadata_Plate"].str.strip()
+        selected = table[plates == plate]
+        if selected.empty:
+            present = sorted(set(plates))
+            raise DiscoveryError(
+                f"LoadData table {csv_path} has no rows for plate {plate!r}; its Metadata_Plate values are "
+                f"{present[:20]}{' ...' if len(present) > 20 else ''}"
+            )
+        table = selected
+    if table.empty:
+        raise DiscoveryError(f"LoadData table {csv_path} has no rows")
+    base = os.path.dirname(csv_path)
+    sites = {"well": [], "site": []}
+    for row_number, (well, site) in enumerate(zip(table["Metadata_Well"], table["Metadata_Site"])):
+        try:
+            sites["well"].append(normalise_well(well))
+            sites["site"].append(int(float(site)))
+        except ValueError:
+            raise DiscoveryError(
+                f"LoadData table {csv_path}, data row {table.index[row_number] + 1}: well {well!r} / site "
+                f"{site!r} is not a well like A01 and a whole site number"
+            ) from None
+    for channel in channels:
+        sites[source_column(channel)] = _channel_paths(table, channel, csv_path, base)
+    return [dict(zip(sites, values)) for values in zip(*sites.values())]
+
+
+def _find_column(columns: Iterable[str], wanted: str) -> str | None:
+    """Exact column name, else a unique case-insensitive match (OrigBrightField vs OrigBrightfield)."""
+    columns = list(columns)
+    if wanted in columns:
+        return wanted
+    folded = [column for column in columns if column.lower() == wanted.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _channel_paths(table: pd.DataFrame, channel: str, csv_path: str, base: str) -> list[str]:
+    file_column = _find_column(table.columns, f"FileName_Orig{channel}")
+    path_column = _find_column(table.columns, f"PathName_Orig{channel}")
+    url_column = _find_column(table.columns, f"URL_Orig{channel}")
+    if file_column and path_column:
+        return [
+            _resolve(os.path.join(folder.strip(), name.strip()), base, csv_path) if name.strip() else ""
+            for folder, name in zip(table[path_column], table[file_column])
+        ]
+    if url_column:
+        return [_url_to_path(url.strip(), base, csv_path) if url.strip() else "" for url in table[url_column]]
+    image_columns = [c for c in table.columns if c.split("_", 1)[0] in ("FileName", "PathName", "URL")]
+    raise DiscoveryError(
+        f"LoadData table {csv_path} has no FileName_Orig{channel} + PathName_Orig{channel} or URL_Orig{channel} "
+        f"column for channel {channel!r}; its image columns are {image_columns or list(table.columns)}"
+    )
+
+
+def _url_to_path(url: str, base: str, csv_path: str) -> str:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise DiscoveryError(f"LoadData table {csv_path}: {url} is on another host; only local files are read")
+        return os.path.normpath(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter would be a Windows drive
+        raise DiscoveryError(
+            f"LoadData table {csv_path}: {parsed.scheme}:// URLs are not supported ({url}); copy the images "
+            "locally (e.g. aws s3 sync) and point the table at the local paths"
+        )
+    return _resolve(url, base, csv_path)
+
+
+def _resolve(path: str, base: str, csv_path: str) -> str:
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", path):
+        scheme = path.split(":", 1)[0]
+        raise DiscoveryError(
+            f"LoadData table {csv_path}: {scheme}:// paths are not supported ({path}); copy the images "
+            "locally and point the table at the local paths"
+        )
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+
+
+# ---------------------------------------------------------------- Phenix / Harmony file names
+
+
+def _phenix_sites(
+    plate: str, directory: str, channels: Sequence[str], channel_numbers: Mapping, plane: int
+) -> list[dict]:
+    missing = [channel for channel in channels if channel not in channel_numbers]
+    if missing:
+        raise DiscoveryError(f"plate {plate}: channel_numbers has no ch number for channel(s) {missing}")
+    wanted = {int(channel_numbers[channel]): channel for channel in channels}
+    folder = directory
+    if not os.path.isdir(folder):
+        raise DiscoveryError(f"plate {plate}: Phenix directory {directory} does not exist")
+    names = os.listdir(folder)
+    if not any(PHENIX_NAME.match(name) for name in names) and os.path.isdir(os.path.join(folder, "Images")):
+        folder = os.path.join(folder, "Images")  # Harmony exports put the TIFFs in an Images/ subfolder
+        names = os.listdir(folder)
+    sites: dict[tuple[str, int], dict] = {}
+    planes_seen = set()
+    for name in names:
+        match = PHENIX_NAME.match(name)
+        if match is None:
+            continue
+        planes_seen.add(int(match.group("plane")))
+        channel = wanted.get(int(match.group("ch")))
+        if channel is None or int(match.group("plane")) != plane:
+            continue
+        well = well_from_row_column(int(match.group("row")), int(match.group("column")))
+        site = int(match.group("site"))
+        row = sites.setdefault((well, site), {"well": well, "site": site})
+        column = source_column(channel)
+        path = os.path.join(folder, name)
+        if column in row:
+            raise DiscoveryError(
+                f"plate {plate}: two files for well {well} site {site} channel {channel} (plane {plane}): "
+                f"{row[column]} and {path}"
+            )
+        row[column] = path
+    if not sites:
+        detail = f"planes present: {sorted(planes_seen)}" if planes_seen else "no file is named like r01c01f01p01-ch1sk1fk1fl1.tiff"
+        raise DiscoveryError(
+            f"plate {plate}: no Phenix images for channels {dict(sorted(wanted.items()))} plane p{plane:02d} "
+            f"in {folder} ({detail})"
+        )
+    for row in sites.values():
+        for channel in channels:
+            row.setdefault(source_column(channel), "")  # the split reports the missing file as a bad image
+    return list(sites.values())
+
+
+# ---------------------------------------------------------------- common
+
+
+def _finish_index(plate: str, sites: list[dict], channels: Sequence[str], location: str) -> pd.DataFrame:
+    table = pd.DataFrame(sites, columns=["well", "site", *map(source_column, channels)])
+    duplicated = table[table.duplicated(["well", "site"], keep=False)]
+    if not duplicated.empty:
+        examples = []
+        for (well, site), group in list(duplicated.groupby(["well", "site"], sort=False))[:3]:
+            files = group[source_column(channels[0])].tolist()
+            examples.append(f"well {well} site {site}: {files}")
+        raise DiscoveryError(
+            f"plate {plate} ({location}): {duplicated[['well', 'site']].drop_duplicates().shape[0]} (well, site) "
+            f"pair(s) appear more than once, e.g. " + "; ".join(examples)
+        )
+    keys = [(*_well_sort_key(well), site) for well, site in zip(table["well"], table["site"])]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    table = table.iloc[order].reset_index(drop=True)
+    table.insert(0, "plate", plate)
+    table.insert(0, "image", range(len(table)))
+    table["site"] = table["site"].astype(int)
+    return table
+
+
+def ground_truth_index(raw_index: pd.DataFrame, plate: str, plate_cfg: Mapping, channels: Sequence[str], *, ingest: Mapping | None = None) -> pd.DataFrame:
+    """The clean reference's index with the raw index's ``image`` ids, paired by (well, site).
+
+    Sites without a reference are left out; a reference site missing from the raw plate is an error,
+    since nothing could be compared with it.
+    """
+    clean = discover_plate(plate, plate_cfg, channels, ground_truth=True, ingest=ingest).drop(columns="image")
+    ids = raw_index[["well", "site", "image"]]
+    paired = clean.merge(ids, on=["well", "site"], how="left", validate="one_to_one")
+    unmatched = paired[paired["image"].isna()]
+    if not unmatched.empty:
+        examples = ", ".join(f"{w} site {s}" for w, s in unmatched[["well", "site"]].head(3).itertuples(index=False))
+        raise DiscoveryError(f"plate {plate}: ground truth {plate_cfg.get('ground_truth')} has sites the raw plate lacks: {examples}")
+    paired["image"] = paired["image"].astype(int)
+    return paired[["image", *(c for c in paired.columns if c != "image")]].sort_values("image").reset_index(drop=True)
