@@ -8,7 +8,7 @@ Two kinds of measure, kept apart on purpose:
   PSNR of the denoised image against the raw one measures how much the image changed, not how good
   it is, so it is not computed.
 * **No-reference measures** (always): the noise level of raw and denoised estimated from the finest
-  diagonal wavelet band, the SNR gain it implies, and statistics of the residual ``raw - denoised``,
+  diagonal (db2) wavelet band, the SNR gain it implies, and statistics of the residual ``raw - denoised``,
   which for a denoiser that only removes noise is zero-mean, uncorrelated with the signal and
   spatially white.
 
@@ -105,18 +105,31 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
     return float(structural_similarity(reference, np.asarray(test, dtype=np.float64), data_range=data_range))
 
 
-def noise_sigma(image: np.ndarray) -> float:
-    """Gaussian noise standard deviation estimated from the finest diagonal Haar wavelet band.
+# Daubechies-2 decomposition high-pass filter (as PyWavelets' ``db2.dec_hi``): unit norm, so white noise
+# keeps its variance, and two vanishing moments, so constant and linear signal give zero.
+_DB2_HIGH_PASS = (-0.48296291314469025, 0.836516303737469, -0.22414386804185735, -0.12940952255092145)
 
-    ``sigma = median(|HH1|) / 0.6745`` (Donoho's MAD estimator, as in skimage's ``estimate_sigma``).
-    HH1 of the orthonormal Haar transform is ``(a - b - c + d) / 2`` over each 2x2 block; it cancels
-    any locally linear signal and keeps white noise at its original variance.
+
+def _high_pass_decimated(image: np.ndarray, axis: int) -> np.ndarray:
+    """The db2 detail coefficients along ``axis`` (valid part only: no boundary padding)."""
+    moved = np.moveaxis(image, axis, -1)
+    taps = len(_DB2_HIGH_PASS)
+    count = (moved.shape[-1] - taps) // 2 + 1
+    detail = sum(weight * moved[..., k : k + 2 * count - 1 : 2] for k, weight in enumerate(_DB2_HIGH_PASS))
+    return np.moveaxis(detail, -1, axis)
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Gaussian noise standard deviation estimated from the finest diagonal wavelet band.
+
+    ``sigma = median(|HH1|) / 0.6745`` (Donoho's MAD estimator), with HH1 the finest diagonal detail
+    band of a db2 wavelet transform, as in scikit-image's ``estimate_sigma``. The band cancels signal
+    that is at most linear along x or along y, so smooth image content barely enters it.
     """
     image = np.asarray(image, dtype=np.float64)
-    if image.ndim != 2 or min(image.shape) < 2:
-        raise ValueError(f"noise_sigma needs a 2-D image of at least 2x2 pixels, got shape {image.shape}")
-    even = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
-    diagonal = (even[0::2, 0::2] - even[0::2, 1::2] - even[1::2, 0::2] + even[1::2, 1::2]) / 2.0
+    if image.ndim != 2 or min(image.shape) < len(_DB2_HIGH_PASS):
+        raise ValueError(f"noise_sigma needs a 2-D image of at least 4x4 pixels, got shape {image.shape}")
+    diagonal = _high_pass_decimated(_high_pass_decimated(image, 0), 1)
     return float(np.median(np.abs(diagonal)) / _MAD_TO_SIGMA)
 
 
@@ -202,7 +215,7 @@ def image_metrics(raw: np.ndarray, denoised: np.ndarray, clean: np.ndarray | Non
 # One (plate, channel): streaming over the Zarr arrays
 
 
-def _open(array: zarr.Array | str | os.PathLike, role: str) -> tuple[zarr.Array, str]:
+def open_zarr(array: zarr.Array | str | os.PathLike, role: str) -> tuple[zarr.Array, str]:
     """The array and a name for error messages (its path)."""
     if isinstance(array, zarr.Array):
         return array, f"{role} array {array.store_path}"
@@ -212,7 +225,7 @@ def _open(array: zarr.Array | str | os.PathLike, role: str) -> tuple[zarr.Array,
         raise QCInputError(f"cannot open {role} Zarr array {array}: {error}") from error
 
 
-def _image_ids(array: zarr.Array, where: str) -> list[str]:
+def array_image_ids(array: zarr.Array, where: str) -> list[str]:
     ids = array.attrs.get("image_ids")
     if ids is None:
         raise QCInputError(f"{where}: attribute 'image_ids' is missing")
@@ -221,7 +234,7 @@ def _image_ids(array: zarr.Array, where: str) -> list[str]:
     return [str(image) for image in ids]
 
 
-def _read_index(index: pd.DataFrame | str | os.PathLike | None) -> pd.DataFrame | None:
+def read_index(index: pd.DataFrame | str | os.PathLike | None) -> pd.DataFrame | None:
     if index is None:
         return None
     if isinstance(index, pd.DataFrame):
@@ -255,22 +268,24 @@ def channel_metrics(
     NaN). ``index`` (index.csv or its DataFrame) supplies ``well`` and ``site``. Columns:
     ``ID_COLUMNS`` + ``NO_REFERENCE_METRICS`` (+ ``REFERENCE_METRICS`` when ``clean`` is given).
     """
-    raw, raw_where = _open(raw, "raw")
-    denoised, denoised_where = _open(denoised, "denoised")
+    raw, raw_where = open_zarr(raw, "raw")
+    denoised, denoised_where = open_zarr(denoised, "denoised")
     if raw.ndim != 3:
         raise QCInputError(f"{raw_where}: expected (images, Y, X), got shape {raw.shape}")
+    if raw.shape[0] == 0:
+        raise QCInputError(f"{raw_where}: the array holds no images")
     if denoised.shape != raw.shape:
         raise QCInputError(f"{denoised_where}: shape {denoised.shape} differs from the raw array's {raw.shape}")
-    raw_ids = _image_ids(raw, raw_where)
-    if _image_ids(denoised, denoised_where) != raw_ids:
+    raw_ids = array_image_ids(raw, raw_where)
+    if array_image_ids(denoised, denoised_where) != raw_ids:
         raise QCInputError(f"{denoised_where}: 'image_ids' do not match the raw array's ({raw_where})")
     clean_rows: dict[str, int] = {}
     if clean is not None:
-        clean, clean_where = _open(clean, "clean")
+        clean, clean_where = open_zarr(clean, "clean")
         if clean.shape[1:] != raw.shape[1:]:
             raise QCInputError(f"{clean_where}: image shape {clean.shape[1:]} differs from the raw {raw.shape[1:]}")
-        clean_rows = {image: row for row, image in enumerate(_image_ids(clean, clean_where))}
-    index_table = _read_index(index)
+        clean_rows = {image: row for row, image in enumerate(array_image_ids(clean, clean_where))}
+    index_table = read_index(index)
 
     attrs = raw.attrs
     rows = []

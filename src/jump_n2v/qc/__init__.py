@@ -1,0 +1,87 @@
+"""Quality control of denoised plates: per-image metrics, figures, and one HTML report per experiment.
+
+Typical use (one call per (plate, channel), then one per experiment)::
+
+    run_channel_qc(plate_dir / "raw/DNA.zarr", plate_dir / "denoised/DNA.zarr", plate_dir / "qc/DNA",
+                   clean=..., index=plate_dir / "index.csv", qc_settings=qc)
+    write_experiment_report(experiment, metrics_csvs, model_dirs, settings, rejects_csvs,
+                            summary_csv, summary_parquet, report_html)
+
+``write_experiment_report`` wraps :func:`summarize` and :func:`build_report`, which can also be used
+directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from jump_n2v.config import resolve_section
+from jump_n2v.qc.figures import channel_panels, loss_curves, plate_map
+from jump_n2v.qc.metrics import (
+    FLAG_DESCRIPTIONS,
+    QCInputError,
+    channel_metrics,
+    image_metrics,
+    load_model_info,
+    noise_sigma,
+    psnr_db,
+    reference_data_range,
+    ssim,
+    summarize,
+    write_table,
+)
+from jump_n2v.qc.report import build_report, read_rejects, software_versions, write_experiment_report
+
+__all__ = [
+    "FLAG_DESCRIPTIONS",
+    "QCInputError",
+    "build_report",
+    "channel_metrics",
+    "channel_panels",
+    "image_metrics",
+    "load_model_info",
+    "loss_curves",
+    "noise_sigma",
+    "plate_map",
+    "psnr_db",
+    "read_rejects",
+    "reference_data_range",
+    "run_channel_qc",
+    "software_versions",
+    "ssim",
+    "summarize",
+    "write_experiment_report",
+    "write_table",
+]
+
+# Files run_channel_qc always writes into its output folder (loss_curves.png only when asked).
+CHANNEL_QC_FILES = ("metrics.csv", "metrics.parquet", "panels.png", "plate_map.png")
+
+
+def run_channel_qc(
+    raw: str | os.PathLike,
+    denoised: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    clean: str | os.PathLike | None = None,
+    index: str | os.PathLike | None = None,
+    training_log: str | os.PathLike | None = None,
+    qc_settings: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Metrics and figures of one (plate, channel) into ``out_dir``: metrics.csv, metrics.parquet,
+    panels.png, plate_map.png (when ``index`` is given: it holds the wells) and loss_curves.png (only
+    when ``training_log`` is given). Returns the per-image metrics table."""
+    qc = resolve_section("qc", qc_settings)
+    out_dir = Path(out_dir)
+    table = channel_metrics(raw, denoised, clean=clean, index=index)
+    write_table(table, out_dir / "metrics.csv", out_dir / "metrics.parquet")
+    channel_panels(raw, denoised, out_dir / "panels.png", index=index, panel_sites=qc["panel_sites"], crop_size=qc["crop_size"], seed=qc["seed"])
+    plate, channel = table["plate"].iloc[0], table["channel"].iloc[0]
+    if index is not None:
+        plate_map(table, qc["plate_map_metric"], out_dir / "plate_map.png", title=f"{plate} {channel}: {qc['plate_map_metric']}")
+    if training_log is not None:
+        loss_curves(training_log, out_dir / "loss_curves.png", title=f"{plate} {channel}: {training_log}")
+    return table

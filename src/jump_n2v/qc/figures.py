@@ -1,0 +1,266 @@
+"""QC figures: raw | denoised | residual panels, loss curves, plate maps. PNGs, written atomically.
+
+Figures have fixed sizes in inches at ``DPI`` and are saved without tight bounding boxes, so their
+pixel size is known in advance (:func:`panel_figure_size` etc.).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import zarr  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from jump_n2v.atomic import atomic_output  # noqa: E402
+from jump_n2v.qc.metrics import QCInputError, array_image_ids, open_zarr, read_index  # noqa: E402
+
+DPI = 100
+PANEL_INCHES = 3.2  # side of one image panel
+CONTRAST_PERCENTILES = (1.0, 99.8)  # of the raw image; the same stretch is used for the denoised one
+RESIDUAL_PERCENTILE = 99.5  # of |residual|; the symmetric colour limit of the residual panel
+LOSS_FIGURE_INCHES = (7.0, 4.0)
+PLATE_FIGURE_INCHES = {(16, 24): (9.0, 5.6), (32, 48): (14.0, 8.4)}
+
+
+def _save(figure: plt.Figure, out_png: str | os.PathLike) -> None:
+    try:
+        with atomic_output(out_png) as temporary:
+            figure.savefig(temporary, format="png", dpi=DPI)
+    finally:
+        plt.close(figure)
+
+
+# --------------------------------------------------------------------------------------------------
+# raw | denoised | residual panels
+
+
+def choose_rows(n_images: int, count: int, seed: int) -> list[int]:
+    """``count`` distinct array rows out of ``n_images``, seeded, in ascending order."""
+    if n_images < 1:
+        raise ValueError("there are no images to choose from")
+    rng = np.random.default_rng(seed)
+    return sorted(int(row) for row in rng.choice(n_images, size=min(count, n_images), replace=False))
+
+
+def _busiest_crop(image: np.ndarray, size: int) -> tuple[int, int, int]:
+    """Top-left corner and side of the ``size`` crop, on a half-crop grid, with the most variance
+    (so the zoom shows cells rather than empty background)."""
+    height, width = image.shape
+    size = min(size, height, width)
+    step = max(size // 2, 1)
+    best, best_variance = (0, 0), -1.0
+    for top in range(0, height - size + 1, step):
+        for left in range(0, width - size + 1, step):
+            variance = float(image[top : top + size, left : left + size].var())
+            if variance > best_variance:
+                best, best_variance = (top, left), variance
+    return best[0], best[1], size
+
+
+def panel_figure_size(n_sites: int) -> tuple[int, int]:
+    """Pixel (width, height) of :func:`channel_panels`' PNG for ``n_sites`` sites."""
+    return round(3 * PANEL_INCHES * DPI), round(2 * n_sites * PANEL_INCHES * DPI)
+
+
+def channel_panels(
+    raw: zarr.Array | str | os.PathLike,
+    denoised: zarr.Array | str | os.PathLike,
+    out_png: str | os.PathLike,
+    index: pd.DataFrame | str | os.PathLike | None = None,
+    panel_sites: int = 3,
+    crop_size: int = 128,
+    seed: int = 0,
+) -> list[str]:
+    """Raw | denoised | residual for ``panel_sites`` seeded sites, each with a zoomed-crop row.
+
+    Raw and denoised share one contrast stretch (``CONTRAST_PERCENTILES`` of the raw image); the
+    residual ``raw - denoised`` uses a symmetric diverging map. Returns the image ids shown.
+    """
+    raw, raw_where = open_zarr(raw, "raw")
+    denoised, denoised_where = open_zarr(denoised, "denoised")
+    if denoised.shape != raw.shape:
+        raise QCInputError(f"{denoised_where}: shape {denoised.shape} differs from the raw array's {raw.shape}")
+    image_ids = array_image_ids(raw, raw_where)
+    index_table = read_index(index)
+    rows = choose_rows(raw.shape[0], panel_sites, seed)
+    width, height = panel_figure_size(len(rows))
+    figure, axes = plt.subplots(2 * len(rows), 3, figsize=(width / DPI, height / DPI), squeeze=False, layout="constrained")
+    plate = raw.attrs.get("plate", "")
+    channel = raw.attrs.get("channel", "")
+    for position, row in enumerate(rows):
+        image = image_ids[row]
+        raw_image = np.asarray(raw[row], dtype=np.float64)
+        denoised_image = np.asarray(denoised[row], dtype=np.float64)
+        residual = raw_image - denoised_image
+        low, high = np.percentile(raw_image, CONTRAST_PERCENTILES)
+        if high <= low:
+            high = low + 1.0
+        limit = float(np.percentile(np.abs(residual), RESIDUAL_PERCENTILE)) or 1.0
+        if index_table is not None and image in index_table.index:
+            where = f"{plate} {index_table.at[image, 'well']} site {index_table.at[image, 'site']}"
+        else:
+            where = f"{plate} {image}"
+        top, left, size = _busiest_crop(denoised_image, crop_size)
+        crop = (slice(top, top + size), slice(left, left + size))
+        for zoomed, axes_row in ((False, axes[2 * position]), (True, axes[2 * position + 1])):
+            view = crop if zoomed else (slice(None), slice(None))
+            suffix = f" (zoom {size}px)" if zoomed else ""
+            panels = (
+                ("raw", raw_image[view], dict(cmap="gray", vmin=low, vmax=high)),
+                ("denoised", denoised_image[view], dict(cmap="gray", vmin=low, vmax=high)),
+                ("residual raw-denoised", residual[view], dict(cmap="RdBu_r", vmin=-limit, vmax=limit)),
+            )
+            for ax, (name, data, style) in zip(axes_row, panels):
+                ax.imshow(data, interpolation="nearest", **style)
+                ax.set_title(f"{where} {channel}\n{name}{suffix}", fontsize=8)
+                ax.set_axis_off()
+                if not zoomed:
+                    ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="yellow", lw=0.8))
+    _save(figure, out_png)
+    return [image_ids[row] for row in rows]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss curves
+
+LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "learning_rate", "seconds")
+
+
+def read_training_log(path: str | os.PathLike) -> pd.DataFrame:
+    """``training_log.csv`` checked for its columns and at least one epoch."""
+    try:
+        log = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise QCInputError(f"cannot read training log {path}: {error}") from error
+    missing = [column for column in LOG_COLUMNS if column not in log.columns]
+    if missing:
+        raise QCInputError(f"training log {path}: missing column(s) {missing}")
+    if log.empty:
+        raise QCInputError(f"training log {path}: no epochs recorded")
+    return log
+
+
+def loss_figure_size() -> tuple[int, int]:
+    """Pixel (width, height) of :func:`loss_curves`' PNG."""
+    return round(LOSS_FIGURE_INCHES[0] * DPI), round(LOSS_FIGURE_INCHES[1] * DPI)
+
+
+def loss_curves(training_log: str | os.PathLike, out_png: str | os.PathLike, title: str = "") -> None:
+    """Training and validation masked-pixel loss per epoch, the best validation epoch marked, and the
+    learning rate on a second axis."""
+    log = read_training_log(training_log)
+    figure, ax = plt.subplots(figsize=LOSS_FIGURE_INCHES, layout="constrained")
+    ax.plot(log["epoch"], log["train_loss"], label="training loss", color="tab:blue")
+    ax.plot(log["epoch"], log["val_loss"], label="validation loss", color="tab:orange")
+    best = log.loc[log["val_loss"].idxmin()]
+    ax.scatter([best["epoch"]], [best["val_loss"]], color="tab:red", zorder=3, label=f"best: epoch {int(best['epoch'])}, {best['val_loss']:.4g}")
+    losses = pd.concat([log["train_loss"], log["val_loss"]])
+    if (losses > 0).all() and losses.max() / losses.min() > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("masked-pixel loss (normalised units)")
+    rate_axis = ax.twinx()
+    rate_axis.plot(log["epoch"], log["learning_rate"], color="grey", lw=0.8, ls="--", label="learning rate")
+    rate_axis.set_ylabel("learning rate", color="grey")
+    handles = ax.get_legend_handles_labels()
+    rate_handles = rate_axis.get_legend_handles_labels()
+    ax.legend(handles[0] + rate_handles[0], handles[1] + rate_handles[1], fontsize=8, loc="upper right")
+    ax.set_title(title or str(training_log), fontsize=9)
+    _save(figure, out_png)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plate map
+
+_WELL = re.compile(r"^([A-Z]{1,2})(\d{1,2})$")
+
+
+def parse_well(well: str) -> tuple[int, int]:
+    """Zero-based (row, column) of a well name: A01 -> (0, 0), P24 -> (15, 23), AF48 -> (31, 47)."""
+    match = _WELL.match(str(well).strip().upper())
+    if not match:
+        raise ValueError(f"not a well name: {well!r} (expected a row letter or two and a column number, e.g. B03)")
+    letters, number = match.groups()
+    row = 0
+    for letter in letters:
+        row = row * 26 + string.ascii_uppercase.index(letter) + 1
+    return row - 1, int(number) - 1
+
+
+def row_label(row: int) -> str:
+    """Inverse of the row part of :func:`parse_well`: 0 -> A, 26 -> AA."""
+    label = ""
+    row += 1
+    while row:
+        row, remainder = divmod(row - 1, 26)
+        label = string.ascii_uppercase[remainder] + label
+    return label
+
+
+def plate_layout(wells: Sequence[str]) -> tuple[int, int]:
+    """(rows, columns) of the plate: 384 wells (16 x 24) unless a well lies beyond P/24, then 1536 (32 x 48)."""
+    positions = [parse_well(well) for well in wells]
+    if all(row < 16 and column < 24 for row, column in positions):
+        return 16, 24
+    if all(row < 32 and column < 48 for row, column in positions):
+        return 32, 48
+    beyond = next(well for well, (row, column) in zip(wells, positions) if row >= 32 or column >= 48)
+    raise ValueError(f"well {beyond!r} lies beyond a 1536-well plate (rows A-AF, columns 1-48)")
+
+
+def plate_figure_size(layout: tuple[int, int]) -> tuple[int, int]:
+    """Pixel (width, height) of :func:`plate_map`'s PNG for a plate layout."""
+    inches = PLATE_FIGURE_INCHES[layout]
+    return round(inches[0] * DPI), round(inches[1] * DPI)
+
+
+def plate_map(metrics: pd.DataFrame, metric: str, out_png: str | os.PathLike, title: str = "") -> tuple[int, int]:
+    """Wells coloured by ``metric`` averaged per well; wells without images grey. One plate per call.
+
+    Returns the plate layout (rows, columns).
+    """
+    if metric not in metrics.columns:
+        raise QCInputError(f"plate map: no per-image metric {metric!r}; available: {', '.join(map(str, metrics.columns))}")
+    if metrics["plate"].nunique() > 1:
+        raise QCInputError(f"plate map: metrics of several plates given ({sorted(metrics['plate'].unique())}); pass one plate")
+    known = metrics.dropna(subset=["well"])
+    if known.empty:
+        raise QCInputError("plate map: no image has a well (was the index table passed to channel_metrics?)")
+    layout = plate_layout(list(known["well"].unique()))
+    grid = np.full(layout, np.nan)
+    finite = known.assign(value=known[metric].replace([np.inf, -np.inf], np.nan))
+    for well, value in finite.groupby("well")["value"].mean().items():
+        grid[parse_well(well)] = value
+    width, height = plate_figure_size(layout)
+    figure, ax = plt.subplots(figsize=(width / DPI, height / DPI), layout="constrained")
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    finite_values = grid[np.isfinite(grid)]
+    low, high = (float(finite_values.min()), float(finite_values.max())) if finite_values.size else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    shown = ax.imshow(np.ma.masked_invalid(grid), cmap=colours, vmin=low, vmax=high, interpolation="nearest")
+    rows, columns = layout
+    label_every = 1 if columns <= 24 else 2
+    ax.set_xticks(range(0, columns, label_every), [str(c + 1) for c in range(0, columns, label_every)], fontsize=7)
+    ax.set_yticks(range(0, rows, label_every), [row_label(r) for r in range(0, rows, label_every)], fontsize=7)
+    ax.set_xticks(np.arange(-0.5, columns), minor=True)
+    ax.set_yticks(np.arange(-0.5, rows), minor=True)
+    ax.grid(which="minor", color="white", lw=0.5)
+    ax.tick_params(which="minor", length=0)
+    colourbar = figure.colorbar(shown, ax=ax, fraction=0.04, pad=0.01)
+    colourbar.set_label(f"{metric} (mean per well; grey = no image)", fontsize=8)
+    ax.set_title(title or metric, fontsize=10)
+    _save(figure, out_png)
+    return layout

@@ -1,0 +1,235 @@
+"""The experiment HTML report: self-contained, with every section, flags highlighted, PSNR only with a reference."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from scipy import ndimage
+
+from jump_n2v.config import resolve_section
+from jump_n2v.qc import build_report, load_model_info, read_rejects, run_channel_qc, summarize, write_experiment_report
+from jump_n2v.qc.metrics import QCInputError
+
+SIZE = 64
+
+
+class ReportParser(HTMLParser):
+    """Collects <img> sources, element ids, and the header cells of the summary table."""
+
+    def __init__(self):
+        super().__init__()
+        self.image_sources, self.ids, self.summary_headers = [], set(), []
+        self._table_stack, self._in_header_cell = [], False
+        self.external_references = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "img":
+            self.image_sources.append(attrs.get("src", ""))
+        if tag in ("link", "script") and (attrs.get("href") or attrs.get("src")):
+            self.external_references.append(attrs.get("href") or attrs.get("src"))
+        if tag == "table":
+            self._table_stack.append(attrs.get("id"))
+        if tag == "th" and self._table_stack and self._table_stack[-1] == "summary":
+            self._in_header_cell = True
+            self.summary_headers.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "table" and self._table_stack:
+            self._table_stack.pop()
+        if tag == "th":
+            self._in_header_cell = False
+
+    def handle_data(self, data):
+        if self._in_header_cell:
+            self.summary_headers[-1] += data
+
+
+def parse(path):
+    parser = ReportParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def write_plate(root, plate, denoise, with_clean):
+    rng = np.random.default_rng(len(plate))
+    spots = np.zeros((3, SIZE, SIZE))
+    spots[:, rng.integers(0, SIZE, 8), rng.integers(0, SIZE, 8)] = 1.0
+    clean = 100.0 + 2000.0 * ndimage.gaussian_filter(spots, (0, 4, 4)) / ndimage.gaussian_filter(spots, (0, 4, 4)).max()
+    raw = np.clip(clean + rng.normal(0, 40, clean.shape), 0, None).astype(np.uint16)
+    ids = [f"{plate}_{well}_1" for well in ("B02", "B03", "C02")]
+    stacks = {"raw": (raw, "uint16"), "denoised": (denoise(raw.astype(np.float64), clean), "float32")}
+    if with_clean:
+        stacks["clean"] = (clean, "uint16")
+    for name, (data, dtype) in stacks.items():
+        array = zarr.create_array(store=str(root / plate / name / "DNA.zarr"), shape=data.shape, chunks=(1, SIZE, SIZE), dtype=dtype)
+        array[:] = data.astype(dtype)
+        array.attrs.update(image_ids=ids, plate=plate, channel="DNA", experiment="E1", dtype_range=[0, 65535])
+    pd.DataFrame({"image": ids, "plate": plate, "well": ["B02", "B03", "C02"], "site": 1}).to_csv(root / plate / "index.csv", index=False)
+
+
+def write_model(model_dir):
+    model_dir.mkdir(parents=True)
+    training = {"best_val_loss": 0.0123, "best_epoch": 4, "epochs_run": 5, "steps": 50, "seconds": 3.5, "stopped_early": False}
+    info = {"settings": {}, "normalization": {"mean": 900.0, "std": 400.0}, "training": training, "seed": 42, "versions": {"torch": "2.13.0"}}
+    (model_dir / "model.json").write_text(json.dumps(info))
+    epochs = np.arange(1, 6)
+    pd.DataFrame(
+        {"epoch": epochs, "step": epochs * 10, "train_loss": 0.1 / epochs, "val_loss": 0.12 / epochs, "learning_rate": 1e-3, "seconds": epochs * 0.7}
+    ).to_csv(model_dir / "training_log.csv", index=False)
+
+
+def build_example(tmp_path, plates):
+    """plates: name -> (denoiser, with_clean). Runs QC and writes the report; returns its path and summary."""
+    root = tmp_path / "results" / "E1"
+    tables, artifacts, models = [], [], {}
+    model_dir = root / "models" / "all-plates" / "DNA"
+    write_model(model_dir)
+    for plate, (denoise, with_clean) in plates.items():
+        write_plate(root, plate, denoise, with_clean)
+        qc_dir = root / plate / "qc" / "DNA"
+        tables.append(
+            run_channel_qc(
+                root / plate / "raw" / "DNA.zarr",
+                root / plate / "denoised" / "DNA.zarr",
+                qc_dir,
+                clean=root / plate / "clean" / "DNA.zarr" if with_clean else None,
+                index=root / plate / "index.csv",
+                training_log=model_dir / "training_log.csv",
+                qc_settings={"panel_sites": 1, "crop_size": 32},
+            )
+        )
+        models[(plate, "DNA")] = load_model_info(model_dir)
+        artifacts.append(
+            {
+                "plate": plate,
+                "channel": "DNA",
+                "panels_png": qc_dir / "panels.png",
+                "plate_map_png": qc_dir / "plate_map.png",
+                "curve_png": qc_dir / "loss_curves.png",
+                "model_json": model_dir / "model.json",
+            }
+        )
+    summary = summarize(tables, models=models)
+    (root / "P1" / "rejects").mkdir(parents=True, exist_ok=True)
+    (root / "P1" / "rejects" / "DNA.csv").write_text("file,problem\nimages/P1_D04_1.tif,truncated TIFF <strip 3>\n")
+    settings = {"DNA": {section: resolve_section(section) for section in ("n2v", "predict", "qc")}}
+    out = root / "report" / "report.html"
+    build_report("E1", summary, artifacts, settings, {"jump-n2v": "0.1.0", "numpy": np.__version__}, read_rejects([root / "P1" / "rejects" / "DNA.csv"]), out)
+    return out, summary
+
+
+def oracle(raw, clean):
+    return clean
+
+
+def halving(raw, clean):
+    return 0.5 * raw
+
+
+@pytest.fixture(scope="module")
+def good_and_bad_report(tmp_path_factory):
+    """P1 denoised perfectly (with a clean reference), P2 by halving the raw image (no reference)."""
+    return build_example(tmp_path_factory.mktemp("report"), {"P1": (oracle, True), "P2": (halving, False)})
+
+
+def test_report_is_self_contained_with_every_section_and_embedded_figures(good_and_bad_report):
+    out, _ = good_and_bad_report
+    parsed = parse(out)
+    assert {"flags-section", "summary-section", "definitions", "channel-DNA", "settings-section", "versions-section", "rejects-section", "summary", "settings", "versions", "rejects"} <= parsed.ids
+    # Three figures per plate, all embedded PNGs that decode.
+    assert len(parsed.image_sources) == 6
+    for source in parsed.image_sources:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parsed.external_references == []
+    text = out.read_text(encoding="utf-8")
+    assert "clean reference image's max − min" in text  # the PSNR/SSIM data range is stated
+    assert "truncated TIFF &lt;strip 3&gt;" in text  # rejects listed, escaped
+    assert re.search(r"n2v\.patch_size</td><td[^>]*>64<", text)  # resolved settings
+    assert re.search(r"jump-n2v</td><td[^>]*>0\.1\.0<", text)  # versions
+    assert "0.0123" in text  # the model's best validation loss
+
+
+def test_report_highlights_the_flags_of_a_structure_removing_denoiser(good_and_bad_report):
+    out, summary = good_and_bad_report
+    flags = summary.set_index("plate")["flags"]
+    assert flags["P1"] == [] and "residual_structure" in flags["P2"]
+    text = out.read_text(encoding="utf-8")
+    flagged_rows = re.findall(r'<tr class="flagged">(.*?)</tr>', text)
+    assert len(flagged_rows) == 1 and ">P2<" in flagged_rows[0]
+    assert '<span class="flag">residual_structure</span>' in flagged_rows[0]
+    assert 'class="bad"' in flagged_rows[0]
+    assert re.search(r'<ul id="flags">.*P2 / DNA.*residual_structure.*threshold 0\.1', text)
+
+
+def test_report_has_psnr_columns_only_when_a_reference_exists(tmp_path):
+    without, _ = build_example(tmp_path / "a", {"P1": (oracle, False)})
+    headers = parse(without).summary_headers
+    assert headers and not [header for header in headers if "PSNR" in header or "SSIM" in header]
+    assert "No plate has a clean reference" in without.read_text(encoding="utf-8")
+    with_reference, _ = build_example(tmp_path / "b", {"P1": (oracle, True)})
+    assert {"PSNR raw (dB)", "PSNR denoised (dB)", "PSNR gain (dB)", "SSIM denoised"} <= set(parse(with_reference).summary_headers)
+
+
+def test_report_says_when_nothing_was_flagged(tmp_path):
+    out, _ = build_example(tmp_path, {"P1": (oracle, True)})
+    assert "no-flags" in parse(out).ids
+
+
+def test_report_names_a_missing_figure(tmp_path):
+    summary = pd.DataFrame({"plate": ["P1"], "channel": ["DNA"], "n_images": [1], "flags": [[]]})
+    with pytest.raises(QCInputError, match="gone.png"):
+        build_report("E1", summary, [{"plate": "P1", "channel": "DNA", "panels_png": tmp_path / "gone.png"}], {}, {}, None, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_read_rejects_takes_plate_and_channel_from_the_path(tmp_path):
+    path = tmp_path / "P7" / "rejects" / "Mito.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("file,problem\na.tif,unreadable\nb.tif,wrong shape\n")
+    table = read_rejects([path])
+    assert list(table.columns) == ["plate", "channel", "file", "problem"]
+    assert set(table["plate"]) == {"P7"} and set(table["channel"]) == {"Mito"} and len(table) == 2
+
+
+def test_read_rejects_names_a_table_without_the_problem_column(tmp_path):
+    path = tmp_path / "P1" / "rejects" / "DNA.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("file\na.tif\n")
+    with pytest.raises(QCInputError, match="DNA.csv.*problem"):
+        read_rejects([path])
+
+
+def test_write_experiment_report_builds_tables_and_report_from_the_qc_folders(good_and_bad_report):
+    first_report, _ = good_and_bad_report
+    root = first_report.parents[1]  # results/E1
+    model_dir = root / "models" / "all-plates" / "DNA"
+    settings = {"DNA": {"qc": resolve_section("qc", {"residual_structure_threshold": 0.2})}}
+    out = root / "again" / "report.html"
+    summary = write_experiment_report(
+        "E1",
+        [root / plate / "qc" / "DNA" / "metrics.csv" for plate in ("P1", "P2")],
+        {("P1", "DNA"): model_dir, ("P2", "DNA"): model_dir},
+        settings,
+        [root / "P1" / "rejects" / "DNA.csv"],
+        root / "again" / "summary.csv",
+        root / "again" / "summary.parquet",
+        out,
+        versions={"jump-n2v": "0.1.0"},
+    )
+    assert list(summary["plate"]) == ["P1", "P2"] and list(summary["best_val_loss"]) == [0.0123, 0.0123]
+    assert pd.read_csv(root / "again" / "summary.csv")["flags"].fillna("").tolist()[1].startswith("residual_structure")
+    assert pd.read_parquet(root / "again" / "summary.parquet")["n_images"].tolist() == [3, 3]
+    parsed = parse(out)
+    assert len(parsed.image_sources) == 6  # panels, plate map, shared model's loss curve, per plate
+    assert "threshold 0.2" in out.read_text(encoding="utf-8")
