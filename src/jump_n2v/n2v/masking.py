@@ -20,6 +20,7 @@ Everything runs on the batch's device with tensor indexing; there is no per-pixe
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -98,13 +99,15 @@ def _mirrored(centre: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Te
     return torch.where((forward < 0) | (forward >= size), centre - offset, forward)
 
 
+@functools.lru_cache(maxsize=32)
 def replacement_offsets(
     roi_size: int, struct_mask: StructMask | None = None, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dy, dx) of the window pixels a blind spot's replacement is drawn from.
 
     The ``roi_size`` x ``roi_size`` window without its centre, and without the structN2V line when
-    there is one (those pixels carry noise correlated with the centre's).
+    there is one (those pixels carry noise correlated with the centre's). Cached: built once per
+    setting and device, not per batch; callers must not modify the returned tensors.
     """
     if roi_size < 3 or roi_size % 2 == 0:
         raise ValueError(f"roi_size must be an odd number >= 3, got {roi_size}")
@@ -120,6 +123,11 @@ def replacement_offsets(
     ]
     offsets = torch.tensor(pairs, dtype=torch.long, device=device)
     return offsets[:, 0], offsets[:, 1]
+
+
+@functools.lru_cache(maxsize=32)
+def _line_offsets(struct_mask: StructMask, device: torch.device) -> torch.Tensor:
+    return torch.tensor(struct_mask.line_offsets(), dtype=torch.long, device=device)
 
 
 def mask_batch(
@@ -172,7 +180,7 @@ def mask_batch(
     masked = planes.clone()
     masked_flat = masked.view(-1)
     if struct_mask is not None:
-        line = torch.tensor(struct_mask.line_offsets(), dtype=torch.long, device=device)
+        line = _line_offsets(struct_mask, device)
         line_y = ys[:, None] + line[None, :, 0]
         line_x = xs[:, None] + line[None, :, 1]
         inside = (line_y >= 0) & (line_y < height) & (line_x >= 0) & (line_x < width)

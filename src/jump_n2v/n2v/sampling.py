@@ -1,0 +1,226 @@
+"""Lazy, seeded training patches from (images, Y, X) Zarr arrays, one array per plate.
+
+Nothing is loaded whole: a batch reads exactly its patch windows (``array[image, y:y+P, x:x+P]``),
+in reader threads that run ahead of training (Zarr decompression releases the GIL). What a batch
+contains depends only on the seed and the epoch, never on thread timing, so training is reproducible
+and a run resumed at an epoch boundary draws the same patches as an uninterrupted one.
+
+Normalisation statistics are streamed over the training images one row block at a time, so memory
+stays flat however many images a plate has.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+# Independent random streams, all derived from the one seed (numpy SeedSequence entropy lists).
+_SELECTION_STREAM = 1
+_SPLIT_STREAM = 2
+_VALIDATION_STREAM = 3
+_TRAINING_STREAM = 4
+
+# Columns of a patch plan row.
+PLAN_COLUMNS = ("array", "image", "y", "x", "transform")
+
+
+def array_location(array: Any) -> str:
+    """Where a Zarr array lives (its store folder and path), for messages and provenance."""
+    store = getattr(array, "store", None)
+    root = getattr(store, "root", None)
+    path = getattr(array, "path", "") or ""
+    if root is not None:
+        return str(Path(root) / path) if path else str(root)
+    name = getattr(array, "name", None) or "array"
+    return f"<{type(store).__name__ if store is not None else type(array).__name__}>:{name}"
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Mean and standard deviation of the training pixels, in the source units."""
+
+    mean: float
+    std: float
+
+
+def _check_array(array: Any, name: str, patch_size: int) -> None:
+    shape = tuple(getattr(array, "shape", ()))
+    if len(shape) != 3:
+        raise ValueError(f"{name}: expected a 3-D array (images, Y, X), got shape {shape}")
+    dtype = np.dtype(array.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f"{name}: unsupported dtype {dtype}; expected an integer or float type")
+    images, height, width = shape
+    if images == 0:
+        raise ValueError(f"{name}: the array holds no images")
+    if height < patch_size or width < patch_size:
+        raise ValueError(
+            f"{name}: images are {height}x{width} pixels, smaller than the training patch_size "
+            f"{patch_size}; lower n2v.patch_size to at most {min(height, width)} (a multiple of 2**depth)"
+        )
+
+
+def _transform(patch: np.ndarray, transform: int) -> np.ndarray:
+    """One of the 8 flips/90-degree rotations of a square patch (0 = identity)."""
+    if transform >= 4:
+        patch = patch[:, ::-1]
+    return np.rot90(patch, transform % 4)
+
+
+class PatchSampler:
+    """Seeded random patches from one or more (images, Y, X) arrays.
+
+    ``train_images`` images are chosen per array (seeded, per array, so adding a plate does not change
+    another plate's choice); of all chosen images, ``validation_fraction`` (at least one, when there are
+    two or more) are held out, and ``validation_patches`` fixed patches are drawn from them once.
+    Patches come out normalised with the training images' mean and std, shaped (B, 1, P, P) float32.
+    """
+
+    def __init__(
+        self,
+        arrays: Sequence[Any],
+        *,
+        patch_size: int,
+        train_images: int,
+        validation_fraction: float,
+        validation_patches: int,
+        augment: bool,
+        seed: int,
+        names: Sequence[str] | None = None,
+        read_workers: int = 4,
+    ) -> None:
+        if not arrays:
+            raise ValueError("no arrays to sample training patches from")
+        self.arrays = list(arrays)
+        self.names = list(names) if names is not None else [array_location(a) for a in self.arrays]
+        if len(self.names) != len(self.arrays):
+            raise ValueError(f"{len(self.names)} names given for {len(self.arrays)} arrays")
+        for array, name in zip(self.arrays, self.names):
+            _check_array(array, name, patch_size)
+        self.patch_size = patch_size
+        self.augment = augment
+        self.seed = seed
+        self.read_workers = max(1, read_workers)
+        self.heights = np.array([a.shape[1] for a in self.arrays], dtype=np.int64)
+        self.widths = np.array([a.shape[2] for a in self.arrays], dtype=np.int64)
+
+        chosen = []
+        for index, array in enumerate(self.arrays):
+            rng = np.random.default_rng([seed, _SELECTION_STREAM, index])
+            count = min(train_images, array.shape[0])
+            picked = np.sort(rng.choice(array.shape[0], size=count, replace=False))
+            chosen.extend((index, int(image)) for image in picked)
+        held_out = 0
+        if len(chosen) >= 2:
+            held_out = min(len(chosen) - 1, max(1, round(validation_fraction * len(chosen))))
+        split_rng = np.random.default_rng([seed, _SPLIT_STREAM])
+        validation_rows = set(split_rng.choice(len(chosen), size=held_out, replace=False).tolist())
+        self.train_images: list[tuple[int, int]] = [
+            image for row, image in enumerate(chosen) if row not in validation_rows
+        ]
+        self.validation_images: list[tuple[int, int]] = [
+            image for row, image in enumerate(chosen) if row in validation_rows
+        ]
+        # With a single image there is nothing to hold out: validation patches come from that image.
+        self.validation_from_training = not self.validation_images
+        self._train_pool = np.array(self.train_images, dtype=np.int64).reshape(-1, 2)
+
+        self.normalization = self._training_statistics()
+        validation_pool = np.array(
+            self.validation_images or self.train_images, dtype=np.int64
+        ).reshape(-1, 2)
+        validation_plan = self._draw_plan(
+            np.random.default_rng([seed, _VALIDATION_STREAM]), validation_pool,
+            validation_patches, augment=False,
+        )
+        self.validation = self.read_patches(validation_plan)
+
+    # -- statistics ---------------------------------------------------------------------------------
+
+    def _training_statistics(self) -> Normalization:
+        """Exact mean/std of all training-image pixels, merged block by block (Chan et al.)."""
+        count, mean, m2 = 0, 0.0, 0.0
+        for array_index, image in self.train_images:
+            array = self.arrays[array_index]
+            height = array.shape[1]
+            chunks = getattr(array, "chunks", None)
+            block_rows = int(chunks[1]) if chunks is not None and len(chunks) == 3 else height
+            for start in range(0, height, block_rows):
+                block = np.asarray(array[image, start : start + block_rows, :], dtype=np.float64)
+                block_count = block.size
+                block_mean = float(block.mean())
+                block_m2 = float(np.square(block - block_mean).sum())
+                delta = block_mean - mean
+                total = count + block_count
+                mean += delta * block_count / total
+                m2 += block_m2 + delta * delta * count * block_count / total
+                count = total
+        std = math.sqrt(m2 / count)
+        names = ", ".join(sorted({self.names[a] for a, _ in self.train_images}))
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            raise ValueError(f"{names}: the training images contain NaN or infinite values")
+        if std == 0:
+            raise ValueError(
+                f"{names}: all {len(self.train_images)} training images are constant ({mean}); "
+                "there is no signal or noise to learn from"
+            )
+        return Normalization(mean=mean, std=std)
+
+    # -- plans --------------------------------------------------------------------------------------
+
+    def _draw_plan(
+        self, rng: np.random.Generator, pool: np.ndarray, count: int, *, augment: bool
+    ) -> np.ndarray:
+        """``count`` rows (array, image, y, x, transform): uniform image, uniform window position."""
+        picks = pool[rng.integers(0, len(pool), size=count)]
+        arrays, images = picks[:, 0], picks[:, 1]
+        ys = (rng.random(count) * (self.heights[arrays] - self.patch_size + 1)).astype(np.int64)
+        xs = (rng.random(count) * (self.widths[arrays] - self.patch_size + 1)).astype(np.int64)
+        transforms = rng.integers(0, 8, size=count) if augment else np.zeros(count, dtype=np.int64)
+        return np.stack([arrays, images, ys, xs, transforms], axis=1)
+
+    def epoch_plan(self, epoch: int, steps: int, batch_size: int) -> np.ndarray:
+        """The training patches of one epoch, shaped (steps, batch_size, 5); a function of seed and epoch."""
+        rng = np.random.default_rng([self.seed, _TRAINING_STREAM, epoch])
+        plan = self._draw_plan(rng, self._train_pool, steps * batch_size, augment=self.augment)
+        return plan.reshape(steps, batch_size, len(PLAN_COLUMNS))
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def read_patches(self, plan: np.ndarray) -> np.ndarray:
+        """Read and normalise the patches of ``plan`` rows: (len(plan), 1, P, P) float32."""
+        size = self.patch_size
+        out = np.empty((len(plan), 1, size, size), dtype=np.float32)
+        for row, (array, image, y, x, transform) in enumerate(plan.tolist()):
+            window = np.asarray(self.arrays[array][image, y : y + size, x : x + size])
+            out[row, 0] = _transform(window, transform)
+        out -= np.float32(self.normalization.mean)
+        out *= np.float32(1.0 / self.normalization.std)
+        return out
+
+    def batches(self, plan: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the batches of an epoch plan in order while reader threads prepare the next ones."""
+        lookahead = self.read_workers + 1
+        with concurrent.futures.ThreadPoolExecutor(self.read_workers, "n2v-patches") as pool:
+            pending: collections.deque = collections.deque()
+            steps = iter(plan)
+            try:
+                for rows in steps:
+                    pending.append(pool.submit(self.read_patches, rows))
+                    if len(pending) >= lookahead:
+                        break
+                while pending:
+                    batch = pending.popleft().result()
+                    following = next(steps, None)
+                    if following is not None:
+                        pending.append(pool.submit(self.read_patches, following))
+                    yield batch
+            finally:
+                for future in pending:
+                    future.cancel()

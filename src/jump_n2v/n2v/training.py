@@ -1,0 +1,613 @@
+"""Noise2Void training of one channel: settings, the training loop, checkpoints, outputs, loading.
+
+``train_channel`` trains on lazily sampled patches (``sampling``) with blind-spot masking
+(``masking``) and writes, each atomically, into the model folder:
+
+* ``model.pt``: the best weights by validation loss, with the architecture to rebuild the net;
+* ``model.json``: resolved settings, normalisation, training summary, data split, seed, versions;
+* ``training_log.csv`` and ``training_curve.png``.
+
+Every epoch ends with an atomic ``checkpoint.pt``. A rerun with the same settings and data resumes
+from it and ends with exactly the weights an uninterrupted run gives: every random draw of an epoch
+(patches, augmentations, masks) is derived from (seed, epoch), and the model, optimiser, scheduler,
+grad scaler and global RNG states are restored. The checkpoint is removed once the outputs exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import platform
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import jsonschema
+import numpy as np
+import torch
+
+from jump_n2v.atomic import atomic_output, write_text_atomic
+from jump_n2v.config import load_schema, resolve_section
+from jump_n2v.n2v.masking import StructMask, mask_batch, masked_mse
+from jump_n2v.n2v.model import UNet, build_unet
+from jump_n2v.n2v.sampling import PatchSampler, array_location
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+MODEL_FORMAT = 1
+LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "learning_rate", "seconds")
+COSINE_FINAL_FRACTION = 0.01  # cosine schedule ends at 1% of the initial learning rate
+PLATEAU_FACTOR = 0.5
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# Random streams for torch generators, next to the sampler's (see sampling._*_STREAM).
+_MASK_STREAM = 11
+_VALIDATION_MASK_STREAM = 12
+
+
+@dataclass(frozen=True)
+class N2VSettings:
+    """The ``n2v`` settings section, validated. Build it with :meth:`from_dict`."""
+
+    variant: Literal["n2v", "n2v2"]
+    depth: int
+    base_filters: int
+    patch_size: int
+    batch_size: int
+    masked_fraction: float
+    roi_size: int
+    struct_mask: StructMask | None
+    epochs: int
+    steps_per_epoch: int
+    learning_rate: float
+    lr_schedule: Literal["cosine", "plateau", "constant"]
+    early_stopping_patience: int
+    train_images: int
+    validation_fraction: float
+    validation_patches: int
+    augment: bool
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    device: str
+    seed: int
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any] | None = None) -> "N2VSettings":
+        """Fill schema defaults into ``settings`` and validate; raise ValueError saying what is wrong."""
+        resolved = resolve_section("n2v", settings)
+        validator = jsonschema.Draft202012Validator(load_schema()["definitions"]["n2v"])
+        errors = sorted(validator.iter_errors(resolved), key=lambda error: list(error.absolute_path))
+        if errors:
+            lines = [
+                f"  {'/'.join(str(p) for p in error.absolute_path) or '<n2v>'}: {error.message}"
+                for error in errors
+            ]
+            raise ValueError("invalid n2v settings:\n" + "\n".join(lines))
+        grid = 2 ** resolved["depth"]
+        if resolved["patch_size"] % grid:
+            raise ValueError(
+                f"n2v patch_size {resolved['patch_size']} must be a multiple of 2**depth = {grid} "
+                f"(depth {resolved['depth']})"
+            )
+        if resolved["roi_size"] % 2 == 0:
+            raise ValueError(f"n2v roi_size must be odd, got {resolved['roi_size']}")
+        if resolved["roi_size"] > resolved["patch_size"]:
+            raise ValueError(
+                f"n2v roi_size {resolved['roi_size']} is larger than patch_size {resolved['patch_size']}"
+            )
+        struct = resolved["struct_mask"]
+        if struct is not None:
+            if struct["span"] % 2 == 0:
+                raise ValueError(f"n2v struct_mask span must be odd, got {struct['span']}")
+            if struct["span"] > resolved["patch_size"]:
+                raise ValueError(
+                    f"n2v struct_mask span {struct['span']} is larger than patch_size {resolved['patch_size']}"
+                )
+            resolved["struct_mask"] = StructMask(axis=struct["axis"], span=struct["span"])
+        if not _DEVICE_PATTERN.match(resolved["device"]):
+            raise ValueError(f"n2v device must be auto, cpu, cuda or cuda:N, got {resolved['device']!r}")
+        return cls(**resolved)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data (the form ``from_dict`` takes and model.json records)."""
+        return dataclasses.asdict(self)  # the StructMask becomes {"axis": ..., "span": ...}
+
+    @property
+    def replacement(self) -> Literal["uniform", "median"]:
+        """Blind-spot replacement: uniform neighbour for N2V, window median for N2V2."""
+        return "uniform" if self.variant == "n2v" else "median"
+
+
+@dataclass
+class TrainedModel:
+    """A trained network ready for prediction (eval mode, on the CPU) with its normalisation."""
+
+    net: UNet
+    settings: N2VSettings
+    mean: float
+    std: float
+    metadata: dict
+
+
+# -- devices and precision ------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the first GPU when there is one, else the CPU; a missing GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"n2v device {name!r} asked for, but torch sees no CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"n2v device {name!r}: only {torch.cuda.device_count()} GPU(s) present")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. Mixed precision is used on CUDA only."""
+    if device.type != "cuda":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _derived_seed(*entropy: int) -> int:
+    """A 63-bit seed for a torch generator from the settings seed and a stream id."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]) >> 1
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _global_rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_global_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# -- data identity --------------------------------------------------------------------------------
+
+
+def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    import zarr
+
+    opened, names = [], []
+    for item in arrays:
+        if isinstance(item, (str, Path)):
+            try:
+                array = zarr.open_array(str(item), mode="r")
+            except Exception as error:  # zarr raises several types for a missing/invalid store
+                raise ValueError(f"cannot open Zarr array {item}: {error}") from error
+            opened.append(array)
+            names.append(str(item))
+        else:
+            opened.append(item)
+            names.append(array_location(item))
+    return opened, names
+
+
+def _data_identity(arrays: Sequence[Any], names: Sequence[str]) -> list[dict]:
+    identity = []
+    for array, name in zip(arrays, names):
+        attrs = getattr(array, "attrs", None)
+        image_ids = attrs.get("image_ids") if attrs is not None else None
+        identity.append(
+            {
+                "array": name,
+                "shape": list(array.shape),
+                "dtype": str(np.dtype(array.dtype)),
+                "image_ids": list(image_ids) if image_ids is not None else None,
+            }
+        )
+    return identity
+
+
+def _fingerprint(settings: N2VSettings, identity: list[dict]) -> str:
+    text = json.dumps({"settings": settings.to_dict(), "data": identity}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- schedule -------------------------------------------------------------------------------------
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, settings: N2VSettings):
+    if settings.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=settings.epochs, eta_min=settings.learning_rate * COSINE_FINAL_FRACTION
+        )
+    if settings.lr_schedule == "plateau":
+        # Halve after half the early-stopping patience, so the rate drops before training gives up.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=PLATEAU_FACTOR,
+            patience=max(1, settings.early_stopping_patience // 2),
+        )
+    return None
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """Everything about a run that a checkpoint must carry beyond the torch state dicts."""
+
+    epochs_done: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    rows: list = dataclasses.field(default_factory=list)
+
+
+def _save_checkpoint(path: Path, payload: dict) -> None:
+    with atomic_output(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def _load_checkpoint(path: Path, fingerprint: str, log: logging.Logger) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a checkpoint we cannot read is worth a line, not a failed run
+        log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)
+        return None
+    if checkpoint.get("format") != CHECKPOINT_FORMAT or checkpoint.get("fingerprint") != fingerprint:
+        log.info(
+            "ignoring checkpoint %s: it was written for other settings or training data; "
+            "training from scratch", path,
+        )
+        return None
+    return checkpoint
+
+
+def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().to("cpu", copy=True) for key, value in net.state_dict().items()}
+
+
+@torch.inference_mode()
+def _validation_loss(net, inputs, targets, masks, batch_size, autocast_dtype, device) -> float:
+    net.eval()
+    total = torch.zeros((), device=device)
+    count = torch.zeros((), device=device)
+    for start in range(0, len(inputs), batch_size):
+        stop = start + batch_size
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            prediction = net(inputs[start:stop])
+        mask = masks[start:stop].float()
+        total += ((prediction.float() - targets[start:stop]).square() * mask).sum()
+        count += mask.sum()
+    return float(total / count)
+
+
+def train_channel(
+    arrays: Sequence[Any],
+    settings: N2VSettings,
+    model_dir: str | Path,
+    *,
+    log: logging.Logger | None = None,
+) -> dict:
+    """Train an N2V model on the images of ``arrays`` (Zarr arrays or paths of Zarr arrays).
+
+    Writes model.pt, model.json, training_log.csv and training_curve.png into ``model_dir`` and
+    returns the model.json content. Resumes from ``model_dir/checkpoint.pt`` when it was written for
+    the same settings and data.
+    """
+    log = log or logger
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = model_dir / CHECKPOINT_NAME
+    arrays, names = _open_arrays(arrays)
+    identity = _data_identity(arrays, names)
+    fingerprint = _fingerprint(settings, identity)
+
+    device = resolve_device(settings.device)
+    autocast_dtype = resolve_precision(settings.precision, device)
+    if device.type != "cuda" and settings.precision in ("bf16", "fp16"):
+        log.info("precision %s applies on CUDA only; training in fp32 on %s", settings.precision, device)
+    _seed_everything(settings.seed)
+
+    sampler = PatchSampler(
+        arrays,
+        patch_size=settings.patch_size,
+        train_images=settings.train_images,
+        validation_fraction=settings.validation_fraction,
+        validation_patches=settings.validation_patches,
+        augment=settings.augment,
+        seed=settings.seed,
+        names=names,
+    )
+    norm = sampler.normalization
+    log.info(
+        "training %s on %d image(s) from %d array(s), validating on %d held-out image(s); "
+        "mean %.4g, std %.4g; device %s, precision %s",
+        settings.variant, len(sampler.train_images), len(arrays), len(sampler.validation_images),
+        norm.mean, norm.std, device, "fp32" if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
+    )
+    if sampler.validation_from_training:
+        log.warning("only one image: validation patches come from the training image itself")
+
+    net = build_unet(settings.depth, settings.base_filters, settings.variant).to(device)
+    # channels_last lets oneDNN / cuDNN pick their fast NHWC convolution kernels.
+    net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    scheduler = _make_scheduler(optimizer, settings)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+
+    mask_options = dict(
+        masked_fraction=settings.masked_fraction,
+        roi_size=settings.roi_size,
+        replacement=settings.replacement,
+        struct_mask=settings.struct_mask,
+    )
+    # The validation patches and their masks are fixed once, so epochs are compared on the same pixels.
+    val_targets = torch.from_numpy(sampler.validation).to(device)
+    val_generator = torch.Generator(device=device).manual_seed(_derived_seed(settings.seed, _VALIDATION_MASK_STREAM))
+    val_inputs, val_masks = mask_batch(val_targets, generator=val_generator, **mask_options)
+    val_inputs = val_inputs.contiguous(memory_format=torch.channels_last)
+
+    progress = _Progress()
+    best_weights = _cpu_state(net)
+    resumed_from = None
+    checkpoint = _load_checkpoint(checkpoint_path, fingerprint, log)
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        _restore_global_rng_state(checkpoint["rng"])
+        progress = _Progress(**checkpoint["progress"])
+        best_weights = checkpoint["best_weights"]
+        resumed_from = progress.epochs_done
+        log.info("resuming from %s after epoch %d", checkpoint_path, resumed_from)
+
+    steps = settings.steps_per_epoch
+    patches_per_epoch = steps * settings.batch_size
+    while progress.epochs_done < settings.epochs and not progress.stopped_early:
+        epoch = progress.epochs_done
+        net.train()
+        generator = torch.Generator(device=device).manual_seed(_derived_seed(settings.seed, _MASK_STREAM, epoch))
+        learning_rate = optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=device)
+        started = time.perf_counter()
+        for patches in sampler.batches(sampler.epoch_plan(epoch, steps, settings.batch_size)):
+            targets = torch.from_numpy(patches).to(device, non_blocking=True)
+            inputs, masks = mask_batch(targets, generator=generator, **mask_options)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                prediction = net(inputs)
+            loss = masked_mse(prediction, targets, masks)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach()
+        train_loss = float(loss_sum) / steps
+        train_seconds = time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise RuntimeError(
+                f"training diverged in epoch {epoch + 1} (train loss {train_loss}); lower "
+                f"n2v.learning_rate (now {settings.learning_rate}) or check the input images"
+            )
+        val_loss = _validation_loss(
+            net, val_inputs, val_targets, val_masks, settings.batch_size, autocast_dtype, device
+        )
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val_loss)
+        elif scheduler is not None:
+            scheduler.step()
+
+        progress.epochs_done = epoch + 1
+        progress.steps += steps
+        progress.seconds += time.perf_counter() - started
+        if val_loss < progress.best_val_loss:
+            progress.best_val_loss, progress.best_epoch, progress.epochs_since_best = val_loss, epoch + 1, 0
+            best_weights = _cpu_state(net)
+        else:
+            progress.epochs_since_best += 1
+        progress.stopped_early = (
+            progress.epochs_since_best >= settings.early_stopping_patience
+            and progress.epochs_done < settings.epochs
+        )
+        progress.rows.append(
+            {
+                "epoch": epoch + 1,
+                "step": progress.steps,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "learning_rate": learning_rate,
+                "seconds": round(progress.seconds, 3),
+            }
+        )
+        log.info(
+            "epoch %d/%d: train loss %.5f, val loss %.5f%s, lr %.3g, %.0f patches/s",
+            epoch + 1, settings.epochs, train_loss, val_loss,
+            " (best)" if progress.best_epoch == epoch + 1 else "", learning_rate,
+            patches_per_epoch / train_seconds,
+        )
+        if progress.stopped_early:
+            log.info(
+                "early stopping: no better validation loss for %d epochs (best %.5f at epoch %d)",
+                progress.epochs_since_best, progress.best_val_loss, progress.best_epoch,
+            )
+        _save_checkpoint(
+            checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": fingerprint,
+                "model": _cpu_state(net),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(),
+                "rng": _global_rng_state(),
+                "progress": dataclasses.asdict(progress),
+                "best_weights": best_weights,
+            },
+        )
+
+    metadata = {
+        "settings": settings.to_dict(),
+        "normalization": {"mean": norm.mean, "std": norm.std},
+        "training": {
+            "best_val_loss": progress.best_val_loss,
+            "best_epoch": progress.best_epoch,
+            "epochs_run": progress.epochs_done,
+            "steps": progress.steps,
+            "seconds": round(progress.seconds, 3),
+            "stopped_early": progress.stopped_early,
+            "resumed_from_epoch": resumed_from,
+            "patches_per_second": (
+                progress.steps * settings.batch_size / progress.seconds if progress.seconds > 0 else None
+            ),
+        },
+        "data": {
+            "arrays": names,
+            "train_images": [list(image) for image in sampler.train_images],
+            "validation_images": [list(image) for image in sampler.validation_images],
+        },
+        "seed": settings.seed,
+        "versions": _versions(),
+    }
+    _write_outputs(model_dir, settings, best_weights, norm, metadata, progress.rows)
+    checkpoint_path.unlink(missing_ok=True)
+    log.info(
+        "wrote %s: best val loss %.5f at epoch %d of %d",
+        model_dir, progress.best_val_loss, progress.best_epoch, progress.epochs_done,
+    )
+    return metadata
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata as importlib_metadata
+
+    try:
+        package = importlib_metadata.version("jump-n2v")
+    except importlib_metadata.PackageNotFoundError:
+        package = "unknown"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "jump_n2v": package,
+    }
+
+
+# -- outputs ----------------------------------------------------------------------------------------
+
+
+def _write_outputs(model_dir, settings, weights, norm, metadata, rows) -> None:
+    """All outputs, each atomically; model.json last, so its presence means the folder is complete."""
+    with atomic_output(model_dir / "model.pt") as temporary:
+        torch.save(
+            {
+                "format": MODEL_FORMAT,
+                "architecture": {
+                    "depth": settings.depth,
+                    "base_filters": settings.base_filters,
+                    "variant": settings.variant,
+                },
+                "state_dict": weights,
+                "normalization": {"mean": norm.mean, "std": norm.std},
+            },
+            temporary,
+        )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(model_dir / "training_log.csv", buffer.getvalue())
+    _write_curve(model_dir / "training_curve.png", rows, metadata["training"]["best_epoch"], settings)
+    write_text_atomic(model_dir / "model.json", json.dumps(metadata, indent=2) + "\n")
+
+
+def _write_curve(path: Path, rows: list[dict], best_epoch: int, settings: N2VSettings) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    epochs = [row["epoch"] for row in rows]
+    axes.plot(epochs, [row["train_loss"] for row in rows], marker=".", label="train")
+    axes.plot(epochs, [row["val_loss"] for row in rows], marker=".", label="validation")
+    if best_epoch:
+        axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("masked-pixel MSE (normalised units)")
+    axes.set_title(f"{settings.variant.upper()} training loss")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png")
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+
+def load_trained(model_dir_or_model_json: str | Path) -> TrainedModel:
+    """The network and normalisation written by :func:`train_channel` (a model folder or its model.json)."""
+    path = Path(model_dir_or_model_json)
+    model_json = path / "model.json" if path.is_dir() else path
+    weights_path = model_json.with_name("model.pt")
+    try:
+        metadata = json.loads(model_json.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no trained model at {path}: {model_json} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{model_json} is not valid JSON: {error}") from None
+    if not weights_path.exists():
+        raise FileNotFoundError(f"{model_json} has no weights beside it: {weights_path} is missing")
+    saved = torch.load(weights_path, map_location="cpu", weights_only=True)
+    if saved.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{weights_path}: unsupported model format {saved.get('format')!r}")
+    net = build_unet(**saved["architecture"])
+    net.load_state_dict(saved["state_dict"])
+    net.eval()
+    settings = N2VSettings.from_dict(metadata["settings"])
+    normalization = metadata["normalization"]
+    return TrainedModel(
+        net=net,
+        settings=settings,
+        mean=float(normalization["mean"]),
+        std=float(normalization["std"]),
+        metadata=metadata,
+    )

@@ -1,0 +1,170 @@
+"""Blind-spot masking: the network never sees a masked pixel's own value."""
+
+import numpy as np
+import pytest
+import torch
+
+from jump_n2v.n2v.masking import (
+    STRUCT_RANDOM_RANGE,
+    StructMask,
+    mask_batch,
+    masked_mse,
+    replacement_offsets,
+    stratification_cell_size,
+)
+
+torch.set_num_threads(1)
+
+VARIANTS = [
+    ("uniform", None),
+    ("median", None),
+    ("uniform", StructMask("row", 5)),
+    ("median", StructMask("column", 7)),
+]
+
+
+def _mask(batch, seed, replacement="uniform", struct_mask=None, masked_fraction=0.01, roi_size=5):
+    generator = torch.Generator().manual_seed(seed)
+    return mask_batch(
+        batch, masked_fraction=masked_fraction, roi_size=roi_size, replacement=replacement,
+        struct_mask=struct_mask, generator=generator,
+    )
+
+
+def test_cell_size_follows_the_masked_fraction():
+    assert stratification_cell_size(0.002) == 22
+    assert stratification_cell_size(0.25) == 2
+    assert stratification_cell_size(0.01) == 10
+
+
+@pytest.mark.parametrize("replacement,struct_mask", VARIANTS)
+def test_blind_spots_never_see_their_own_value(replacement, struct_mask):
+    batch = torch.randn(3, 1, 40, 36)
+    _, mask = _mask(batch, 7, replacement, struct_mask)
+    # Put a unique marker at every blind spot: positions depend only on the seed, not on values.
+    markers = 1000.0 + torch.arange(int(mask.sum()), dtype=torch.float32)
+    marked = batch.clone()
+    marked[mask] = markers
+    masked, mask_again = _mask(marked, 7, replacement, struct_mask)
+    assert torch.equal(mask, mask_again)
+    assert not torch.any(masked[mask] == markers)
+
+    # And a blind spot's masked input does not depend on its own value: change one spot at a time
+    # (a neighbouring spot's value may legitimately be the replacement).
+    for plane, channel, y, x in torch.nonzero(mask).tolist():
+        changed = marked.clone()
+        changed[plane, channel, y, x] = -5000.0
+        masked_changed, _ = _mask(changed, 7, replacement, struct_mask)
+        assert masked_changed[plane, channel, y, x] == masked[plane, channel, y, x]
+
+
+def test_every_stratification_cell_holds_exactly_one_blind_spot():
+    batch = torch.zeros(4, 1, 64, 70)
+    _, mask = _mask(batch, 3, masked_fraction=0.002)  # 22-pixel cells, cut at the bottom/right edge
+    counts = np.zeros((4, 3, 4), dtype=int)
+    for plane, _, y, x in torch.nonzero(mask).tolist():
+        counts[plane, y // 22, x // 22] += 1
+    assert (counts == 1).all()
+
+
+def test_masks_are_reproducible_with_the_same_seed_and_differ_with_another():
+    batch = torch.randn(2, 1, 32, 32)
+    first, first_mask = _mask(batch, 11)
+    again, again_mask = _mask(batch, 11)
+    other, other_mask = _mask(batch, 12)
+    assert torch.equal(first, again) and torch.equal(first_mask, again_mask)
+    assert not torch.equal(first_mask, other_mask)
+
+
+def _window_values(plane: np.ndarray, y: int, x: int, offsets) -> np.ndarray:
+    """The window around (y, x) by the documented rule: an offset leaving the patch is mirrored."""
+    height, width = plane.shape
+    values = []
+    for dy, dx in zip(*offsets):
+        sy = y + dy if 0 <= y + dy < height else y - dy
+        sx = x + dx if 0 <= x + dx < width else x - dx
+        values.append(plane[sy, sx])
+    return np.array(values)
+
+
+@pytest.mark.parametrize("struct_mask", [None, StructMask("row", 3)])
+def test_n2v2_replacement_is_the_median_of_the_window_without_its_centre(struct_mask):
+    batch = torch.randn(2, 1, 30, 30)
+    masked, mask = _mask(batch, 5, "median", struct_mask, roi_size=7)
+    offsets = [o.numpy() for o in replacement_offsets(7, struct_mask)]
+    for plane, _, y, x in torch.nonzero(mask).tolist():
+        expected = np.median(_window_values(batch[plane, 0].numpy(), y, x, offsets))
+        assert masked[plane, 0, y, x].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_n2v_replacement_is_a_neighbour_inside_the_window():
+    height, width, roi = 30, 26, 5
+    # Unique pixel values reveal where each replacement came from.
+    batch = torch.arange(2 * height * width, dtype=torch.float32).reshape(2, 1, height, width)
+    masked, mask = _mask(batch, 9, "uniform", roi_size=roi)
+    for plane, _, y, x in torch.nonzero(mask).tolist():
+        source = int(masked[plane, 0, y, x].item())
+        source_plane, rest = divmod(source, height * width)
+        source_y, source_x = divmod(rest, width)
+        assert source_plane == plane
+        assert (source_y, source_x) != (y, x)
+        assert abs(source_y - y) <= roi // 2 and abs(source_x - x) <= roi // 2
+
+
+def test_n2v_replacement_draws_every_neighbour_of_the_window():
+    batch = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 1, 64, 64).expand(200, 1, 64, 64)
+    masked, mask = _mask(batch.contiguous(), 1, "uniform", masked_fraction=0.002, roi_size=3)
+    offsets = set()
+    for plane, _, y, x in torch.nonzero(mask).tolist():
+        source_y, source_x = divmod(int(masked[plane, 0, y, x].item()), 64)
+        offsets.add((source_y - y, source_x - x))
+    assert offsets == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)} - {(0, 0)}
+
+
+@pytest.mark.parametrize("axis", ["row", "column"])
+def test_struct_mask_randomises_the_line_through_each_blind_spot(axis):
+    height, width, span = 40, 44, 5
+    batch = torch.full((2, 1, height, width), 10.0)
+    struct_mask = StructMask(axis, span)
+    masked, mask = _mask(batch, 4, "uniform", struct_mask)
+    expected_line = torch.zeros_like(mask)
+    for plane, _, y, x in torch.nonzero(mask).tolist():
+        for dy, dx in struct_mask.line_offsets():
+            if 0 <= y + dy < height and 0 <= x + dx < width:
+                expected_line[plane, 0, y + dy, x + dx] = True
+    line = expected_line & ~mask
+    low, high = STRUCT_RANDOM_RANGE
+    assert line.any()
+    assert torch.all((masked[line] >= low) & (masked[line] <= high))
+    untouched = ~expected_line & ~mask
+    assert torch.all(masked[untouched] == 10.0)
+    # The blind spots take a neighbour's value (10 here), never a random line value.
+    assert torch.all(masked[mask] == 10.0)
+
+
+def test_struct_line_pixels_are_not_used_as_replacement_sources():
+    offsets_y, offsets_x = replacement_offsets(5, StructMask("row", 5))
+    assert not torch.any(offsets_y == 0)  # the whole centre row is the line
+    offsets_y, offsets_x = replacement_offsets(5, StructMask("column", 3))
+    assert not torch.any((offsets_x == 0) & (offsets_y.abs() <= 1))
+    assert len(offsets_y) == 25 - 3
+
+
+def test_masked_mse_averages_over_the_blind_spots_only():
+    target = torch.zeros(1, 1, 4, 4)
+    prediction = torch.full((1, 1, 4, 4), 100.0)
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 1, 2] = mask[0, 0, 3, 3] = True
+    prediction[mask] = torch.tensor([1.0, 3.0])
+    assert masked_mse(prediction, target, mask).item() == pytest.approx((1 + 9) / 2)
+
+
+def test_bad_masking_arguments_are_refused():
+    with pytest.raises(ValueError, match="odd"):
+        StructMask("row", 4)
+    with pytest.raises(ValueError, match="axis"):
+        StructMask("diagonal", 3)
+    with pytest.raises(ValueError, match="roi_size"):
+        mask_batch(torch.zeros(1, 1, 8, 8), masked_fraction=0.1, roi_size=11)
+    with pytest.raises(ValueError, match="replacement"):
+        mask_batch(torch.zeros(1, 1, 8, 8), masked_fraction=0.1, roi_size=3, replacement="mean")

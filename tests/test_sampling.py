@@ -1,0 +1,161 @@
+"""Lazy patch sampling: only patch windows are read, memory stays flat, everything is seeded."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import zarr
+
+from jump_n2v.n2v.sampling import PatchSampler
+
+PATCH = 16
+
+
+def _write_array(path, images, height=48, width=40, dtype="uint16", chunks=None, seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(100, 4000, size=(images, height, width)).astype(dtype)
+    array = zarr.create_array(
+        store=str(path), shape=data.shape, chunks=chunks or (1, height, width), dtype=dtype
+    )
+    array[:] = data
+    return zarr.open_array(str(path), mode="r"), data
+
+
+class CountingArray:
+    """A read-only array that records every region read from it."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.chunks = array.chunks
+        self.reads = []
+
+    def __getitem__(self, selection):
+        values = np.asarray(self.array[selection])
+        self.reads.append((selection[0], values.shape))
+        return values
+
+
+def _sampler(arrays, **overrides):
+    options = dict(
+        patch_size=PATCH, train_images=100, validation_fraction=0.25, validation_patches=6,
+        augment=True, seed=5,
+    )
+    options.update(overrides)
+    return PatchSampler(arrays, **options)
+
+
+def test_batches_read_only_their_patch_windows(tmp_path):
+    array, _ = _write_array(tmp_path / "a.zarr", images=6)
+    counting = CountingArray(array)
+    sampler = _sampler([counting])
+    counting.reads.clear()
+    batches = list(sampler.batches(sampler.epoch_plan(0, steps=3, batch_size=4)))
+    assert [b.shape for b in batches] == [(4, 1, PATCH, PATCH)] * 3
+    assert len(counting.reads) == 12
+    assert all(shape == (PATCH, PATCH) for _, shape in counting.reads)
+    train_images = {image for _, image in sampler.train_images}
+    assert {image for image, _ in counting.reads} <= train_images
+
+
+def test_validation_patches_come_from_held_out_images_only(tmp_path):
+    array, _ = _write_array(tmp_path / "a.zarr", images=8)
+    counting = CountingArray(array)
+    sampler = _sampler([counting], validation_fraction=0.25)
+    assert len(sampler.validation_images) == 2
+    assert not set(sampler.validation_images) & set(sampler.train_images)
+    assert len(sampler.train_images) + len(sampler.validation_images) == 8
+    window_reads = [image for image, shape in counting.reads if shape == (PATCH, PATCH)]
+    assert len(window_reads) == 6
+    assert set(window_reads) <= {image for _, image in sampler.validation_images}
+    assert sampler.validation.shape == (6, 1, PATCH, PATCH)
+
+
+def test_memory_stays_flat_when_the_number_of_images_grows_fourfold(tmp_path):
+    peaks = []
+    for images in (8, 32):
+        array, _ = _write_array(tmp_path / f"{images}.zarr", images=images, height=128, width=128)
+        tracemalloc.start()
+        sampler = _sampler([array], patch_size=32, validation_patches=4)
+        for _ in sampler.batches(sampler.epoch_plan(0, steps=2, batch_size=4)):
+            pass
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    whole_array_growth = (32 - 8) * 128 * 128 * 2
+    assert peaks[1] - peaks[0] < whole_array_growth / 4, peaks
+
+
+def test_the_same_seed_gives_the_same_patches(tmp_path):
+    array, _ = _write_array(tmp_path / "a.zarr", images=6)
+    first, second = _sampler([array]), _sampler([array])
+    other = _sampler([array], seed=6)
+    plan = first.epoch_plan(3, steps=2, batch_size=5)
+    assert np.array_equal(plan, second.epoch_plan(3, steps=2, batch_size=5))
+    assert not np.array_equal(plan, first.epoch_plan(4, steps=2, batch_size=5))
+    assert not np.array_equal(plan, other.epoch_plan(3, steps=2, batch_size=5))
+    assert np.array_equal(
+        np.concatenate(list(first.batches(plan))), np.concatenate(list(second.batches(plan)))
+    )
+    assert np.array_equal(first.validation, second.validation)
+    assert first.train_images == second.train_images
+
+
+def test_patches_are_normalised_windows_possibly_flipped_or_rotated(tmp_path):
+    array, data = _write_array(tmp_path / "a.zarr", images=4)
+    sampler = _sampler([array])
+    plan = sampler.epoch_plan(0, steps=1, batch_size=40)
+    (batch,) = list(sampler.batches(plan))
+    mean, std = sampler.normalization.mean, sampler.normalization.std
+    transforms_seen = set()
+    for patch, (_, image, y, x, transform) in zip(batch, plan[0]):
+        window = (data[image, y : y + PATCH, x : x + PATCH] - mean) / std
+        variants = [np.rot90(window, k) for k in range(4)] + [np.rot90(window[:, ::-1], k) for k in range(4)]
+        np.testing.assert_allclose(patch[0], variants[transform], rtol=1e-5, atol=1e-5)
+        transforms_seen.add(int(transform))
+    assert len(transforms_seen) > 4
+
+
+def test_normalisation_uses_the_training_images_only(tmp_path):
+    # Row-block chunks make the statistics merge several blocks per image.
+    array, data = _write_array(tmp_path / "a.zarr", images=5, chunks=(1, 16, 40), dtype="float32")
+    sampler = _sampler([array])
+    pixels = np.stack([data[image] for _, image in sampler.train_images]).astype(np.float64)
+    assert sampler.normalization.mean == pytest.approx(pixels.mean(), rel=1e-10)
+    assert sampler.normalization.std == pytest.approx(pixels.std(), rel=1e-10)
+
+
+def test_images_are_chosen_per_array_and_split_across_arrays(tmp_path):
+    first, _ = _write_array(tmp_path / "p1.zarr", images=10)
+    second, _ = _write_array(tmp_path / "p2.zarr", images=3, height=20, width=24, seed=1)
+    sampler = _sampler([first, second], train_images=4, validation_fraction=0.2)
+    chosen = sampler.train_images + sampler.validation_images
+    assert sorted(a for a, _ in chosen) == [0] * 4 + [1] * 3
+    assert len(sampler.validation_images) == 1
+    # Window positions stay inside each array's own images.
+    plan = sampler.epoch_plan(0, steps=10, batch_size=10).reshape(-1, 5)
+    smaller = plan[plan[:, 0] == 1]
+    assert len(smaller) and (smaller[:, 2] <= 20 - PATCH).all() and (smaller[:, 3] <= 24 - PATCH).all()
+    # The image choice of the first plate does not change when a plate is added.
+    alone = _sampler([first], train_images=4, validation_fraction=0.2)
+    assert sorted(i for a, i in chosen if a == 0) == sorted(i for _, i in alone.train_images + alone.validation_images)
+
+
+def test_a_single_image_validates_on_itself(tmp_path):
+    array, _ = _write_array(tmp_path / "a.zarr", images=1)
+    sampler = _sampler([array])
+    assert sampler.train_images == [(0, 0)] and sampler.validation_images == []
+    assert sampler.validation_from_training
+
+
+def test_images_smaller_than_the_patch_are_refused_naming_the_array(tmp_path):
+    array, _ = _write_array(tmp_path / "tiny.zarr", images=2, height=12, width=30)
+    with pytest.raises(ValueError, match=r"tiny\.zarr.*12x30.*patch_size 16"):
+        _sampler([array])
+
+
+def test_constant_images_are_refused(tmp_path):
+    array = zarr.create_array(store=str(tmp_path / "flat.zarr"), shape=(3, 20, 20), dtype="uint8")
+    array[:] = 7
+    with pytest.raises(ValueError, match="flat.zarr.*constant"):
+        _sampler([array])
