@@ -80,7 +80,7 @@ def render_site(spec: DemoSpec, rng: np.random.Generator) -> dict[str, np.ndarra
     # DNA: nuclei with chromatin texture.
     dna = nuclei * (0.8 + 0.2 * _smooth_noise(rng, shape, 1.5))
     # ER: a reticular network (ridges of band-passed noise) dense around the nucleus.
-    ridges = np.abs(_smooth_noise(rng, shape, 2.0))
+    ridges = np.abs(_smooth_noise(rng, shape, 3.0))
     er = cytoplasm_only * np.exp(-ridges * 2.5) * (0.5 + 0.5 * ndimage.gaussian_filter(nuclei, 8) / (nuclei.max() + 1e-9))
     # RNA: nucleoli plus diffuse cytoplasmic signal and speckles.
     speckles = ndimage.gaussian_filter((rng.random(shape) > 0.985).astype(float), 1.0) * 4

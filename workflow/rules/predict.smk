@@ -6,6 +6,8 @@ rule predict:
         model_json=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.json",
     output:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr"),
+    resources:
+        gpu=1,
     params:
         predict=lambda w: settings_for(w, "predict"),
     log:

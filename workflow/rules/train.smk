@@ -16,6 +16,8 @@ rule train:
             subcategory="Training",
             labels={"model": "{group}", "channel": "{channel}", "figure": "loss curves"},
         ),
+    resources:
+        gpu=1,
     params:
         n2v=lambda w: settings_for(w, "n2v"),
     log:

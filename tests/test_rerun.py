@@ -1,0 +1,206 @@
+"""What Snakemake reruns after each kind of change: exactly the affected jobs, nothing else.
+
+A tiny LoadData plate (2 channels x 4 sites, single-channel TIFFs) is run through the real workflow
+once, in a temporary copy of the workflow (so a script can be edited). Each test then makes one
+change, reads the job list of `snakemake --dry-run` and undoes the change.
+"""
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs"]
+EXPERIMENT = "rerun"
+CHANNELS = ["DNA", "Mito"]
+SITES = [("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2)]
+
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+
+
+def write_loaddata_plate(root: Path, plate: str, seed: int) -> Path:
+    """Noisy single-channel uint16 TIFFs and the LoadData CSV naming them (relative paths)."""
+    rng = np.random.default_rng(seed)
+    images = root / plate
+    images.mkdir(parents=True)
+    header = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+    for channel in CHANNELS:
+        header += [f"FileName_Orig{channel}", f"PathName_Orig{channel}"]
+    rows = [",".join(header)]
+    for well, site in SITES:
+        row = [plate, well, str(site)]
+        for channel in CHANNELS:
+            name = f"{well}_s{site}_{channel}.tif"
+            tifffile.imwrite(images / name, rng.poisson(200, size=(64, 64)).astype(np.uint16))
+            row += [name, plate]
+        rows.append(",".join(row))
+    csv = root / f"{plate}.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    return csv
+
+
+def base_config(workdir: Path) -> dict:
+    with open(TINY_CONFIG) as handle:
+        tiny = yaml.safe_load(handle)
+    tiny_experiment = next(iter(tiny["experiments"].values()))
+    csv = write_loaddata_plate(workdir / "plates", "P1", seed=1)
+    return {
+        "results": "results",
+        "experiments": {
+            EXPERIMENT: {
+                "channels": CHANNELS,
+                "plates": {"P1": {"format": "loaddata", "load_data": str(csv.relative_to(workdir))}},
+                "settings": copy.deepcopy(tiny_experiment.get("settings", {})),
+            }
+        },
+    }
+
+
+def snakemake(workdir: Path, *args: str) -> str:
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}")
+    return result.stdout + result.stderr
+
+
+def planned_jobs(workdir: Path, *args: str) -> set[tuple]:
+    """(rule, (wildcard, value)...) for each job a dry run would run; the target rule `all` left out."""
+    output = snakemake(workdir, "--dry-run", *args)
+    jobs, rule, wildcards = set(), None, ()
+    for line in output.splitlines() + [""]:
+        header = JOB_HEADER.match(line)
+        if header or not line.startswith("    "):
+            if rule is not None and rule != "all":
+                jobs.add((rule, *wildcards))
+            rule, wildcards = (header.group("rule") if header else None), ()
+            continue
+        field, _, value = line.strip().partition(": ")
+        if field == "wildcards" and rule is not None:
+            wildcards = tuple(tuple(item.split("=", 1)) for item in value.split(", "))
+    if not jobs:
+        assert "Nothing to be done" in output, output[-3000:]
+    return jobs
+
+
+def job(rule, **wildcards):
+    return (rule, *((key, value) for key, value in wildcards.items()))
+
+
+def channel_chain(plate, channel, group=None):
+    """The jobs downstream of one channel's raw array: its model, prediction and QC."""
+    return {
+        job("train", experiment=EXPERIMENT, group=group or plate, channel=channel),
+        job("predict", experiment=EXPERIMENT, plate=plate, channel=channel),
+        job("qc", experiment=EXPERIMENT, plate=plate, channel=channel),
+    }
+
+
+REPORT = job("report", experiment=EXPERIMENT)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A copy of the workflow that has run the tiny LoadData plate to the end."""
+    workdir = tmp_path_factory.mktemp("rerun")
+    for name in WORKFLOW_PATHS:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, workdir / name)
+    # The config the copy's Snakefile loads (config/config.yaml); variants extend it with --configfile.
+    (workdir / "config").mkdir()
+    with open(workdir / "config" / "config.yaml", "w") as handle:
+        yaml.safe_dump(base_config(workdir), handle, sort_keys=False)
+    snakemake(workdir)
+    return workdir
+
+
+def write_variant(workdir: Path, name: str, experiment_update: dict) -> str:
+    """A config file that --configfile merges over config/config.yaml (dicts are merged key by key)."""
+    path = workdir / f"{name}.yaml"
+    with open(path, "w") as handle:
+        yaml.safe_dump({"experiments": {EXPERIMENT: experiment_update}}, handle, sort_keys=False)
+    return str(path)
+
+
+def test_nothing_reruns_when_nothing_changed(finished_run):
+    assert planned_jobs(finished_run) == set()
+
+
+def test_changing_one_channels_n2v_settings_reruns_only_that_channel_and_the_report(finished_run):
+    variant = write_variant(finished_run, "dna_n2v", {"channel_settings": {"DNA": {"n2v": {"epochs": 3}}}})
+    assert planned_jobs(finished_run, "--configfile", variant) == channel_chain("P1", "DNA") | {REPORT}
+
+
+def test_changing_one_channels_qc_settings_reruns_only_its_qc_and_the_report(finished_run):
+    variant = write_variant(finished_run, "mito_qc", {"channel_settings": {"Mito": {"qc": {"crop_size": 16}}}})
+    assert planned_jobs(finished_run, "--configfile", variant) == {
+        job("qc", experiment=EXPERIMENT, plate="P1", channel="Mito"), REPORT,
+    }
+
+
+def test_adding_a_plate_runs_only_that_plates_jobs_and_the_report(finished_run):
+    plates = finished_run / "plates"
+    csv = plates / "P2.csv" if (plates / "P2.csv").exists() else write_loaddata_plate(plates, "P2", seed=2)
+    variant = write_variant(finished_run, "add_plate", {
+        "plates": {"P2": {"format": "loaddata", "load_data": str(csv.relative_to(finished_run))}},
+    })
+    expected = {job("plate_index", experiment=EXPERIMENT, plate="P2"), REPORT}
+    for channel in CHANNELS:
+        expected.add(job("split_raw", experiment=EXPERIMENT, plate="P2", channel=channel))
+        expected |= channel_chain("P2", channel)
+    assert planned_jobs(finished_run, "--configfile", variant) == expected
+
+
+def test_rewriting_one_channel_image_reruns_only_that_channels_split_and_downstream(finished_run):
+    image = finished_run / "plates" / "P1" / "B02_s2_DNA.tif"
+    original, before = image.read_bytes(), image.stat()
+    try:
+        # New pixels: Snakemake reruns on a newer input only if its content changed (it keeps
+        # checksums of small inputs), so a bare touch would rightly plan nothing.
+        tifffile.imwrite(image, np.random.default_rng(99).poisson(300, size=(64, 64)).astype(np.uint16))
+        expected = {job("split_raw", experiment=EXPERIMENT, plate="P1", channel="DNA")}
+        assert planned_jobs(finished_run) == expected | channel_chain("P1", "DNA") | {REPORT}
+    finally:
+        image.write_bytes(original)
+        os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert planned_jobs(finished_run) == set()
+
+
+def test_editing_the_report_script_reruns_only_the_report(finished_run):
+    script = finished_run / "workflow" / "scripts" / "report.py"
+    original, before = script.read_text(), script.stat()
+    try:
+        script.write_text(original + "\n# edited: the report's code changed\n")
+        assert planned_jobs(finished_run) == {REPORT}
+    finally:
+        # Snakemake tells a script's edits by its mtime, so the restore includes the mtime.
+        script.write_text(original)
+        os.utime(script, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert planned_jobs(finished_run) == set()
+
+
+def test_job_list_parser_reads_rules_and_wildcards(tmp_path):
+    # The parser itself, on a two-job workflow: a wrong parse would make every test above vacuous.
+    (tmp_path / "Snakefile").write_text(
+        'rule all:\n    input: expand("out/{s}.txt", s=["a", "b"])\n'
+        'rule make:\n    output: "out/{s}.txt"\n    shell: "touch {output}"\n'
+    )
+    assert planned_jobs(tmp_path) == {job("make", s="a"), job("make", s="b")}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.txt").touch()
+    (tmp_path / "out" / "b.txt").touch()
+    assert planned_jobs(tmp_path) == set()

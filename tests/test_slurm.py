@@ -1,0 +1,259 @@
+"""The SLURM profile, checked on its own and by running the tiny plate through a real SLURM cluster.
+
+The cluster is a single node started by tests/slurm/cluster.sh (munged, slurmctld and slurmd as
+root, two partitions, two GPUs declared for scheduling). The run uses `snakemake --profile` with a
+copy of slurm/config.yaml changed only where a throwaway cluster and an offline machine need it
+(see `make_test_profile`): everything else (partitions, --gpus, retries, kept logs) is the real profile.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "slurm" / "config.yaml"
+WORKFLOW_PROFILE = REPO / "workflow" / "profiles" / "default" / "config.yaml"
+CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
+TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+CLUSTER_STATE = Path(os.environ.get("JUMP_N2V_SLURM_STATE", "/tmp/jump-n2v-slurm"))
+GPU_RULES = {"train", "predict"}
+# What the tiny plate runs through SLURM: every rule of the workflow that does work.
+EXPECTED_SLURM_RULES = {"plate_index", "split_raw", "split_ground_truth", "train", "predict", "qc"}
+# Copied into the temporary working copy the cluster run uses.
+WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "config", "slurm", "profiles"]
+# Test-node memory request per job: small enough for two jobs on any CI machine. Nothing enforces
+# it (no cgroups), it only has to schedule.
+TEST_MEM_MB = 1000
+
+
+def load_profile():
+    with open(PROFILE) as handle:
+        return yaml.safe_load(handle)
+
+
+def list_rules():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--list-rules", "--configfile", str(TINY_CONFIG)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # One rule a line: "name" or "name (docstring)".
+    return {match.group(1) for match in re.finditer(r"^(\w+)(?: \(.*\))?$", result.stdout, re.MULTILINE)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The profile itself (no cluster needed)
+
+
+def test_profile_submits_to_slurm_with_retries_kept_logs_and_conda():
+    profile = load_profile()
+    assert profile["executor"] == "slurm"
+    assert profile["retries"] >= 1
+    assert profile["rerun-incomplete"] is True
+    assert profile["slurm-keep-successful-logs"] is True
+    assert profile["software-deployment-method"] == "conda"
+    assert profile["default-resources"]["slurm_partition"] == "cpu"
+    assert {"runtime", "mem_mb"} <= set(profile["default-resources"])
+
+
+def test_profile_sends_training_and_prediction_to_one_gpu_each():
+    set_resources = load_profile()["set-resources"]
+    for rule in GPU_RULES:
+        assert set_resources[rule]["slurm_partition"] == "gpu", rule
+        assert set_resources[rule]["gpu"] == 1, rule
+    for rule, resources in set_resources.items():
+        if rule not in GPU_RULES:
+            assert "gpu" not in resources and resources.get("slurm_partition", "cpu") == "cpu", rule
+
+
+def test_profile_names_only_rules_the_workflow_has():
+    rules = list_rules()
+    assert set(load_profile()["set-resources"]) <= rules, set(load_profile()["set-resources"]) - rules
+    with open(WORKFLOW_PROFILE) as handle:
+        workflow_profile = yaml.safe_load(handle)
+    assert set(workflow_profile["set-threads"]) <= rules
+
+
+def test_profile_and_workflow_profile_set_disjoint_keys():
+    # The workflow profile wins key by key over --profile: a key in both would silently drop the
+    # cluster's value.
+    with open(WORKFLOW_PROFILE) as handle:
+        workflow_profile = yaml.safe_load(handle)
+    assert not set(workflow_profile) & set(load_profile())
+
+
+def test_workflow_profile_is_picked_up_by_a_plain_snakemake_call(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--configfile", str(TINY_CONFIG),
+         "--config", f"results={tmp_path / 'results'}"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "workflow specific profile" in output, (
+        "workflow/profiles/default was not loaded: snakemake looks for profiles/default next to the Snakefile "
+        "(or in the working directory)\n" + output[:2000]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A real cluster run
+
+
+def scontrol_jobs(env):
+    """Every job slurmctld still remembers (MinJobAge=3600) as dicts of scontrol's key=value fields."""
+    result = subprocess.run(["scontrol", "--oneliner", "show", "job"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    jobs = []
+    for line in result.stdout.splitlines():
+        if not line.startswith("JobId="):
+            continue
+        fields = {}
+        for token in line.split():
+            key, _, value = token.partition("=")
+            fields[key] = value
+        jobs.append(fields)
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """SLURM_CONF and PATH for the cluster; started here (and stopped after) unless already up."""
+    if os.geteuid() != 0:
+        reason = "not installed, and installing it needs root" if shutil.which("slurmctld") is None else "installed"
+        pytest.skip(f"SLURM test cluster needs root (its daemons run as root); SLURM is {reason}. "
+                    "Run the tests as root, as CI does.")
+    was_running = subprocess.run([CLUSTER_SH, "status", CLUSTER_STATE], capture_output=True).returncode == 0
+    started = subprocess.run([CLUSTER_SH, "start", CLUSTER_STATE], capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        pytest.fail(f"tests/slurm/cluster.sh start failed:\n{started.stdout}\n{started.stderr}")
+    env = {**os.environ, "SLURM_CONF": str(CLUSTER_STATE / "slurm.conf"), "PYTHONUNBUFFERED": "1"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    yield env
+    if not was_running:
+        subprocess.run([CLUSTER_SH, "stop", CLUSTER_STATE], capture_output=True, timeout=120)
+
+
+def make_test_profile(path: Path) -> Path:
+    """slurm/config.yaml changed only for a throwaway, offline single-node cluster.
+
+    * no conda: channels are unreachable offline, and the test venv already holds every package;
+    * squeue for job states (no slurmdbd, so no sacct) and no account (no accounting);
+    * status checks after 2 s instead of 40 s, 4 jobs at a time;
+    * memory requests capped at TEST_MEM_MB so that jobs fit any CI machine.
+    """
+    profile = load_profile()
+    for key in ("software-deployment-method", "conda-prefix"):
+        profile.pop(key, None)
+    profile.update({
+        "jobs": 4,
+        "slurm-status-command": "squeue",
+        "slurm-no-account": True,
+        "slurm-init-seconds-before-status-checks": 2,
+    })
+    for resources in [profile["default-resources"], *profile["set-resources"].values()]:
+        if "mem_mb" in resources:
+            resources["mem_mb"] = min(resources["mem_mb"], TEST_MEM_MB)
+    path.mkdir(parents=True)
+    with open(path / "config.yaml", "w") as handle:
+        yaml.safe_dump(profile, handle, sort_keys=False)
+    return path
+
+
+
+@pytest.fixture(scope="session")
+def slurm_run(slurm_cluster, tmp_path_factory):
+    """The tiny plate run end to end with `snakemake --profile <test copy of slurm/>`."""
+    workdir = tmp_path_factory.mktemp("slurm_run")
+    for name in WORKFLOW_PATHS:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, workdir / name)
+    # The tiny plate replaces the demo config, so only it is built.
+    shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
+    profile = make_test_profile(workdir / "slurm-test")
+    command = [sys.executable, "-m", "snakemake", "--profile", str(profile)]
+    result = subprocess.run(command, cwd=workdir, env=slurm_cluster, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        logs = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+        tails = "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs[-6:])
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n"
+            f"{result.stderr[-8000:]}\n{tails}"
+        )
+    jobs = [job for job in scontrol_jobs(slurm_cluster) if Path(job.get("WorkDir", "")) == workdir]
+    return {"workdir": workdir, "jobs": jobs, "env": slurm_cluster, "profile": profile, "output": result.stderr}
+
+
+def rule_of(job):
+    """The rule a job ran: the plugin writes 'rule_<name>[_wildcards_<...>]' as the job comment."""
+    comment = job.get("Comment", "")
+    assert comment.startswith("rule_"), job
+    return comment[len("rule_"):].split("_wildcards_")[0]
+
+
+@pytest.mark.slurm
+def test_every_rule_ran_as_a_completed_slurm_job(slurm_run):
+    jobs = slurm_run["jobs"]
+    assert jobs, "no SLURM jobs were submitted from the run's working directory"
+    assert all(job["JobState"] == "COMPLETED" for job in jobs), [(rule_of(j), j["JobState"]) for j in jobs]
+    counts = {}
+    for job in jobs:
+        counts[rule_of(job)] = counts.get(rule_of(job), 0) + 1
+    assert EXPECTED_SLURM_RULES <= set(counts), counts
+    # Two channels on one plate: one job per channel for each per-channel rule.
+    for rule in ("split_raw", "split_ground_truth", "train", "predict", "qc"):
+        assert counts[rule] == 2, counts
+
+
+@pytest.mark.slurm
+def test_gpu_rules_ran_in_the_gpu_partition_with_one_gpu(slurm_run):
+    for job in slurm_run["jobs"]:
+        rule = rule_of(job)
+        if rule in GPU_RULES:
+            assert job["Partition"] == "gpu", job
+            assert job.get("TresPerJob", "").endswith("gpu:1"), job
+        else:
+            assert job["Partition"] == "cpu", job
+            assert "gpu" not in job.get("TresPerJob", ""), job
+
+
+@pytest.mark.slurm
+def test_successful_jobs_keep_their_slurm_logs(slurm_run):
+    logs_dir = slurm_run["workdir"] / ".snakemake" / "slurm_logs"
+    for job in slurm_run["jobs"]:
+        logs = list((logs_dir / f"rule_{rule_of(job)}").rglob(f"{job['JobId']}.log"))
+        assert len(logs) == 1, (job["JobId"], rule_of(job))
+        assert logs[0].stat().st_size > 0
+
+
+@pytest.mark.slurm
+def test_cluster_run_writes_denoised_arrays_and_the_report(slurm_run):
+    results = slurm_run["workdir"] / "results" / "tiny"
+    for channel in ("DNA", "Mito"):
+        raw = zarr.open_array(results / "TinyPlate" / "raw" / f"{channel}.zarr", mode="r")
+        denoised = zarr.open_array(results / "TinyPlate" / "denoised" / f"{channel}.zarr", mode="r")
+        assert denoised.shape == raw.shape == (4, 64, 64)
+        assert denoised.dtype == np.float32 and np.isfinite(denoised[:]).all()
+        assert (results / "models" / "TinyPlate" / channel / "model.pt").stat().st_size > 0
+    assert (results / "report" / "report.html").stat().st_size > 0
+
+
+@pytest.mark.slurm
+def test_cluster_rerun_has_nothing_to_do(slurm_run):
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", str(slurm_run["profile"]), "--dry-run"],
+        cwd=slurm_run["workdir"], env=slurm_run["env"], capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
