@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import zarr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,15 @@ def test_every_stage_writes_its_documented_outputs(tiny_run):
     assert (tiny_run / "report" / "report.html").stat().st_size > 0
     summary = pd.read_csv(tiny_run / "report" / "summary.csv")
     assert sorted(summary["channel"]) == CHANNELS
+
+
+def test_export_writes_denoised_tiffs_and_a_loaddata_csv_pointing_at_them(tiny_run):
+    load_data = pd.read_csv(tiny_run / "TinyPlate" / "denoised_tiff" / "load_data.csv")
+    assert len(load_data) == 4
+    denoised = zarr.open_array(tiny_run / "TinyPlate" / "denoised" / "DNA.zarr", mode="r")
+    for row, (folder, name) in enumerate(zip(load_data["PathName_OrigDNA"], load_data["FileName_OrigDNA"])):
+        assert np.array_equal(tifffile.imread(Path(folder) / name), denoised[row])
+    assert load_data["FileName_OrigMito"].str.contains("Mito").all()
 
 
 def test_channel_settings_reach_the_trained_models(tiny_run):

@@ -20,7 +20,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     plate=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     group=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    channel=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    channel=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
 def experiment_cfg(experiment):
@@ -120,12 +120,25 @@ def report_inputs(wildcards):
     }
 
 
+def exported_channels(experiment):
+    """Channels whose denoised images are also exported as TIFFs (predict.export_tiff)."""
+    return [c for c in experiment_cfg(experiment)["channels"] if channel_settings(config, experiment, c)["predict"]["export_tiff"]]
+
+
+def export_load_data_inputs(wildcards):
+    e, p = wildcards.experiment, wildcards.plate
+    channels = exported_channels(e)
+    return {
+        "index": f"{RESULTS}/{e}/{p}/index.csv",
+        "zarrs": [f"{RESULTS}/{e}/{p}/denoised/{c}.zarr" for c in channels],
+        "tiffs": [f"{RESULTS}/{e}/{p}/denoised_tiff/{c}" for c in channels],
+    }
+
+
 def all_targets():
     targets = []
     for experiment, exp in config["experiments"].items():
         targets.append(f"{RESULTS}/{experiment}/report/report.html")
-        for plate in exp["plates"]:
-            for channel in exp["channels"]:
-                if channel_settings(config, experiment, channel)["predict"]["export_tiff"]:
-                    targets.append(f"{RESULTS}/{experiment}/{plate}/denoised_tiff/{channel}/load_data.csv")
+        if exported_channels(experiment):
+            targets += [f"{RESULTS}/{experiment}/{plate}/denoised_tiff/load_data.csv" for plate in exp["plates"]]
     return targets

@@ -21,12 +21,14 @@ rule predict:
 
 
 rule export_tiff:
-    """Denoised TIFFs mirroring the input plus a LoadData CSV pointing at them (CellProfiler-ready)."""
+    """Denoised TIFFs of one channel, named after the source files (for CellProfiler and viewers)."""
     input:
         zarr=f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr",
         index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
     output:
-        load_data=f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/{{channel}}/load_data.csv",
+        tiffs=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/{{channel}}"),
+    params:
+        layout=lambda w: settings_for(w, "predict")["export_layout"],
     log:
         f"{RESULTS}/{{experiment}}/logs/export_tiff/{{plate}}/{{channel}}.log",
     benchmark:
@@ -35,3 +37,19 @@ rule export_tiff:
         "../../envs/io.yaml"
     script:
         "../scripts/export_tiff.py"
+
+
+rule export_load_data:
+    """A LoadData CSV pointing at a plate's exported denoised TIFFs, so CellProfiler runs on them unchanged."""
+    input:
+        unpack(export_load_data_inputs),
+    output:
+        load_data=f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/load_data.csv",
+    params:
+        layouts=lambda w: {c: channel_settings(config, w.experiment, c)["predict"]["export_layout"] for c in exported_channels(w.experiment)},
+    log:
+        f"{RESULTS}/{{experiment}}/logs/export_load_data/{{plate}}.log",
+    conda:
+        "../../envs/io.yaml"
+    script:
+        "../scripts/export_load_data.py"

@@ -1,0 +1,507 @@
+"""Tiled Noise2Void prediction of single images and of whole (images, Y, X) Zarr arrays.
+
+Tiling is exact crop-and-stitch (as CAREamics' tile writer does, without blending): every tile carries a
+halo of at least the network's receptive radius on each side, tile origins sit on the 2**depth pooling
+grid, and only each tile's centre ("core") is kept. The result therefore equals the network applied
+once to the whole image after reflect padding (``halo`` pixels on the top and left, enough on the
+bottom and right to reach the tile grid), to float rounding; tests/test_predict.py checks this.
+
+Arrays are processed with dask one source chunk (whole images) at a time and written chunk by chunk,
+so memory is bounded by one image plus one tile batch per worker, never by the plate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+import re
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import dask.array as da
+import numpy as np
+import torch
+import zarr
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from jump_n2v.atomic import atomic_output
+from jump_n2v.config import ConfigError, resolve_section
+
+DEFAULT_TILE_SIZE = {"cpu": 512, "cuda": 1024}
+# Progress lines are logged at most this often (seconds), plus one when the array is done.
+PROGRESS_INTERVAL_S = 5.0
+# Only one image is in the network at a time: torch already uses every core for one forward pass, so
+# concurrent passes would oversubscribe the CPU (or the GPU's memory); other dask workers meanwhile read,
+# convert and write chunks.
+_NET_LOCK = threading.Lock()
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictSettings:
+    """The ``predict`` section of the configuration (see workflow/schemas/config.schema.yaml)."""
+
+    tile_size: int | None
+    batch_size: int
+    tta: bool
+    output_dtype: str
+    precision: str
+    device: str
+    export_tiff: bool
+    export_layout: str
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any] | None = None) -> "PredictSettings":
+        """Fill schema defaults into ``settings`` and validate them; raises ConfigError naming the field."""
+        resolved = resolve_section("predict", settings)
+        tile_size = resolved["tile_size"]
+        if tile_size is not None and (not _is_int(tile_size) or tile_size < 32):
+            raise ConfigError(f"predict tile_size must be null or an integer >= 32, got {tile_size!r}")
+        if not _is_int(resolved["batch_size"]) or resolved["batch_size"] < 1:
+            raise ConfigError(f"predict batch_size must be an integer >= 1, got {resolved['batch_size']!r}")
+        for flag in ("tta", "export_tiff"):
+            if not isinstance(resolved[flag], bool):
+                raise ConfigError(f"predict {flag} must be true or false, got {resolved[flag]!r}")
+        choices = {
+            "output_dtype": ("float32", "input"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+            "export_layout": ("flat", "mirror"),
+        }
+        for field, allowed in choices.items():
+            if resolved[field] not in allowed:
+                raise ConfigError(f"predict {field} must be one of {', '.join(allowed)}, got {resolved[field]!r}")
+        if not isinstance(resolved["device"], str) or not _DEVICE_PATTERN.match(resolved["device"]):
+            raise ConfigError(f"predict device must be auto, cpu, cuda or cuda:N, got {resolved['device']!r}")
+        return cls(**resolved)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_settings(settings: PredictSettings | Mapping[str, Any] | None) -> PredictSettings:
+    return settings if isinstance(settings, PredictSettings) else PredictSettings.from_dict(settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Receptive field and tiling geometry
+
+_RECEPTIVE_FIELDS: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+def _size_multiple(net: nn.Module) -> int:
+    multiple = getattr(net, "size_multiple", None)
+    if multiple is None:
+        multiple = 2 ** int(getattr(net, "depth", 0))
+    return int(multiple)
+
+
+def receptive_field(net: nn.Module) -> int:
+    """Width (odd, pixels) of an input window that holds everything any output pixel depends on.
+
+    Measured on the model, not assumed, as the gradient's nonzero extent: on a float64 copy in eval
+    mode with every ReLU replaced by the identity (so the data switch no path off: this is the
+    structural receptive field, valid for any input), the gradient of one block of 2**depth adjacent
+    output pixels (one per phase of the pooling grid, random weights so nothing cancels) is taken with
+    respect to a random input, twice per axis with different inputs (max pooling routes the gradient to
+    the data's maxima; with dozens of channels every corner of the window is hit). Rows are measured on
+    a tall narrow input and columns on a wide flat one, which is cheap at any depth, and the input is
+    lengthened until the window does not touch its ends. The result is 2 r + 1 where r bounds every
+    pixel's reach from above, at most 2**depth - 1 pixels more than the exact per-pixel value (whose
+    cost grows with 4**depth). Cached per network object.
+    """
+    cached = _RECEPTIVE_FIELDS.get(net)
+    if cached is not None:
+        return cached
+    multiple = _size_multiple(net)
+    probe = copy.deepcopy(net).to(device="cpu", dtype=torch.float64).eval()
+    _replace_relus(probe)
+    generator = torch.Generator().manual_seed(0)
+    length = max(64, 8 * multiple)
+    while True:
+        reaches = [_probe_reach(probe, length, axis, multiple, generator) for axis in (0, 1) for _ in range(2)]
+        if not any(touches_end for _, touches_end in reaches):
+            break
+        length = _grow(length)
+    field = 2 * max(reach for reach, _ in reaches) + 1
+    _RECEPTIVE_FIELDS[net] = field
+    return field
+
+
+def _probe_reach(
+    probe: nn.Module, length: int, axis: int, multiple: int, generator: torch.Generator
+) -> tuple[int, bool]:
+    """Upper bound on how far along ``axis`` any pixel of a grid-aligned block of output pixels reaches,
+    and whether the window touches an end of the random input (``length`` long, 4 grid steps wide)."""
+    width = 4 * multiple
+    first = (length // 2) // multiple * multiple
+    shape = (length, width) if axis == 0 else (width, length)
+    image = torch.randn(1, 1, *shape, dtype=torch.float64, generator=generator, requires_grad=True)
+    weights = torch.rand(multiple, dtype=torch.float64, generator=generator) + 0.5
+    with torch.enable_grad():
+        output = probe(image)[0, 0]
+        block = output[first : first + multiple, width // 2] if axis == 0 else output[width // 2, first : first + multiple]
+        (block * weights).sum().backward()
+    profile = image.grad[0, 0].abs().sum(dim=1 - axis)
+    reached = torch.nonzero(profile).flatten()
+    if reached.numel() == 0:
+        raise ValueError("receptive_field: the output does not depend on the input (all-zero gradient)")
+    low, high = int(reached.min()), int(reached.max())
+    # The block's first pixel may need all of [low, ...] and its last all of [..., high].
+    reach = max(first + multiple - 1 - low, high - first)
+    return reach, low == 0 or high == length - 1
+
+
+def _grow(size: int) -> int:
+    if size >= 8192:
+        raise ValueError(f"receptive_field: the window still fills a {size}x{size} input; is the network local?")
+    return size * 2
+
+
+def _replace_relus(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, (nn.ReLU, nn.LeakyReLU, nn.ReLU6)):
+            setattr(module, name, nn.Identity())
+        else:
+            _replace_relus(child)
+
+
+def halo_size(net: nn.Module) -> int:
+    """Pixels of context each tile carries on every side: ceil(rf / 2) rounded up to the pooling grid."""
+    multiple = _size_multiple(net)
+    return math.ceil(math.ceil(receptive_field(net) / 2) / multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisTiling:
+    """How one image axis is cut: ``count`` tiles of ``tile`` pixels whose central ``core`` is kept."""
+
+    length: int
+    core: int
+    halo: int
+    count: int
+
+    @property
+    def tile(self) -> int:
+        return self.core + 2 * self.halo
+
+    @property
+    def pad_after(self) -> int:
+        """Reflect padding after the image so the last tile is complete (padding before is ``halo``)."""
+        return self.count * self.core + self.halo - self.length
+
+
+def plan_axis(length: int, max_tile: int, halo: int, multiple: int) -> AxisTiling:
+    """Cut ``length`` pixels into as few tiles of at most ``max_tile`` (halo included) as possible.
+
+    The core is then shrunk to the smallest multiple of the pooling grid that still covers the axis,
+    so a 1080-pixel axis with 512-pixel tiles uses three 360-pixel cores rather than 448 + 448 + 184
+    padded up to 448 (which would waste a third of the computation).
+    """
+    max_core = (max_tile // multiple) * multiple - 2 * halo
+    if max_core < multiple:
+        raise ConfigError(
+            f"predict tile_size {max_tile} leaves no room for the network's halo of {halo} px on each side; "
+            f"use a tile_size of at least {2 * halo + multiple} (ideally >= {4 * halo})"
+        )
+    count = math.ceil(length / max_core)
+    core = math.ceil(math.ceil(length / count) / multiple) * multiple
+    return AxisTiling(length=length, core=core, halo=halo, count=count)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"predict device {device!r} was requested but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. ``auto`` is bf16 on a CUDA device that supports it."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def resolve_tile_size(settings: PredictSettings, device: torch.device, halo: int) -> int:
+    """The configured tile size, or the device default (never less than 4 halos, so most work is kept)."""
+    if settings.tile_size is not None:
+        return settings.tile_size
+    return max(DEFAULT_TILE_SIZE.get(device.type, DEFAULT_TILE_SIZE["cuda"]), 4 * halo)
+
+
+# --------------------------------------------------------------------------------------------------
+# One image
+
+# The 8 symmetries of the square as (forward, inverse) transforms of (..., Y, X) tensors.
+_DIHEDRAL: list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = []
+for _k in range(4):
+    _DIHEDRAL.append((lambda t, k=_k: torch.rot90(t, k, (-2, -1)), lambda t, k=_k: torch.rot90(t, -k, (-2, -1))))
+    _DIHEDRAL.append(
+        (
+            lambda t, k=_k: torch.rot90(torch.flip(t, (-1,)), k, (-2, -1)),
+            lambda t, k=_k: torch.flip(torch.rot90(t, -k, (-2, -1)), (-1,)),
+        )
+    )
+del _k
+
+
+def inference_copy(net: nn.Module, device: torch.device) -> nn.Module:
+    """An eval-mode copy of ``net`` on ``device`` made faster for inference, computing the same function.
+
+    Each convolution directly followed by batch norm (inside an ``nn.Sequential``) gets the norm folded
+    into its weights, and the copy uses the channels-last memory layout. Measured on the 2-core CPU
+    (depth 2, 32 filters, 4 tiles of 424 px): 1.3x from folding, 1.6x from channels-last, 2.0x together.
+    The caller's network is left untouched.
+    """
+    inference = copy.deepcopy(net).eval()
+    for module in inference.modules():
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:]):
+                conv, norm = module._modules[first], module._modules[second]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
+                    module._modules[first] = fuse_conv_bn_eval(conv, norm)
+                    module._modules[second] = nn.Identity()
+    return inference.to(device).to(memory_format=torch.channels_last)
+
+
+class _Runner:
+    """A network ready to denoise batches of tiles on one device at one precision."""
+
+    def __init__(self, net: nn.Module, settings: PredictSettings) -> None:
+        self.device = resolve_device(settings.device)
+        self.autocast_dtype = resolve_precision(settings.precision, self.device)
+        self.net = inference_copy(net, self.device)
+        self.multiple = _size_multiple(net)
+        self.halo = halo_size(net)
+        self.tile_size = resolve_tile_size(settings, self.device, self.halo)
+        self.batch_size = settings.batch_size
+        self.tta = settings.tta
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Network output for a (B, Ty, Tx) float32 batch, averaged over the 8 symmetries with TTA."""
+        tensor = torch.from_numpy(batch).unsqueeze(1).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            if not self.tta:
+                output = self.net(tensor).float()
+            else:
+                output = torch.zeros_like(tensor, dtype=torch.float32)
+                for transform, inverse in _DIHEDRAL:
+                    transformed = transform(tensor).contiguous(memory_format=torch.channels_last)
+                    output += inverse(self.net(transformed).float())
+                output /= len(_DIHEDRAL)
+        return output[:, 0].cpu().numpy()
+
+    def denoise(self, image: np.ndarray, mean: float, std: float) -> np.ndarray:
+        if image.ndim != 2:
+            raise ValueError(f"denoise_image expects one 2-D image, got shape {image.shape}")
+        if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+            raise ValueError(f"denoise_image: normalisation needs a finite mean and a positive std, got {mean}, {std}")
+        height, width = image.shape
+        if height == 0 or width == 0:
+            raise ValueError(f"denoise_image: empty image of shape {image.shape}")
+        rows = plan_axis(height, self.tile_size, self.halo, self.multiple)
+        cols = plan_axis(width, self.tile_size, self.halo, self.multiple)
+        normalised = (np.asarray(image, dtype=np.float32) - np.float32(mean)) / np.float32(std)
+        padded = np.pad(
+            normalised, ((self.halo, rows.pad_after), (self.halo, cols.pad_after)), mode="reflect"
+        )
+        del normalised
+        output = np.empty((height, width), dtype=np.float32)
+        origins = [(r * rows.core, c * cols.core) for r in range(rows.count) for c in range(cols.count)]
+        for start in range(0, len(origins), self.batch_size):
+            chunk = origins[start : start + self.batch_size]
+            batch = np.stack([padded[y : y + rows.tile, x : x + cols.tile] for y, x in chunk])
+            result = self.forward(batch)
+            for (y, x), tile in zip(chunk, result):
+                # Tile (y, x) in padded coordinates has its core at image coordinates (y, x).
+                keep_y, keep_x = min(rows.core, height - y), min(cols.core, width - x)
+                output[y : y + keep_y, x : x + keep_x] = tile[
+                    self.halo : self.halo + keep_y, self.halo : self.halo + keep_x
+                ]
+        output *= np.float32(std)
+        output += np.float32(mean)
+        return output
+
+
+def denoise_image(
+    net: nn.Module,
+    image_2d: np.ndarray,
+    mean: float,
+    std: float,
+    settings: PredictSettings | Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """Denoise one 2-D image of any size with overlapping tiles; returns float32 in the input's units.
+
+    The image is normalised with ``(x - mean) / std``, reflect padded, cut into tiles of at most
+    ``tile_size`` pixels (halo included, origins on the 2**depth grid) that go through ``net`` (put in
+    eval mode, moved to the device) ``batch_size`` at a time, and each tile's core is pasted back.
+    With ``tta`` every tile is predicted in the 8 flips/rotations and the results are averaged.
+    """
+    return _Runner(net, _as_settings(settings)).denoise(image_2d, mean, std)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole arrays
+
+
+def output_dtype_for(source_dtype: np.dtype, output_dtype: str) -> np.dtype:
+    if output_dtype == "float32":
+        return np.dtype(np.float32)
+    source_dtype = np.dtype(source_dtype)
+    if source_dtype.kind not in "uif":
+        raise ValueError(f"output_dtype input: cannot write denoised images as source dtype {source_dtype}")
+    return source_dtype
+
+
+def to_output_dtype(denoised: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast float32 network output (in the source's intensity units) to ``dtype``.
+
+    Integer dtypes are rounded to the nearest integer and clipped to the dtype's range (denoising can
+    push dark background below 0 or saturated pixels above the maximum); float dtypes are cast.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        rounded = np.rint(denoised)
+        np.clip(rounded, info.min, info.max, out=rounded)
+        return rounded.astype(dtype)
+    return denoised.astype(dtype, copy=False)
+
+
+class _Progress:
+    def __init__(self, total: int, pixels_per_image: int, log: logging.Logger | None) -> None:
+        self.total, self.pixels_per_image, self.log = total, pixels_per_image, log
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+        self.lock = threading.Lock()
+
+    def add(self, images: int) -> None:
+        with self.lock:
+            self.done += images
+            now = time.perf_counter()
+            if self.log is None or (now - self.last < PROGRESS_INTERVAL_S and self.done < self.total):
+                return
+            self.last = now
+            rate = self.done * self.pixels_per_image / 1e6 / max(now - self.start, 1e-9)
+            self.log.info("denoised %d/%d images (%.2f Mpx/s)", self.done, self.total, rate)
+
+
+def predict_array(
+    net: nn.Module,
+    mean: float,
+    std: float,
+    src: zarr.Array | str | os.PathLike,
+    dst_path: str | os.PathLike,
+    settings: PredictSettings | Mapping[str, Any] | None = None,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+    log: logging.Logger | None = None,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Denoise every image of a (images, Y, X) Zarr array into a new Zarr v3 array at ``dst_path``.
+
+    The output has the source's shape and chunks and dtype float32, or with ``output_dtype: input``
+    the source dtype (see :func:`to_output_dtype`: integers are rounded and clipped to the dtype's
+    range). Its attributes are the source's plus ``output_dtype`` and ``attrs``. The array is written
+    atomically: an interrupted run leaves nothing at ``dst_path``.
+
+    Dask reads, denoises and stores one source chunk of whole images per task with ``num_workers``
+    threads (default: the CPU count, at most 4), of which only one runs the network at a time while the
+    others read, convert and write; peak memory is about ``num_workers`` images plus one tile batch
+    whatever the number of images. On the 2-core CPU, 2 workers were ~5% faster than 1. Returns a summary (images, megapixels, seconds, mpx_per_s,
+    tile_size, tile_shape, tiles_per_image, halo, batch).
+    """
+    settings = _as_settings(settings)
+    source = _open_source(src)
+    if source.ndim != 3:
+        raise ValueError(f"{_describe(src)}: expected an (images, Y, X) array, got shape {source.shape}")
+    count, height, width = source.shape
+    dtype = output_dtype_for(source.dtype, settings.output_dtype)
+    runner = _Runner(net, settings)
+    rows = plan_axis(max(height, 1), runner.tile_size, runner.halo, runner.multiple)
+    cols = plan_axis(max(width, 1), runner.tile_size, runner.halo, runner.multiple)
+    progress = _Progress(count, height * width, log)
+    if log is not None:
+        log.info(
+            "denoising %d images of %dx%d from %s on %s: %d tiles of %dx%d per image (halo %d), batch %d%s",
+            count, height, width, _describe(src), runner.device, rows.count * cols.count, rows.tile, cols.tile,
+            runner.halo, runner.batch_size, ", 8-fold TTA" if runner.tta else "",
+        )
+
+    def denoise_block(block: np.ndarray) -> np.ndarray:
+        denoised = np.empty(block.shape, dtype=dtype)
+        for index, image in enumerate(block):
+            with _NET_LOCK:
+                result = runner.denoise(image, mean, std)
+            denoised[index] = to_output_dtype(result, dtype)
+            progress.add(1)
+        return denoised
+
+    start = time.perf_counter()
+    with atomic_output(dst_path) as temporary:
+        target = zarr.create_array(
+            store=str(temporary), shape=source.shape, chunks=source.chunks, dtype=dtype, fill_value=0
+        )
+        target.attrs.update({**dict(source.attrs), "output_dtype": settings.output_dtype, **dict(attrs or {})})
+        if count:
+            # Whole images per block (a source chunked in tiles is merged per image), keeping the source's
+            # chunking along the image axis so no two blocks ever write the same output chunk.
+            images = da.from_zarr(source).rechunk({0: source.chunks[0], 1: height, 2: width})
+            denoised = images.map_blocks(denoise_block, dtype=dtype, meta=np.empty((0, 0, 0), dtype=dtype))
+            workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+            pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="jump-n2v-predict")
+            try:
+                da.store(denoised, target, lock=False, scheduler="threads", pool=pool)
+            finally:
+                # On failure dask re-raises at once; chunks still being written must land before
+                # atomic_output deletes the temporary store, or the deletion races with them.
+                pool.shutdown(wait=True, cancel_futures=True)
+    seconds = time.perf_counter() - start
+    megapixels = count * height * width / 1e6
+    return {
+        "images": count,
+        "megapixels": megapixels,
+        "seconds": seconds,
+        "mpx_per_s": megapixels / seconds if seconds > 0 else float("nan"),
+        "tile_size": runner.tile_size,
+        "tile_shape": [rows.tile, cols.tile],
+        "tiles_per_image": rows.count * cols.count,
+        "halo": runner.halo,
+        "batch": runner.batch_size,
+    }
+
+
+def _open_source(src: zarr.Array | str | os.PathLike) -> zarr.Array:
+    if isinstance(src, zarr.Array):
+        return src
+    path = Path(src)
+    if not path.exists():
+        raise FileNotFoundError(f"source Zarr array {path} does not exist")
+    try:
+        return zarr.open_array(str(path), mode="r")
+    except Exception as error:  # zarr raises several types for a folder that is not an array
+        raise ValueError(f"{path} is not a readable Zarr array: {error}") from error
+
+
+def _describe(src: Any) -> str:
+    return str(src) if not isinstance(src, zarr.Array) else f"Zarr array {src.store_path}"

@@ -1,0 +1,297 @@
+"""Tiled prediction: exactness against whole-image prediction, receptive field, TTA, dtypes, memory,
+atomicity and settings."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from jump_n2v.config import ConfigError
+from jump_n2v.n2v.model import build_unet
+from jump_n2v.predict import (
+    PredictSettings,
+    denoise_image,
+    halo_size,
+    plan_axis,
+    predict_array,
+    receptive_field,
+)
+
+torch.set_num_threads(1)
+
+MEAN, STD = 100.0, 20.0
+
+
+def make_net(depth: int, variant: str, base_filters: int = 4, seed: int = 0) -> torch.nn.Module:
+    """A random, input-sensitive network in eval mode whose BatchNorm running statistics matter."""
+    torch.manual_seed(seed)
+    net = build_unet(depth, base_filters, variant)
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.weight.shape[1] > 1 or module is net.head:
+            # Variance-preserving weights: with PyTorch's default init a deep random U-Net's output
+            # hardly depends on its input, which would make the comparisons below weak.
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def noisy_image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (MEAN + 30 * np.sin(yy / 7.0) * np.cos(xx / 5.0) + rng.normal(0, STD, shape)).astype(np.float32)
+
+
+def net_on_padded(net: torch.nn.Module, padded: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return net(torch.from_numpy(np.ascontiguousarray(padded))[None, None])[0, 0].numpy()
+
+
+def whole_image_reference(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """The network applied once to the whole image, reflect padded by the halo on the top and left and
+    to the next multiple of 2**depth plus the halo on the bottom and right, cropped back."""
+    halo, multiple = halo_size(net), net.size_multiple
+    height, width = image.shape
+    pad_y = math.ceil(height / multiple) * multiple - height + halo
+    pad_x = math.ceil(width / multiple) * multiple - width + halo
+    padded = np.pad((image - MEAN) / STD, ((halo, pad_y), (halo, pad_x)), mode="reflect")
+    return net_on_padded(net, padded)[halo : halo + height, halo : halo + width] * STD + MEAN
+
+
+NETS = {(depth, variant): make_net(depth, variant) for depth in (2, 3) for variant in ("n2v", "n2v2")}
+
+
+@pytest.mark.parametrize("depth,variant", sorted(NETS))
+@pytest.mark.parametrize("shape", [(77, 130), (200, 201), (21, 34)])
+@pytest.mark.parametrize("extra_tile", [2, 9, 40])
+def test_tiled_prediction_equals_whole_image_prediction(depth, variant, shape, extra_tile):
+    net = NETS[depth, variant]
+    halo, multiple = halo_size(net), net.size_multiple
+    # Small cores (3 grid steps: many tiles and partial batches), middling ones, and one bigger than most images.
+    tile_size = 2 * halo + multiple + extra_tile * multiple
+    image = noisy_image(shape)
+    settings = {"tile_size": tile_size, "batch_size": 3, "device": "cpu"}
+    tiled = denoise_image(net, image, MEAN, STD, settings)
+    reference = whole_image_reference(net, image)
+    assert tiled.dtype == np.float32 and tiled.shape == shape
+    # Several tiles really were used unless the image fits in one.
+    assert plan_axis(shape[1], tile_size, halo, multiple).count >= (2 if shape[1] > tile_size - 2 * halo else 1)
+    np.testing.assert_allclose(tiled, reference, rtol=0, atol=1e-4 * STD)
+
+
+@pytest.mark.parametrize("depth,variant", [(2, "n2v"), (2, "n2v2"), (3, "n2v")])
+def test_output_pixel_ignores_input_farther_than_halo(depth, variant):
+    net = NETS[depth, variant]
+    halo, multiple = halo_size(net), net.size_multiple
+    size = 2 * halo + 8 * multiple
+    image = noisy_image((size, size), seed=1)
+    centre = size // 2
+    reference = net_on_padded(net, image)
+    for dy, dx in [(halo + 1, 0), (-halo - 1, 0), (0, halo + 1), (0, -halo - 1), (halo + 1, -halo - 1)]:
+        perturbed = image.copy()
+        perturbed[centre + dy, centre + dx] += 1000.0
+        changed = net_on_padded(net, perturbed)
+        assert changed[centre, centre] == pytest.approx(reference[centre, centre], abs=1e-6)
+    # The measurement is not vacuous: near inputs do change the pixel ...
+    perturbed = image.copy()
+    perturbed[centre + 1, centre - 1] += 1000.0
+    assert abs(net_on_padded(net, perturbed)[centre, centre] - reference[centre, centre]) > 1e-5
+    # ... and the receptive field is not inflated: a row of inputs one grid step inside the computed
+    # reach still moves some output pixel of the grid block at the centre.
+    reach = receptive_field(net) // 2
+    perturbed = image.copy()
+    perturbed[centre + reach - multiple, :] += 1000.0
+    block = slice(centre, centre + multiple)
+    assert np.abs(net_on_padded(net, perturbed)[block, block] - reference[block, block]).max() > 1e-4
+
+
+def test_receptive_field_is_measured_from_the_architecture():
+    # CAREamics quotes ~52 px for the depth-2 U-Net; deeper nets see roughly twice as far per level.
+    assert 52 <= receptive_field(NETS[2, "n2v"]) <= 52 + 2 * 4
+    assert receptive_field(NETS[3, "n2v"]) > 2 * receptive_field(NETS[2, "n2v"])
+    # N2V2's blur pooling widens the window.
+    assert receptive_field(NETS[2, "n2v2"]) > receptive_field(NETS[2, "n2v"])
+    for net in NETS.values():
+        halo = halo_size(net)
+        assert halo % net.size_multiple == 0 and halo >= math.ceil(receptive_field(net) / 2)
+
+
+@pytest.mark.parametrize("depth,variant", [(2, "n2v"), (2, "n2v2")])
+def test_tta_output_is_the_mean_of_the_eight_transformed_predictions(depth, variant):
+    net = NETS[depth, variant]
+    halo, multiple = halo_size(net), net.size_multiple
+    image = noisy_image((61, 90), seed=2)
+    tta = denoise_image(net, image, MEAN, STD, {"tile_size": 2 * halo + 4 * multiple, "tta": True, "device": "cpu"})
+    height, width = image.shape
+    padded = np.pad(
+        (image - MEAN) / STD,
+        ((halo, math.ceil(height / multiple) * multiple - height + halo), (halo, math.ceil(width / multiple) * multiple - width + halo)),
+        mode="reflect",
+    )
+    predictions = []
+    for k in range(4):
+        for flip in (False, True):
+            transformed = np.rot90(padded[:, ::-1] if flip else padded, k)
+            back = np.rot90(net_on_padded(net, transformed), -k)
+            predictions.append(back[:, ::-1] if flip else back)
+    expected = np.mean(predictions, axis=0)[halo : halo + height, halo : halo + width] * STD + MEAN
+    np.testing.assert_allclose(tta, expected, rtol=0, atol=1e-4 * STD)
+    # TTA really differs from a single orientation (the net is not symmetric).
+    plain = denoise_image(net, image, MEAN, STD, {"tile_size": 2 * halo + 4 * multiple, "device": "cpu"})
+    assert np.abs(plain - tta).max() > 1e-3
+
+
+def write_source(path, images: np.ndarray, chunks=None, attrs=None) -> zarr.Array:
+    array = zarr.create_array(
+        store=str(path), shape=images.shape, chunks=chunks or (1, *images.shape[1:]), dtype=images.dtype
+    )
+    array[:] = images
+    array.attrs.update(attrs or {"channel": "DNA", "image_ids": [f"img{i}" for i in range(len(images))]})
+    return array
+
+
+def test_predict_array_matches_denoise_image_and_keeps_layout(tmp_path, caplog):
+    net = NETS[2, "n2v"]
+    images = np.stack([noisy_image((70, 90), seed=s) for s in range(3)]).astype(np.float32)
+    # Chunked in spatial tiles: blocks must still be whole images, or tile borders would show.
+    source = write_source(tmp_path / "raw.zarr", images, chunks=(1, 32, 48), attrs={"channel": "DNA", "plate": "P1"})
+    settings = {"tile_size": 96, "device": "cpu"}
+    with caplog.at_level(logging.INFO, logger="predict-test"):
+        summary = predict_array(
+            net, MEAN, STD, tmp_path / "raw.zarr", tmp_path / "denoised.zarr", settings,
+            attrs={"model": "model.json"}, log=logging.getLogger("predict-test"),
+        )
+    output = zarr.open_array(str(tmp_path / "denoised.zarr"), mode="r")
+    assert output.shape == source.shape and output.chunks == source.chunks and output.dtype == np.float32
+    assert dict(output.attrs) == {"channel": "DNA", "plate": "P1", "output_dtype": "float32", "model": "model.json"}
+    for index, image in enumerate(images):
+        np.testing.assert_allclose(output[index], denoise_image(net, image, MEAN, STD, settings), rtol=0, atol=1e-4)
+    assert summary["images"] == 3 and summary["halo"] == halo_size(net) and summary["tile_size"] == 96
+    assert summary["megapixels"] == pytest.approx(3 * 70 * 90 / 1e6) and summary["mpx_per_s"] > 0
+    assert "denoised 3/3 images" in caplog.text
+
+
+class Stretch(torch.nn.Module):
+    """A pointwise "denoiser" that triples contrast, so predictions leave the uint16 range on both ends."""
+
+    depth = 2
+    size_multiple = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * x
+
+
+def test_output_dtype_input_gives_clipped_uint16(tmp_path):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 65536, size=(2, 40, 50), dtype=np.uint16)
+    write_source(tmp_path / "raw.zarr", images)
+    mean, std = 30000.0, 5000.0
+    common = {"tile_size": 64, "device": "cpu"}
+    predict_array(Stretch(), mean, std, tmp_path / "raw.zarr", tmp_path / "as_input.zarr", {**common, "output_dtype": "input"})
+    predict_array(Stretch(), mean, std, tmp_path / "raw.zarr", tmp_path / "as_float.zarr", common)
+    as_input = zarr.open_array(str(tmp_path / "as_input.zarr"), mode="r")
+    as_float = zarr.open_array(str(tmp_path / "as_float.zarr"), mode="r")[:]
+    np.testing.assert_allclose(as_float, 3.0 * images - 2 * mean, rtol=1e-6, atol=0.05)
+    assert as_input.dtype == np.uint16 and as_input.attrs["output_dtype"] == "input"
+    assert as_float.min() < 0 and as_float.max() > 65535
+    np.testing.assert_array_equal(as_input[:], np.clip(np.rint(as_float), 0, 65535).astype(np.uint16))
+
+
+def _peak_numpy_bytes(tmp_path, name: str, count: int) -> int:
+    images = np.stack([noisy_image((256, 256), seed=s) for s in range(count)]).astype(np.uint16)
+    write_source(tmp_path / f"{name}.zarr", images)
+    net = make_net(2, "n2v", base_filters=2)
+    settings = {"tile_size": 128, "batch_size": 2, "device": "cpu"}
+    predict_array(net, MEAN, STD, tmp_path / f"{name}.zarr", tmp_path / f"{name}-warmup.zarr", settings)
+    tracemalloc.start()
+    try:
+        predict_array(net, MEAN, STD, tmp_path / f"{name}.zarr", tmp_path / f"{name}-out.zarr", settings)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    image_bytes = 256 * 256 * 4  # one float32 image
+    few = _peak_numpy_bytes(tmp_path, "few", 2)
+    many = _peak_numpy_bytes(tmp_path, "many", 8)
+    # Holding the extra 6 images (as input or output) would add >= 6 image_bytes.
+    assert many - few < 2 * image_bytes, (few, many)
+    # And the peak itself is a handful of images (padded copy, normalised copy, output), not the plate.
+    assert many < 12 * image_bytes, many
+
+
+class FailsOnThirdImage(torch.nn.Module):
+    """Wraps a net; raises when it sees the third image, which the test marks with a huge value."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.depth = net.depth
+
+    @property
+    def size_multiple(self) -> int:
+        return self.net.size_multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.max() > 1e5:
+            raise RuntimeError("simulated failure on the third image")
+        return self.net(x)
+
+
+def test_interrupted_prediction_leaves_no_output(tmp_path):
+    images = np.stack([noisy_image((40, 40), seed=s) for s in range(5)])
+    images[2, 10, 10] = 1e9
+    write_source(tmp_path / "raw.zarr", images)
+    destination = tmp_path / "denoised.zarr"
+    with pytest.raises(RuntimeError, match="third image"):
+        predict_array(FailsOnThirdImage(NETS[2, "n2v"]), MEAN, STD, tmp_path / "raw.zarr", destination, {"device": "cpu"})
+    assert not destination.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["raw.zarr"]
+
+
+def test_default_settings_come_from_the_schema():
+    settings = PredictSettings.from_dict({})
+    assert settings == PredictSettings(
+        tile_size=None, batch_size=4, tta=False, output_dtype="float32", precision="auto", device="auto",
+        export_tiff=False, export_layout="flat",
+    )
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"tile_sise": 256}, "unknown predict setting 'tile_sise'"),
+        ({"tile_size": 16}, "tile_size must be null or an integer >= 32"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"output_dtype": "uint8"}, "output_dtype must be one of float32, input"),
+        ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N"),
+        ({"tta": "yes"}, "tta must be true or false"),
+    ],
+)
+def test_bad_settings_are_rejected_with_the_field_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        PredictSettings.from_dict(override)
+
+
+def test_tile_too_small_for_the_halo_is_rejected():
+    net = NETS[2, "n2v"]
+    with pytest.raises(ConfigError, match=r"tile_size 64 leaves no room for the network's halo"):
+        denoise_image(net, noisy_image((100, 100)), MEAN, STD, {"tile_size": 64, "device": "cpu"})
+
+
+def test_odd_axis_lengths_are_cut_into_few_grid_aligned_tiles():
+    plan = plan_axis(1080, 512, 32, 4)
+    assert (plan.count, plan.core, plan.tile) == (3, 360, 424)
+    assert plan.count * plan.core >= 1080 and plan.core % 4 == 0
+    small = plan_axis(21, 512, 32, 4)
+    assert (small.count, small.core, small.pad_after) == (1, 24, 35)

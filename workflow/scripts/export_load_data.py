@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from jump_n2v.export import write_loaddata_csv
+from jump_n2v.logs import rule_logger
+
+log = rule_logger(snakemake.log[0])
+channels = [Path(folder).name for folder in snakemake.input.tiffs]
+layouts = set(snakemake.params.layouts.values())
+if len(layouts) != 1:
+    raise ValueError(f"export_layout differs between channels {snakemake.params.layouts}; one LoadData CSV needs one layout")
+table = write_loaddata_csv(
+    snakemake.input.index,
+    dict(zip(channels, snakemake.input.zarrs)),
+    dict(zip(channels, snakemake.input.tiffs)),
+    layouts.pop(),
+    snakemake.output.load_data,
+)
+log.info("LoadData CSV with %d rows and channels %s written to %s", len(table), channels, snakemake.output.load_data)
