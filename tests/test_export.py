@@ -29,7 +29,7 @@ def loaddata_index(tmp_path):
     rows = []
     for image, (well, site) in enumerate([("A01", 1), ("A01", 2), ("B03", 1)]):
         rows.append({
-            "image": f"P1_{well}_{site}", "plate": "P1", "well": well, "site": site,
+            "image": image, "plate": "P1", "well": well, "site": site,
             "source_DNA": f"/data/P1/{well}/{well}_s{site}_w1.tiff",
             "source_RNA": f"/data/P1/{well}/{well}_s{site}_w2.TIF",
         })
@@ -55,21 +55,21 @@ def test_mirror_layout_keeps_source_subfolders(tmp_path):
     rows = loaddata_index(tmp_path)
     write_denoised(tmp_path / "RNA.zarr", "RNA", [row["image"] for row in rows], dtype=np.uint16)
     paths = export_tiffs(tmp_path / "RNA.zarr", tmp_path / "index.csv", tmp_path / "out", "mirror")
-    assert paths["P1_B03_1"] == tmp_path / "out" / "B03" / "B03_s1_w2.TIF"
-    assert tifffile.imread(paths["P1_B03_1"]).dtype == np.uint16
+    assert paths[2] == tmp_path / "out" / "B03" / "B03_s1_w2.TIF"
+    assert tifffile.imread(paths[2]).dtype == np.uint16
 
 
 def test_flat_layout_refuses_colliding_names(tmp_path):
     rows = [
-        {"image": "a", "plate": "P1", "well": "A01", "site": 1, "source_DNA": "/x/A01/img.tif"},
-        {"image": "b", "plate": "P1", "well": "A02", "site": 1, "source_DNA": "/x/A02/img.tif"},
+        {"image": 0, "plate": "P1", "well": "A01", "site": 1, "source_DNA": "/x/A01/img.tif"},
+        {"image": 1, "plate": "P1", "well": "A02", "site": 1, "source_DNA": "/x/A02/img.tif"},
     ]
     write_index(tmp_path / "index.csv", rows)
-    write_denoised(tmp_path / "DNA.zarr", "DNA", ["a", "b"])
+    write_denoised(tmp_path / "DNA.zarr", "DNA", [0, 1])
     with pytest.raises(ValueError, match="would both be written to .*use export_layout: mirror"):
         export_tiffs(tmp_path / "DNA.zarr", tmp_path / "index.csv", tmp_path / "out", "flat")
     paths = export_tiffs(tmp_path / "DNA.zarr", tmp_path / "index.csv", tmp_path / "out", "mirror")
-    assert paths["a"] != paths["b"]
+    assert paths[0] != paths[1]
 
 
 def test_hyperstack_sources_get_the_channel_in_the_name():
@@ -112,14 +112,14 @@ def test_loaddata_csv_refuses_missing_exports(tmp_path):
 
 def test_bad_inputs_are_named(tmp_path):
     rows = loaddata_index(tmp_path)
-    write_denoised(tmp_path / "DNA.zarr", "DNA", ["P1_A01_1", "not-in-index", "P1_B03_1"])
-    with pytest.raises(ValueError, match=r"image\(s\) \['not-in-index'\] are not in the index table"):
+    write_denoised(tmp_path / "DNA.zarr", "DNA", [0, 7, 2])
+    with pytest.raises(ValueError, match=r"image\(s\) \[7\] are not in the index table"):
         export_tiffs(tmp_path / "DNA.zarr", tmp_path / "index.csv", tmp_path / "out")
     with pytest.raises(ValueError, match="holds channel 'DNA', not 'RNA'"):
         export_tiffs(tmp_path / "DNA.zarr", tmp_path / "index.csv", tmp_path / "out", channel="RNA")
     pd.DataFrame(rows).drop(columns=["source_DNA"]).to_csv(tmp_path / "bad.csv", index=False)
     write_denoised(tmp_path / "ok.zarr", "DNA", [row["image"] for row in rows])
-    with pytest.raises(ValueError, match=r"bad.csv lacks the column\(s\) \['source_DNA'\]"):
+    with pytest.raises(ValueError, match=r"bad.csv: not an image index .*missing column\(s\) \['source_DNA'\]"):
         export_tiffs(tmp_path / "ok.zarr", tmp_path / "bad.csv", tmp_path / "out")
     with pytest.raises(ValueError, match="unknown export layout 'nested'"):
         export_tiffs(tmp_path / "ok.zarr", tmp_path / "index.csv", tmp_path / "out", "nested")
@@ -147,7 +147,7 @@ def test_hyperstack_plate_exports_one_file_per_channel_with_integer_image_ids(tm
         zarr.open_array(str(tmp_path / f"{channel}.zarr"), mode="r+").attrs["image_ids"] = [0, 1]
         paths = export_tiffs(tmp_path / f"{channel}.zarr", tmp_path / "index.csv", tmp_path / channel)
         assert [p.name for p in paths.values()] == [f"A01_s1_{channel}.tif", f"A01_s2_{channel}.tif"]
-        np.testing.assert_array_equal(tifffile.imread(paths["1"]), images[1])
+        np.testing.assert_array_equal(tifffile.imread(paths[1]), images[1])
     # Each channel exported to its own folder; one LoadData CSV for CellProfiler covers both.
     table = write_loaddata_csv(
         tmp_path / "index.csv", {c: tmp_path / f"{c}.zarr" for c in ("DNA", "RNA")},

@@ -66,7 +66,7 @@ def write_plate(root, plate, denoise, with_clean):
     spots[:, rng.integers(0, SIZE, 8), rng.integers(0, SIZE, 8)] = 1.0
     clean = 100.0 + 2000.0 * ndimage.gaussian_filter(spots, (0, 4, 4)) / ndimage.gaussian_filter(spots, (0, 4, 4)).max()
     raw = np.clip(clean + rng.normal(0, 40, clean.shape), 0, None).astype(np.uint16)
-    ids = [f"{plate}_{well}_1" for well in ("B02", "B03", "C02")]
+    ids = [0, 1, 2]  # index.csv image ids, as the split writes them
     stacks = {"raw": (raw, "uint16"), "denoised": (denoise(raw.astype(np.float64), clean), "float32")}
     if with_clean:
         stacks["clean"] = (clean, "uint16")

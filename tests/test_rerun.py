@@ -120,7 +120,7 @@ def finished_run(tmp_path_factory):
             shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif source.exists():
             shutil.copy2(source, workdir / name)
-    # The config the copy's Snakefile loads (config/config.yaml); variants extend it with --configfile.
+    # The config the copy's Snakefile loads (config/config.yaml); variants are full configs given with --configfile.
     (workdir / "config").mkdir()
     with open(workdir / "config" / "config.yaml", "w") as handle:
         yaml.safe_dump(base_config(workdir), handle, sort_keys=False)
@@ -128,11 +128,22 @@ def finished_run(tmp_path_factory):
     return workdir
 
 
+def merged(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` merged in key by key (nested dicts merged, other values replaced)."""
+    result = dict(base)
+    for key, value in update.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else value
+    return result
+
+
 def write_variant(workdir: Path, name: str, experiment_update: dict) -> str:
-    """A config file that --configfile merges over config/config.yaml (dicts are merged key by key)."""
+    """The run's config/config.yaml with ``experiment_update`` merged into the experiment, as a full
+    config file for --configfile (which replaces config/config.yaml)."""
+    with open(workdir / "config" / "config.yaml") as handle:
+        base = yaml.safe_load(handle)
     path = workdir / f"{name}.yaml"
     with open(path, "w") as handle:
-        yaml.safe_dump({"experiments": {EXPERIMENT: experiment_update}}, handle, sort_keys=False)
+        yaml.safe_dump(merged(base, {"experiments": {EXPERIMENT: experiment_update}}), handle, sort_keys=False)
     return str(path)
 
 

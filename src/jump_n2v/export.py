@@ -34,26 +34,15 @@ import tifffile
 import zarr
 
 from jump_n2v.atomic import atomic_output
+from jump_n2v.ingest.discover import read_index
 
 LAYOUTS = ("flat", "mirror")
-INDEX_COLUMNS = ("image", "plate", "well", "site")
 
 
-def read_index(index_csv: str | os.PathLike, channels: Sequence[str]) -> pd.DataFrame:
-    """The plate's index table, checked for the columns the export needs (``source_<CH>`` per channel)."""
-    index_csv = Path(index_csv)
-    try:
-        index = pd.read_csv(index_csv, dtype={"image": str, "plate": str, "well": str}, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise ValueError(f"cannot read index table {index_csv}: {error}") from error
-    required = list(INDEX_COLUMNS) + [f"source_{channel}" for channel in channels]
-    missing = [column for column in required if column not in index.columns]
-    if missing:
-        raise ValueError(f"index table {index_csv} lacks the column(s) {missing}; it has {list(index.columns)}")
-    if index["image"].duplicated().any():
-        duplicated = index.loc[index["image"].duplicated(), "image"].tolist()[:5]
-        raise ValueError(f"index table {index_csv} lists image(s) {duplicated} more than once")
-    return index.set_index("image", drop=False)
+
+def _index_by_image(index_csv: str | os.PathLike, channels: Sequence[str]) -> pd.DataFrame:
+    """The plate's index keyed by its integer image id (the arrays' ``image_ids``)."""
+    return read_index(index_csv, channels).set_index("image", drop=False)
 
 
 def _source_columns(index: pd.DataFrame) -> list[str]:
@@ -77,7 +66,7 @@ def exported_name(source: str, channel: str, shared: bool) -> str:
     return f"{stem}_{channel}{extension}" if shared else f"{stem}{extension}"
 
 
-def exported_paths(index: pd.DataFrame, channel: str, out_dir: str | os.PathLike, layout: str) -> dict[str, Path]:
+def exported_paths(index: pd.DataFrame, channel: str, out_dir: str | os.PathLike, layout: str) -> dict[int, Path]:
     """Where each image of ``index`` (by its ``image`` id) is exported for ``channel``; images without a
     source file for the channel (empty cell) have none."""
     if layout not in LAYOUTS:
@@ -90,7 +79,7 @@ def exported_paths(index: pd.DataFrame, channel: str, out_dir: str | os.PathLike
             posixpath.dirname(str(s).replace("\\", "/")) for c in _source_columns(index) for s in index[c] if str(s)
         }
         root = posixpath.commonpath(sorted(folders)) if folders else ""
-    paths: dict[str, Path] = {}
+    paths: dict[int, Path] = {}
     seen: dict[Path, str] = {}
     for row in index.to_dict("records"):
         source = str(row[column])
@@ -109,7 +98,7 @@ def exported_paths(index: pd.DataFrame, channel: str, out_dir: str | os.PathLike
                 + ("; use export_layout: mirror to keep their folders apart" if layout == "flat" else "")
             )
         seen[path] = source
-        paths[str(row["image"])] = path
+        paths[int(row["image"])] = path
     return paths
 
 
@@ -127,7 +116,7 @@ def _open_denoised(denoised_zarr: str | os.PathLike) -> tuple[zarr.Array, list[s
             f"{path}: expected an (images, Y, X) array with one image_ids entry per image, got shape "
             f"{array.shape} and {len(image_ids)} image_ids"
         )
-    return array, [str(image) for image in image_ids], str(channel)
+    return array, [int(image) for image in image_ids], str(channel)
 
 
 def export_tiffs(
@@ -139,7 +128,7 @@ def export_tiffs(
     *,
     compression: str | None = None,
     log: logging.Logger | None = None,
-) -> dict[str, Path]:
+) -> dict[int, Path]:
     """Write every image of ``denoised_zarr`` as a TIFF under ``out_dir``; returns image id -> path.
 
     ``channel`` defaults to the array's ``channel`` attribute (and must match it when given). Images
@@ -149,7 +138,7 @@ def export_tiffs(
     array, image_ids, array_channel = _open_denoised(denoised_zarr)
     if channel is not None and channel != array_channel:
         raise ValueError(f"{denoised_zarr} holds channel {array_channel!r}, not {channel!r}")
-    index = read_index(index_csv, [array_channel])
+    index = _index_by_image(index_csv, [array_channel])
     unknown = [image for image in image_ids if image not in index.index]
     if unknown:
         raise ValueError(f"{denoised_zarr}: image(s) {unknown[:5]} are not in the index table {index_csv}")
@@ -189,7 +178,7 @@ def write_loaddata_csv(
     if not denoised_zarrs:
         raise ValueError("write_loaddata_csv: no channels given")
     channels = list(denoised_zarrs)
-    index = read_index(index_csv, channels)
+    index = _index_by_image(index_csv, channels)
     present = set(index.index)
     for channel, path in denoised_zarrs.items():
         _, image_ids, array_channel = _open_denoised(path)

@@ -35,6 +35,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.config import ConfigError, resolve_section
+from jump_n2v.devices import resolve_device, resolve_precision
 
 DEFAULT_TILE_SIZE = {"cpu": 512, "cuda": 1024}
 # Progress lines are logged at most this often (seconds), plus one when the array is done.
@@ -216,24 +217,6 @@ def plan_axis(length: int, max_tile: int, halo: int, multiple: int) -> AxisTilin
     count = math.ceil(length / max_core)
     core = math.ceil(math.ceil(length / count) / multiple) * multiple
     return AxisTiling(length=length, core=core, halo=halo, count=count)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"predict device {device!r} was requested but torch sees no CUDA device")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. ``auto`` is bf16 on a CUDA device that supports it."""
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def resolve_tile_size(settings: PredictSettings, device: torch.device, halo: int) -> int:

@@ -85,12 +85,22 @@ def write_index(table: pd.DataFrame, path: str | os.PathLike) -> None:
         table.to_csv(temporary, index=False)
 
 
-def read_index(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an index CSV written by ``write_index`` with its column types (well as text, "" kept as "")."""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [column for column in INDEX_COLUMNS if column not in table.columns]
+def read_index(path: str | os.PathLike, channels: Sequence[str] = ()) -> pd.DataFrame:
+    """Read an index CSV written by ``write_index`` with its column types (well as text, "" kept as "").
+
+    ``channels`` names channels whose ``source_<CH>`` column must be present. This is the one reader
+    of index tables; every stage that needs the index goes through it.
+    """
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DiscoveryError(f"cannot read image index {path}: {error}") from error
+    missing = [column for column in [*INDEX_COLUMNS, *map(source_column, channels)] if column not in table.columns]
     if missing:
-        raise DiscoveryError(f"{path}: not an image index, missing column(s) {missing}")
+        raise DiscoveryError(f"{path}: not an image index of these channels, missing column(s) {missing}; it has {list(table.columns)}")
+    duplicated = table.loc[table["image"].duplicated(), "image"].tolist()[:5]
+    if duplicated:
+        raise DiscoveryError(f"{path}: image(s) {duplicated} listed more than once")
     table["image"] = table["image"].astype(int)
     table["site"] = table["site"].astype(int)
     return table

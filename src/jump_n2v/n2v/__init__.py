@@ -7,8 +7,6 @@ from jump_n2v.n2v.training import (
     N2VSettings,
     TrainedModel,
     load_trained,
-    resolve_device,
-    resolve_precision,
     train_channel,
 )
 
@@ -24,8 +22,6 @@ __all__ = [
     "load_trained",
     "mask_batch",
     "masked_mse",
-    "resolve_device",
-    "resolve_precision",
     "stratification_cell_size",
     "train_channel",
 ]

@@ -36,6 +36,7 @@ import torch
 
 from jump_n2v.atomic import atomic_output, write_text_atomic
 from jump_n2v.config import load_schema, resolve_section
+from jump_n2v.devices import resolve_device, resolve_precision
 from jump_n2v.n2v.masking import StructMask, mask_batch, masked_mse
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.sampling import PatchSampler, array_location
@@ -137,30 +138,6 @@ class TrainedModel:
     std: float
     metadata: dict
 
-
-# -- devices and precision ------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first GPU when there is one, else the CPU; a missing GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"n2v device {name!r} asked for, but torch sees no CUDA GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"n2v device {name!r}: only {torch.cuda.device_count()} GPU(s) present")
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. Mixed precision is used on CUDA only."""
-    if device.type != "cuda":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _derived_seed(*entropy: int) -> int:

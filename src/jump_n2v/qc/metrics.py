@@ -31,6 +31,7 @@ from skimage.metrics import structural_similarity
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.config import resolve_section
+from jump_n2v.ingest.discover import read_index as read_image_index
 
 # Median absolute deviation of a standard normal variable: median(|N(0, 1)|).
 _MAD_TO_SIGMA = 0.6745
@@ -242,9 +243,9 @@ def read_index(index: pd.DataFrame | str | os.PathLike | None) -> pd.DataFrame |
     else:
         where = str(index)
         try:
-            table = pd.read_csv(index, dtype={"image": str, "well": str, "plate": str})
-        except (OSError, pd.errors.ParserError) as error:
-            raise QCInputError(f"cannot read index {where}: {error}") from error
+            table = read_image_index(index)
+        except ValueError as error:
+            raise QCInputError(str(error)) from error
     missing = {"image", "well", "site"} - set(table.columns)
     if missing:
         raise QCInputError(f"{where}: missing column(s) {sorted(missing)}")
