@@ -20,7 +20,7 @@ import zarr
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "config.yaml"
-WORKFLOW_PROFILE = REPO / "workflow" / "profiles" / "default" / "config.yaml"
+WORKFLOW_PROFILE = REPO / "profiles" / "default" / "config.yaml"
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 CLUSTER_STATE = Path(os.environ.get("JUMP_N2V_SLURM_STATE", "/tmp/jump-n2v-slurm"))
@@ -99,7 +99,7 @@ def test_workflow_profile_is_picked_up_by_a_plain_snakemake_call(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert "workflow specific profile" in output, (
-        "workflow/profiles/default was not loaded: snakemake looks for profiles/default next to the Snakefile "
+        "profiles/default was not loaded: snakemake looks for profiles/default next to the Snakefile "
         "(or in the working directory)\n" + output[:2000]
     )
 

@@ -95,3 +95,13 @@ def test_workflow_lints_clean(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Congratulations" in output, output
+
+
+@pytest.mark.slow
+def test_demo_config_denoises_every_channel_above_raw_psnr(tmp_path):
+    """The README's main job: the shipped demo config, run as is, must improve PSNR on every channel."""
+    snakemake(tmp_path, "--configfile", str(REPO / "config" / "config.yaml"), "--cores", "2")
+    summary = pd.read_csv(tmp_path / "results" / "demo" / "report" / "summary.csv")
+    assert sorted(summary["channel"]) == sorted(["DNA", "ER", "RNA", "AGP", "Mito"])
+    gains = dict(zip(summary["channel"], summary["psnr_denoised_db_mean"] - summary["psnr_raw_db_mean"]))
+    assert all(gain > 0 for gain in gains.values()), gains
