@@ -78,7 +78,7 @@ def report(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:64, 0:64]
     signal = 300.0 + 1500.0 * np.exp(-((y - 30) ** 2 + (x - 20) ** 2) / 80.0)
-    ids = ["P1_A01_1", "P1_A01_2", "P1_B05_1"]
+    ids = [0, 1, 2]  # index.csv image ids, as the split writes them
     raw = np.clip(signal + rng.normal(0, 50, (3, 64, 64)), 0, None)
     for name, data, dtype in (("raw", raw, "uint16"), ("denoised", np.broadcast_to(signal, raw.shape), "float32")):
         array = zarr.create_array(store=str(root / f"{name}.zarr"), shape=raw.shape, chunks=(1, 64, 64), dtype=dtype)

@@ -85,6 +85,14 @@ def test_every_rule_wrote_its_log_and_heavy_rules_their_benchmark(tiny_run):
         assert list((tiny_run / "benchmarks" / rule).rglob("*.tsv")), rule
 
 
+def test_standard_snakemake_report_embeds_the_qc_outputs(tiny_run):
+    report = tiny_run.parents[1] / "snakemake_report.html"
+    snakemake(tiny_run.parents[1], "--configfile", str(TINY_CONFIG), "--report", str(report))
+    html = report.read_text()
+    for name in ("panels.png", "plate_map.png", "training_curve.png", "summary.csv", "report.html"):
+        assert name in html, name
+
+
 def test_second_run_has_nothing_to_do(tiny_run):
     result = snakemake(tiny_run.parents[1], "--configfile", str(TINY_CONFIG), "--cores", "1", "--dry-run")
     assert "Nothing to be done" in result.stdout + result.stderr
