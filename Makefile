@@ -6,7 +6,7 @@ PYTHON ?= python3
 CORES ?= 2
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup system-deps lint
+.PHONY: demo test setup system-deps lint bench-env
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,16 @@ test: setup system-deps
 
 lint: setup
 	$(VENV)/bin/snakemake --lint
+
+# Benchmarks compare against CAREamics and BM3D in a separate venv (see benchmarks/requirements-bench.txt).
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: benchmarks/requirements-bench.txt pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps careamics==0.3.5
+	echo torch==2.13.0 > $(BENCH_VENV)/torch-pin.txt
+	$(BENCH_VENV)/bin/pip install --quiet -c $(BENCH_VENV)/torch-pin.txt -r benchmarks/requirements-bench.txt
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+bench-env: $(BENCH_VENV)/.installed

@@ -23,7 +23,6 @@ Examples (from the repository root):
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
 import json
 import os
 import statistics
@@ -31,11 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from careamics_compat import stub_torchvision
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_VENV_PYTHON = REPO / ".venv-bench" / "bin" / "python"
@@ -137,33 +137,6 @@ def bench_plate(args, settings: dict) -> dict:
 # -- CAREamics (run inside .venv-bench) ------------------------------------------------------------
 
 
-def _stub_torchvision() -> None:
-    """CAREamics 0.3.5 imports torchvision at module level; only its LVAE models use it. PyPI's
-    torchvision for this torch pulls a CUDA torch, so the bench venv has none and gets a stub (as in
-    benchmarks/bench_training.py). Lightning and torchmetrics are imported first so they see it absent."""
-    try:
-        import torchvision  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-    import lightning.pytorch  # noqa: F401
-    import torchmetrics  # noqa: F401
-
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("torchvision is stubbed in this benchmark")
-
-    names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
-    modules = {name: types.ModuleType(name) for name in names}
-    modules["torchvision"].__version__ = "0+stub"
-    modules["torchvision"].transforms = modules["torchvision.transforms"]
-    modules["torchvision.transforms"].functional = modules["torchvision.transforms.functional"]
-    modules["torchvision.transforms.functional"].center_crop = unavailable
-    for name, module in modules.items():
-        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        sys.modules[name] = module
-
-
 def careamics_worker(args) -> None:
     """Time CAREamist.predict on the benchmark image; prints one JSON line."""
     import logging
@@ -171,7 +144,7 @@ def careamics_worker(args) -> None:
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    _stub_torchvision()
+    stub_torchvision()
     import careamics
     from careamics import CAREamist
     from careamics.config import create_advanced_n2v_config

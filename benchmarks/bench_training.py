@@ -22,14 +22,12 @@ Prints a markdown table and writes benchmarks/out/bench_training.json. Not a tes
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +38,8 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from jump_n2v.demo import DemoSpec, render_site
 from jump_n2v.n2v import N2VSettings, load_trained, train_channel
+
+from careamics_compat import stub_torchvision
 
 METHODS = ("raw", "ours-n2v", "ours-n2v2", "bm3d", "careamics-n2v")
 DATASETS = ("cells", "camera")
@@ -108,36 +108,8 @@ def run_ours(dataset: dict, variant: str, args, work: Path) -> dict:
     }
 
 
-def _stub_torchvision() -> None:
-    """CAREamics imports torchvision at module level, but only its LVAE models use it (center_crop).
-
-    PyPI's torchvision for this torch pulls a CUDA torch build, so the N2V path runs with a stub.
-    Lightning and torchmetrics are imported first so that they still see torchvision as absent.
-    """
-    try:
-        import torchvision  # noqa: F401
-        return
-    except ImportError:
-        pass
-    import lightning.pytorch  # noqa: F401
-    import torchmetrics  # noqa: F401
-
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("torchvision is stubbed in this benchmark: only CAREamics' LVAE models need it")
-
-    modules = {name: types.ModuleType(name) for name in
-               ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")}
-    modules["torchvision"].__version__ = "0+stub"
-    modules["torchvision"].transforms = modules["torchvision.transforms"]
-    modules["torchvision.transforms"].functional = modules["torchvision.transforms.functional"]
-    modules["torchvision.transforms.functional"].center_crop = unavailable
-    for name, module in modules.items():
-        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        sys.modules[name] = module
-
-
 def run_careamics(dataset: dict, args, work: Path) -> dict:
-    _stub_torchvision()
+    stub_torchvision()
     from careamics import CAREamist
     from careamics.config import create_advanced_n2v_config
 

@@ -8,7 +8,6 @@ change, reads the job list of `snakemake --dry-run` and undoes the change.
 import copy
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+
+from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
@@ -117,12 +118,7 @@ REPORT = job("report", experiment=EXPERIMENT)
 def finished_run(tmp_path_factory):
     """A copy of the workflow that has run the tiny LoadData plate to the end."""
     workdir = tmp_path_factory.mktemp("rerun")
-    for name in WORKFLOW_PATHS:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif source.exists():
-            shutil.copy2(source, workdir / name)
+    copy_workflow(workdir, WORKFLOW_PATHS)
     # The config the copy's Snakefile loads (config/config.yaml); variants are full configs given with --configfile.
     (workdir / "config").mkdir()
     with open(workdir / "config" / "config.yaml", "w") as handle:

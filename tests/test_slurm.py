@@ -18,6 +18,8 @@ import pytest
 import yaml
 import zarr
 
+from workflow_copy import copy_workflow
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "config.yaml"
 WORKFLOW_PROFILE = REPO / "profiles" / "default" / "config.yaml"
@@ -173,12 +175,7 @@ def make_test_profile(path: Path) -> Path:
 def slurm_run(slurm_cluster, tmp_path_factory):
     """The tiny plate run end to end with `snakemake --profile <test copy of slurm/>`."""
     workdir = tmp_path_factory.mktemp("slurm_run")
-    for name in WORKFLOW_PATHS:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif source.exists():
-            shutil.copy2(source, workdir / name)
+    copy_workflow(workdir, WORKFLOW_PATHS)
     # The tiny plate replaces the demo config, so only it is built.
     shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
     profile = make_test_profile(workdir / "slurm-test")
