@@ -115,7 +115,7 @@ def report_inputs(wildcards):
         "panels": expand(f"{qc}/panels.png", plate=plates, channel=channels),
         "plate_maps": expand(f"{qc}/plate_map.png", plate=plates, channel=channels),
         "model_json": [f"{m}/model.json" for m in models],
-        "training_logs": [f"{m}/training_log.csv" for m in models],
+        "training_curves": [f"{m}/training_curve.png" for m in models],
         "rejects": expand(f"{RESULTS}/{e}/{{plate}}/rejects/{{channel}}.csv", plate=plates, channel=channels),
     }
 

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from string import Template
@@ -21,7 +20,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from jump_n2v.atomic import atomic_output
-from jump_n2v.qc.figures import loss_curves
 from jump_n2v.qc.metrics import FLAG_DESCRIPTIONS, QCInputError, load_model_info, summarize, write_table
 
 # (column, header) of the summary table, in order; absent columns are left out (reference metrics
@@ -455,7 +453,7 @@ def write_experiment_report(
 
     ``metrics_csvs`` are :func:`jump_n2v.qc.run_channel_qc` ``metrics.csv`` files; the panels.png and
     plate_map.png beside each are embedded. ``model_dirs`` maps (plate, channel) to the model folder
-    (model.json and training_log.csv; the loss curve is drawn from the log). ``settings`` maps channel
+    (model.json and the training_curve.png that training drew). ``settings`` maps channel
     to its resolved settings sections (flag thresholds come from ``qc``). ``versions`` defaults to
     :func:`software_versions`. Returns the summary table.
     """
@@ -471,22 +469,16 @@ def write_experiment_report(
         artifact = {"plate": table["plate"].iloc[0], "channel": table["channel"].iloc[0], "panels_png": path.parent / "panels.png"}
         if (path.parent / "plate_map.png").exists():
             artifact["plate_map_png"] = path.parent / "plate_map.png"
+        model_dir = model_dirs.get((artifact["plate"], artifact["channel"]))
+        if model_dir is not None:
+            # The train rule already drew this model's loss curves; plates sharing a model share it.
+            artifact["curve_png"] = Path(model_dir) / "training_curve.png"
+            artifact["model_json"] = Path(model_dir) / "model.json"
         artifacts.append(artifact)
     models = {key: load_model_info(directory) for key, directory in model_dirs.items()}
     summary = summarize(tables, models=models, qc_settings={channel: sections.get("qc") for channel, sections in settings.items()})
     write_table(summary, summary_csv, summary_parquet)
-    with tempfile.TemporaryDirectory(prefix="jump-n2v-report-") as scratch:
-        curves: dict[str, Path] = {}  # one curve per model folder, shared by the plates it serves
-        for artifact in artifacts:
-            model_dir = model_dirs.get((artifact["plate"], artifact["channel"]))
-            if model_dir is None:
-                continue
-            if str(model_dir) not in curves:
-                curves[str(model_dir)] = Path(scratch) / f"curve-{len(curves)}.png"
-                loss_curves(Path(model_dir) / "training_log.csv", curves[str(model_dir)], title=f"model {model_dir}")
-            artifact["curve_png"] = curves[str(model_dir)]
-            artifact["model_json"] = Path(model_dir) / "model.json"
-        build_report(
-            experiment, summary, artifacts, settings, versions or software_versions(), read_rejects(rejects_csvs), out_html
-        )
+    build_report(
+        experiment, summary, artifacts, settings, versions or software_versions(), read_rejects(rejects_csvs), out_html
+    )
     return summary
