@@ -1,4 +1,5 @@
-"""Lazy patch sampling: only patch windows are read, memory stays flat, everything is seeded."""
+"""Patch sampling: chosen images held in memory within a budget, else lazy window reads with flat
+memory; both modes give the same patches; everything is seeded."""
 
 import tracemalloc
 
@@ -37,6 +38,15 @@ class CountingArray:
         return values
 
 
+LAZY = {"memory_mb": 0}  # no image fits: every batch reads its windows from the arrays
+
+
+@pytest.fixture(params=["in memory", "lazy"])
+def mode(request):
+    """Loader mode options: the behaviour under test must hold in both."""
+    return {} if request.param == "in memory" else LAZY
+
+
 def _sampler(arrays, **overrides):
     options = dict(
         patch_size=PATCH, train_images=100, validation_fraction=0.25, validation_patches=6,
@@ -46,10 +56,11 @@ def _sampler(arrays, **overrides):
     return PatchSampler(arrays, **options)
 
 
-def test_batches_read_only_their_patch_windows(tmp_path):
+def test_lazy_batches_read_only_their_patch_windows(tmp_path):
     array, _ = _write_array(tmp_path / "a.zarr", images=6)
     counting = CountingArray(array)
-    sampler = _sampler([counting])
+    sampler = _sampler([counting], **LAZY)
+    assert not sampler.in_memory
     counting.reads.clear()
     batches = list(sampler.batches(sampler.epoch_plan(0, steps=3, batch_size=4)))
     assert [b.shape for b in batches] == [(4, 1, PATCH, PATCH)] * 3
@@ -62,7 +73,7 @@ def test_batches_read_only_their_patch_windows(tmp_path):
 def test_validation_patches_come_from_held_out_images_only(tmp_path):
     array, _ = _write_array(tmp_path / "a.zarr", images=8)
     counting = CountingArray(array)
-    sampler = _sampler([counting], validation_fraction=0.25)
+    sampler = _sampler([counting], validation_fraction=0.25, **LAZY)
     assert len(sampler.validation_images) == 2
     assert not set(sampler.validation_images) & set(sampler.train_images)
     assert len(sampler.train_images) + len(sampler.validation_images) == 8
@@ -72,12 +83,12 @@ def test_validation_patches_come_from_held_out_images_only(tmp_path):
     assert sampler.validation.shape == (6, 1, PATCH, PATCH)
 
 
-def test_memory_stays_flat_when_the_number_of_images_grows_fourfold(tmp_path):
+def test_lazy_memory_stays_flat_when_the_number_of_images_grows_fourfold(tmp_path):
     peaks = []
     for images in (8, 32):
         array, _ = _write_array(tmp_path / f"{images}.zarr", images=images, height=128, width=128)
         tracemalloc.start()
-        sampler = _sampler([array], patch_size=32, validation_patches=4)
+        sampler = _sampler([array], patch_size=32, validation_patches=4, **LAZY)
         for _ in sampler.batches(sampler.epoch_plan(0, steps=2, batch_size=4)):
             pass
         peaks.append(tracemalloc.get_traced_memory()[1])
@@ -86,10 +97,10 @@ def test_memory_stays_flat_when_the_number_of_images_grows_fourfold(tmp_path):
     assert peaks[1] - peaks[0] < whole_array_growth / 4, peaks
 
 
-def test_the_same_seed_gives_the_same_patches(tmp_path):
+def test_the_same_seed_gives_the_same_patches(tmp_path, mode):
     array, _ = _write_array(tmp_path / "a.zarr", images=6)
-    first, second = _sampler([array]), _sampler([array])
-    other = _sampler([array], seed=6)
+    first, second = _sampler([array], **mode), _sampler([array], **mode)
+    other = _sampler([array], seed=6, **mode)
     plan = first.epoch_plan(3, steps=2, batch_size=5)
     assert np.array_equal(plan, second.epoch_plan(3, steps=2, batch_size=5))
     assert not np.array_equal(plan, first.epoch_plan(4, steps=2, batch_size=5))
@@ -101,9 +112,9 @@ def test_the_same_seed_gives_the_same_patches(tmp_path):
     assert first.train_images == second.train_images
 
 
-def test_patches_are_normalised_windows_possibly_flipped_or_rotated(tmp_path):
+def test_patches_are_normalised_windows_possibly_flipped_or_rotated(tmp_path, mode):
     array, data = _write_array(tmp_path / "a.zarr", images=4)
-    sampler = _sampler([array])
+    sampler = _sampler([array], **mode)
     plan = sampler.epoch_plan(0, steps=1, batch_size=40)
     (batch,) = list(sampler.batches(plan))
     mean, std = sampler.normalization.mean, sampler.normalization.std
@@ -116,19 +127,19 @@ def test_patches_are_normalised_windows_possibly_flipped_or_rotated(tmp_path):
     assert len(transforms_seen) > 4
 
 
-def test_normalisation_uses_the_training_images_only(tmp_path):
+def test_normalisation_uses_the_training_images_only(tmp_path, mode):
     # Row-block chunks make the statistics merge several blocks per image.
     array, data = _write_array(tmp_path / "a.zarr", images=5, chunks=(1, 16, 40), dtype="float32")
-    sampler = _sampler([array])
+    sampler = _sampler([array], **mode)
     pixels = np.stack([data[image] for _, image in sampler.train_images]).astype(np.float64)
     assert sampler.normalization.mean == pytest.approx(pixels.mean(), rel=1e-10)
     assert sampler.normalization.std == pytest.approx(pixels.std(), rel=1e-10)
 
 
-def test_images_are_chosen_per_array_and_split_across_arrays(tmp_path):
+def test_images_are_chosen_per_array_and_split_across_arrays(tmp_path, mode):
     first, _ = _write_array(tmp_path / "p1.zarr", images=10)
     second, _ = _write_array(tmp_path / "p2.zarr", images=3, height=20, width=24, seed=1)
-    sampler = _sampler([first, second], train_images=4, validation_fraction=0.2)
+    sampler = _sampler([first, second], train_images=4, validation_fraction=0.2, **mode)
     chosen = sampler.train_images + sampler.validation_images
     assert sorted(a for a, _ in chosen) == [0] * 4 + [1] * 3
     assert len(sampler.validation_images) == 1
@@ -137,13 +148,13 @@ def test_images_are_chosen_per_array_and_split_across_arrays(tmp_path):
     smaller = plan[plan[:, 0] == 1]
     assert len(smaller) and (smaller[:, 2] <= 20 - PATCH).all() and (smaller[:, 3] <= 24 - PATCH).all()
     # The image choice of the first plate does not change when a plate is added.
-    alone = _sampler([first], train_images=4, validation_fraction=0.2)
+    alone = _sampler([first], train_images=4, validation_fraction=0.2, **mode)
     assert sorted(i for a, i in chosen if a == 0) == sorted(i for _, i in alone.train_images + alone.validation_images)
 
 
-def test_a_single_image_validates_on_itself(tmp_path):
+def test_a_single_image_validates_on_itself(tmp_path, mode):
     array, _ = _write_array(tmp_path / "a.zarr", images=1)
-    sampler = _sampler([array])
+    sampler = _sampler([array], **mode)
     assert sampler.train_images == [(0, 0)] and sampler.validation_images == []
     assert sampler.validation_from_training
 
@@ -159,3 +170,50 @@ def test_constant_images_are_refused(tmp_path):
     array[:] = 7
     with pytest.raises(ValueError, match="flat.zarr.*constant"):
         _sampler([array])
+
+
+def test_in_memory_mode_decodes_each_chosen_image_once_and_reads_nothing_per_batch(tmp_path):
+    array, _ = _write_array(tmp_path / "a.zarr", images=6)
+    counting = OrthogonalCountingArray(array)
+    sampler = _sampler([counting], train_images=4)
+    assert sampler.in_memory
+    chosen = sorted(image for _, image in sampler.train_images + sampler.validation_images)
+    assert counting.orthogonal_reads == [chosen] and counting.reads == []
+    for epoch in range(2):
+        list(sampler.batches(sampler.epoch_plan(epoch, steps=3, batch_size=4)))
+    assert counting.orthogonal_reads == [chosen] and counting.reads == []
+
+
+def test_both_modes_give_identical_batches_validation_and_statistics(tmp_path):
+    first, _ = _write_array(tmp_path / "p1.zarr", images=7)
+    second, _ = _write_array(tmp_path / "p2.zarr", images=3, height=20, width=24, seed=1)
+    held, lazy = _sampler([first, second], train_images=5), _sampler([first, second], train_images=5, **LAZY)
+    assert held.in_memory and not lazy.in_memory
+    assert held.normalization == lazy.normalization
+    assert np.array_equal(held.validation, lazy.validation)
+    plan = held.epoch_plan(2, steps=4, batch_size=9)
+    assert np.array_equal(np.concatenate(list(held.batches(plan))), np.concatenate(list(lazy.batches(plan))))
+
+
+def test_images_over_the_memory_budget_are_read_lazily(tmp_path):
+    array, _ = _write_array(tmp_path / "a.zarr", images=6, height=128, width=128)
+    per_image_mb = 128 * 128 * 2 / 2**20
+    assert _sampler([array], train_images=6, memory_mb=6 * per_image_mb).in_memory
+    over = _sampler([array], train_images=6, memory_mb=5.5 * per_image_mb)
+    assert not over.in_memory and over.image_bytes == 6 * 128 * 128 * 2
+
+
+class OrthogonalCountingArray(CountingArray):
+    """A Zarr-like array that also records orthogonal (whole-image) selections."""
+
+    def __init__(self, array):
+        super().__init__(array)
+        self.orthogonal_reads = []
+        counting = self
+
+        class _OIndex:
+            def __getitem__(self, images):
+                counting.orthogonal_reads.append(list(images))
+                return np.asarray(counting.array.oindex[images])
+
+        self.oindex = _OIndex()

@@ -74,6 +74,7 @@ class N2VSettings:
     lr_schedule: Literal["cosine", "plateau", "constant"]
     early_stopping_patience: int
     train_images: int
+    loader_memory_mb: float
     validation_fraction: float
     validation_patches: int
     augment: bool
@@ -329,8 +330,15 @@ def train_channel(
         augment=settings.augment,
         seed=settings.seed,
         names=names,
+        memory_mb=settings.loader_memory_mb,
     )
     norm = sampler.normalization
+    log.info(
+        "%s %d training/validation image(s) (%.0f MiB decoded; loader_memory_mb %g)",
+        "holding" if sampler.in_memory else "reading patches lazily from",
+        len(sampler.train_images) + len(sampler.validation_images), sampler.image_bytes / 2**20,
+        settings.loader_memory_mb,
+    )
     log.info(
         "training %s on %d image(s) from %d array(s), validating on %d held-out image(s); "
         "mean %.4g, std %.4g; device %s, precision %s",
