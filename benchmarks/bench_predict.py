@@ -280,6 +280,8 @@ def main(argv=None) -> int:
         print(f"predict_array on {args.sites} sites of {SITE_SIZE}x{SITE_SIZE}: {plate['mpx_per_s']:.3f} Mpx/s "
               f"({plate['seconds']:.1f} s) -> one plate channel ({PLATE_SITES} sites): "
               f"{plate['plate_channel_seconds']:.0f} s = {hours:.2f} h; 5 channels: {5 * hours:.2f} h")
+    if device.type == "cuda":
+        results["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

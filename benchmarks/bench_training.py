@@ -89,7 +89,8 @@ def run_ours(dataset: dict, variant: str, args, work: Path) -> dict:
     settings = N2VSettings.from_dict({
         "variant": variant, "depth": 2, "base_filters": 32, "patch_size": args.patch_size,
         "batch_size": args.batch_size, "epochs": epochs, "steps_per_epoch": args.steps // epochs,
-        "learning_rate": 1e-3, "validation_patches": args.validation_patches, "device": "cpu",
+        "learning_rate": 1e-3, "validation_patches": args.validation_patches, "device": args.device,
+        "precision": args.precision,
         "seed": args.seed, "early_stopping_patience": 1000,
     })
     started = time.perf_counter()
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cell-size", type=int, default=256, help="side of a synthetic site")
     parser.add_argument("--camera-sigma", type=float, default=25.0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="ours: cpu, cuda or auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="ours, on CUDA")
     parser.add_argument("--seed", type=int, default=1, help="seeds noise and training (CAREamics needs > 0)")
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {DATASETS}")
     parser.add_argument("--methods", default=",".join(METHODS[1:]), help=f"comma-separated subset of {METHODS[1:]}")
