@@ -13,7 +13,7 @@ from cellprofiler_core.preferences import set_headless
 set_headless()
 
 from cellprofiler.modules.exporttospreadsheet import ExportToSpreadsheet  # noqa: E402
-from cellprofiler.modules.loaddata import LoadData  # noqa: E402
+from cellprofiler_core.modules.loaddata import LoadData  # noqa: E402
 from cellprofiler.modules.measureimageintensity import MeasureImageIntensity  # noqa: E402
 
 destination, *images = sys.argv[1:]
@@ -27,6 +27,8 @@ measure.images_list.value = ", ".join(images)
 pipeline.add_module(measure)
 export = ExportToSpreadsheet()
 export.set_module_num(3)
+export.wants_prefix.value = False  # Image.csv, not MyExpt_Image.csv
+export.wants_overwrite_without_warning.value = True
 pipeline.add_module(export)
 with open(destination, "w") as handle:
     pipeline.dump(handle)
