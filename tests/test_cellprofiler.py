@@ -35,9 +35,11 @@ DENOISED = ["DNA", "RNA"]
 MEASURED = ["OrigDNA", "OrigRNA", "OrigBrightfield", "IllumDNA"]
 SITES = [("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2)]
 PIXEL_SIZE_UM = 0.65
-# How far denoising may move a channel's mean intensity: N2V predicts each pixel's expected value,
-# so the mean stays within the tiny model's bias (measured under 2 %, see the README).
-MEAN_TOLERANCE = 0.05
+# How far denoising may move a site's mean intensity. N2V predicts each pixel's expected value, so a
+# trained model keeps the mean; the tiny test model (6 steps) is biased by a few % (measured up to
+# 4.6 % on one site; the README has the numbers). An export on the wrong scale is off by orders of
+# magnitude (float32 raw units: 1/65537; float with negatives: flat 0.5, ~250x here).
+MEAN_TOLERANCE = 0.10
 
 pytestmark = [pytest.mark.cellprofiler, pytest.mark.slow]
 
