@@ -25,6 +25,7 @@ import yaml
 import zarr
 
 from jump_n2v.demo import DemoSpec, render_site
+from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest.readers import read_channel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,8 @@ def measured(tmp_path_factory):
                     str(pipeline), *MEASURED], check=True, capture_output=True)
     raw = run_cellprofiler(pipeline, table, root / "cp_raw")
     denoised = run_cellprofiler(pipeline, exported, root / "cp_denoised")
-    return {"root": root, "table": table, "exported": exported, "raw": raw, "denoised": denoised}
+    return {"root": root, "table": table, "table_gz": table_gz, "exported": exported, "pipeline": pipeline,
+            "raw": raw, "denoised": denoised}
 
 
 def test_exported_table_is_the_input_table_with_only_the_denoised_file_columns_replaced(measured):
@@ -180,3 +182,20 @@ def test_cellprofiler_reads_denoised_intensities_on_the_raw_scale(measured):
         summary[channel] = {"raw": raw[column].mean(), "denoised": denoised[column].mean(), "max_site_change": change.abs().max()}
     # Printed for the README (pytest -s); nothing is asserted on it beyond the checks above.
     print("CellProfiler mean intensities:", json.dumps(summary))
+
+
+def test_float32_export_gives_cellprofiler_the_same_intensities(measured):
+    """export_dtype: float32 writes value / 65535, which CellProfiler keeps as it is (floats in 0..1)."""
+    plate, out = measured["exported"].parents[1], measured["root"] / "float_export"
+    zarrs = {channel: plate / "denoised" / f"{channel}.zarr" for channel in DENOISED}
+    folders = {channel: out / channel for channel in DENOISED}
+    for channel in DENOISED:
+        export_tiffs(zarrs[channel], plate / "index.csv", folders[channel], "flat", export_dtype="float32")
+    table = out / "load_data.csv"
+    write_loaddata_csv(plate / "index.csv", zarrs, folders, "flat", table, source_table=measured["table_gz"])
+    floats = run_cellprofiler(measured["pipeline"], table, measured["root"] / "cp_float")
+    assert list(floats.columns) == list(measured["denoised"].columns)
+    for channel in DENOISED:
+        column = f"Intensity_MeanIntensity_Orig{channel}"
+        # The same images but for the integer export's rounding (at most 0.5 / 65535 per pixel).
+        np.testing.assert_allclose(floats[column], measured["denoised"][column], atol=0.5 / 65535)
