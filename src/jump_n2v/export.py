@@ -13,8 +13,8 @@ the image's source file so that existing file-name conventions keep working:
 ``layout`` "flat" puts every file directly in the export folder (two sources with the same name are
 an error); "mirror" keeps each source's subfolders relative to the common parent of all the index's
 sources. Files are uncompressed unless asked, so any TIFF reader opens them, and carry the array's
-``pixel_size_um`` as TIFF resolution tags in pixels per centimetre (the standard TIFF unit, read by
-Bio-Formats, ImageJ and :mod:`jump_n2v.ingest.readers`).
+``pixel_size_um`` as TIFF resolution tags in pixels per centimetre (the standard TIFF unit, which
+:mod:`jump_n2v.ingest.readers` reads back).
 
 Pixel values (``export_dtype``, see :func:`convert_for_export`):
 
