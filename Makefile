@@ -42,7 +42,8 @@ $(BENCH_VENV)/.installed: benchmarks/requirements-bench.txt pyproject.toml
 bench-env: $(BENCH_VENV)/.installed
 
 # The CellProfiler test (tests/test_cellprofiler.py) runs real CellProfiler 5 headless from its own venv
-# (it needs numpy < 2); made once, remade only when its requirements change.
+# (it needs numpy < 2 and scipy < 1.11, which has wheels up to Python 3.11); made once, remade only
+# when its requirements change.
 CP_VENV := .venv-cellprofiler
 $(CP_VENV)/.installed: tests/cellprofiler/requirements.txt
 	$(PYTHON) -m venv $(CP_VENV)
