@@ -1,12 +1,12 @@
 # The two commands of the README:
 #   make demo   set up (virtualenv) and run the workflow on the synthetic demo plate
-#   make test   set up (virtualenv + system packages) and run the whole test suite
+#   make test   set up (virtualenv + system packages + CellProfiler venv) and run the whole test suite
 VENV ?= .venv
 PYTHON ?= python3
 CORES ?= 2
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup system-deps lint bench-env
+.PHONY: demo test setup system-deps lint bench-env cellprofiler-env
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ demo: setup
 system-deps:
 	bash tests/install_system_deps.sh
 
-test: setup system-deps
+test: setup system-deps cellprofiler-env
 	$(PY) -m pytest -ra
 
 lint: setup
@@ -40,3 +40,15 @@ $(BENCH_VENV)/.installed: benchmarks/requirements-bench.txt pyproject.toml
 	touch $@
 
 bench-env: $(BENCH_VENV)/.installed
+
+# The CellProfiler test (tests/test_cellprofiler.py) runs real CellProfiler 5 headless from its own venv
+# (it needs numpy < 2 and scipy < 1.11, which has wheels up to Python 3.11); made once, remade only
+# when its requirements change.
+CP_VENV := .venv-cellprofiler
+$(CP_VENV)/.installed: tests/cellprofiler/requirements.txt
+	$(PYTHON) -m venv $(CP_VENV)
+	$(CP_VENV)/bin/pip install --quiet -r tests/cellprofiler/requirements.txt
+	$(CP_VENV)/bin/pip install --quiet --no-deps CellProfiler-nightly==5.0.0.dev784
+	touch $@
+
+cellprofiler-env: $(CP_VENV)/.installed

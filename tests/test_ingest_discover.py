@@ -282,3 +282,14 @@ def test_phenix_rows_past_z_use_two_letters():
     assert well_from_row_column(1, 1) == "A01"
     assert well_from_row_column(26, 48) == "Z48"
     assert well_from_row_column(32, 2) == "AF02"
+
+
+def test_loaddata_index_records_each_sites_row_in_the_table(tmp_path):
+    rows = loaddata_rows("imgs", "P1", [("B02", 1)]) + loaddata_rows("imgs", "P2", [("A01", 1)])
+    rows += loaddata_rows("imgs", "P1", [("A01", 2)])
+    csv = tmp_path / "ld.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    table = discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, CHANNELS)
+    assert list(zip(table.well, table.site, table.load_data_row)) == [("A01", 2, 2), ("B02", 1, 0)]
+    write_index(table, tmp_path / "index.csv")
+    assert read_index(tmp_path / "index.csv").load_data_row.tolist() == [2, 0]

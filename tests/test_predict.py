@@ -263,7 +263,7 @@ def test_default_settings_come_from_the_schema():
     settings = PredictSettings.from_dict({})
     assert settings == PredictSettings(
         tile_size=None, batch_size=4, tta=False, output_dtype="float32", precision="auto", device="auto",
-        export_tiff=False, export_layout="flat",
+        export_tiff=False, export_layout="flat", export_dtype="source",
     )
 
 

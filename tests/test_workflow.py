@@ -61,7 +61,10 @@ def test_export_writes_denoised_tiffs_and_a_loaddata_csv_pointing_at_them(tiny_r
     assert len(load_data) == 4
     denoised = zarr.open_array(tiny_run / "TinyPlate" / "denoised" / "DNA.zarr", mode="r")
     for row, (folder, name) in enumerate(zip(load_data["PathName_OrigDNA"], load_data["FileName_OrigDNA"])):
-        assert np.array_equal(tifffile.imread(Path(folder) / name), denoised[row])
+        # export_dtype: source (the default): the uint16 source's dtype, rounded and clipped.
+        exported = tifffile.imread(Path(folder) / name)
+        assert exported.dtype == np.uint16
+        assert np.array_equal(exported, np.clip(np.rint(denoised[row]), 0, 65535))
     assert load_data["FileName_OrigMito"].str.contains("Mito").all()
 
 

@@ -12,12 +12,30 @@ the image's source file so that existing file-name conventions keep working:
 
 ``layout`` "flat" puts every file directly in the export folder (two sources with the same name are
 an error); "mirror" keeps each source's subfolders relative to the common parent of all the index's
-sources. Pixel values are those of the Zarr array (float32, or the source dtype with
-``output_dtype: input``), uncompressed unless asked, so any TIFF reader opens them.
+sources. Files are uncompressed unless asked, so any TIFF reader opens them, and carry the array's
+``pixel_size_um`` as TIFF resolution tags in pixels per centimetre (the standard TIFF unit, which
+:mod:`jump_n2v.ingest.readers` reads back).
 
-:func:`write_loaddata_csv` then writes a LoadData CSV with ``Metadata_Plate``, ``Metadata_Well``,
-``Metadata_Site`` and ``FileName_Orig<CH>`` / ``PathName_Orig<CH>`` per channel pointing at the
-exported files, so a CellProfiler pipeline built for the raw images runs on the denoised ones unchanged.
+Pixel values (``export_dtype``, see :func:`convert_for_export`):
+
+* ``source`` (default): the source images' integer dtype, rounded to the nearest integer and clipped
+  to the dtype's range. CellProfiler divides an integer image by its dtype's maximum (uint16: 65535),
+  so measurements on the denoised images are on the raw images' scale.
+* ``float32``: float32 on CellProfiler's scale for the source dtype, ``(value - dtype_min) /
+  (dtype_max - dtype_min)`` (uint16: ``value / 65535``), clipped to 0..1. CellProfiler keeps float
+  images already in 0..1; it divides one with values above 1 by 2**32 - 1 and rescales one with
+  negative values from the int32 range (a flat ~0.5), which is why raw-unit floats must not be exported.
+
+Sources that were float images have no dtype maximum: their float32 values are written as they are.
+The pixels pushed outside the range are counted per image in ``clipping.csv`` in the export folder
+(image, well, site, file, pixels, clipped_low, clipped_high) and in the job log.
+
+:func:`write_loaddata_csv` then writes the LoadData CSV pointing at the exported files. For a LoadData
+plate it is the input table itself, restricted to this plate's rows: every column kept, in order
+(metadata, illumination functions, channels that were not denoised), with only the exported
+channels' ``FileName_Orig<CH>`` / ``PathName_Orig<CH>`` (or ``URL_Orig<CH>``) replaced. Other plates
+get ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` and the file columns of the exported
+channels. Either way a CellProfiler pipeline built for the raw images runs on the denoised ones unchanged.
 """
 
 from __future__ import annotations
@@ -34,10 +52,12 @@ import tifffile
 import zarr
 
 from jump_n2v.atomic import atomic_output
-from jump_n2v.ingest.discover import read_index
+from jump_n2v.ingest.discover import LOAD_DATA_ROW, _find_column, normalise_well, read_index, read_table
 
 LAYOUTS = ("flat", "mirror")
-
+EXPORT_DTYPES = ("source", "float32")
+CLIPPING_TABLE = "clipping.csv"
+_INTEGER_DTYPES = tuple(np.dtype(name) for name in ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64"))
 
 
 def _index_by_image(index_csv: str | os.PathLike, channels: Sequence[str]) -> pd.DataFrame:
@@ -119,6 +139,76 @@ def _open_denoised(denoised_zarr: str | os.PathLike) -> tuple[zarr.Array, list[s
     return array, [int(image) for image in image_ids], str(channel)
 
 
+def source_dtype(array: zarr.Array) -> np.dtype:
+    """The dtype of the images ``array`` was denoised from.
+
+    An integer array (``output_dtype: input``) has it; a float32 one records the source's integer range
+    in its ``dtype_range`` attribute (null for float sources, which gives float32).
+    """
+    if array.dtype.kind in "ui":
+        return np.dtype(array.dtype)
+    dtype_range = array.attrs.get("dtype_range")
+    if dtype_range is None:
+        return np.dtype(np.float32)
+    for dtype in _INTEGER_DTYPES:
+        info = np.iinfo(dtype)
+        if [int(info.min), int(info.max)] == [int(bound) for bound in dtype_range]:
+            return dtype
+    raise ValueError(f"dtype_range {dtype_range} is the range of no integer dtype")
+
+
+def _float_at_least(bound: int) -> float:
+    """The smallest float64 >= ``bound`` (float(2**63 - 1) rounds up past int64's maximum)."""
+    value = float(bound)
+    return value if int(value) >= bound else float(np.nextafter(value, np.inf))
+
+
+def _float_at_most(bound: int) -> float:
+    value = float(bound)
+    return value if int(value) <= bound else float(np.nextafter(value, -np.inf))
+
+
+def convert_for_export(image: np.ndarray, source: np.dtype, export_dtype: str = "source") -> tuple[np.ndarray, int, int]:
+    """``image`` as written to the TIFF, and how many pixels were clipped below and above the range.
+
+    ``source`` is the raw images' dtype. For an integer source, ``export_dtype`` "source" rounds to the
+    nearest integer and clips to the dtype's range; "float32" maps the dtype's range onto 0..1 (uint16:
+    value / 65535), CellProfiler's scale for integer images, and clips to 0..1. A float source is written as float32 unchanged.
+    The arithmetic is done in float64, which holds every int32/uint32 bound exactly (float32 rounds
+    2**31 - 1 up to 2**31, which would wrap around when cast).
+    """
+    if export_dtype not in EXPORT_DTYPES:
+        raise ValueError(f"unknown export dtype {export_dtype!r}; expected one of {', '.join(EXPORT_DTYPES)}")
+    source = np.dtype(source)
+    values = np.asarray(image)
+    if source.kind not in "ui":
+        return values.astype(np.float32, copy=False), 0, 0
+    if export_dtype == "source" and values.dtype == source:
+        return values, 0, 0  # already rounded and clipped by predict (output_dtype: input)
+    info = np.iinfo(source)
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{np.count_nonzero(~np.isfinite(values))} pixel(s) are not finite numbers")
+    if export_dtype == "source":
+        np.rint(values, out=values)
+        low, high, target = _float_at_least(info.min), _float_at_most(info.max), source
+    else:  # CellProfiler's scale for integer images: (value - dtype min) / (dtype max - dtype min)
+        values -= info.min
+        values /= float(info.max) - float(info.min)
+        low, high, target = 0.0, 1.0, np.dtype(np.float32)
+    clipped_low, clipped_high = int(np.count_nonzero(values < low)), int(np.count_nonzero(values > high))
+    np.clip(values, low, high, out=values)
+    return values.astype(target), clipped_low, clipped_high
+
+
+def _resolution(pixel_size_um) -> dict:
+    """tifffile arguments for the pixel size: pixels per centimetre, the standard TIFF unit."""
+    if pixel_size_um is None or not float(pixel_size_um) > 0:
+        return {}
+    pixels_per_cm = 1e4 / float(pixel_size_um)
+    return {"resolution": (pixels_per_cm, pixels_per_cm), "resolutionunit": "CENTIMETER"}
+
+
 def export_tiffs(
     denoised_zarr: str | os.PathLike,
     index_csv: str | os.PathLike,
@@ -126,18 +216,23 @@ def export_tiffs(
     layout: str = "flat",
     channel: str | None = None,
     *,
+    export_dtype: str = "source",
     compression: str | None = None,
     log: logging.Logger | None = None,
 ) -> dict[int, Path]:
     """Write every image of ``denoised_zarr`` as a TIFF under ``out_dir``; returns image id -> path.
 
-    ``channel`` defaults to the array's ``channel`` attribute (and must match it when given). Images
-    are read and written one at a time, each file atomically. ``compression`` is passed to tifffile
-    (e.g. "zlib"); the default writes uncompressed files, which every reader supports.
+    ``channel`` defaults to the array's ``channel`` attribute (and must match it when given). Pixels
+    are converted by :func:`convert_for_export` with ``export_dtype``; the clipped pixels of each image
+    go to ``out_dir/clipping.csv``. Images are read and written one at a time, each file atomically.
+    ``compression`` is passed to tifffile (e.g. "zlib"); the default writes uncompressed files, which
+    every reader supports.
     """
     array, image_ids, array_channel = _open_denoised(denoised_zarr)
     if channel is not None and channel != array_channel:
         raise ValueError(f"{denoised_zarr} holds channel {array_channel!r}, not {channel!r}")
+    if export_dtype not in EXPORT_DTYPES:
+        raise ValueError(f"unknown export dtype {export_dtype!r}; expected one of {', '.join(EXPORT_DTYPES)}")
     index = _index_by_image(index_csv, [array_channel])
     unknown = [image for image in image_ids if image not in index.index]
     if unknown:
@@ -146,17 +241,71 @@ def export_tiffs(
     sourceless = [image for image in image_ids if image not in paths]
     if sourceless:
         raise ValueError(f"{denoised_zarr}: image(s) {sourceless[:5]} have no source_{array_channel} file in {index_csv}")
+    try:
+        source = source_dtype(array)
+    except ValueError as error:
+        raise ValueError(f"{denoised_zarr}: {error}") from None
+    resolution = _resolution(array.attrs.get("pixel_size_um"))
+    clipping = []
     for row, image in enumerate(image_ids):
         path = paths[image]
+        try:
+            pixels, clipped_low, clipped_high = convert_for_export(array[row], source, export_dtype)
+        except ValueError as error:
+            raise ValueError(f"{denoised_zarr}, image {image} ({path.name}): {error}") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as temporary:
             # A plain TIFF: the ".tmp-" name has a TIFF suffix anyway, so tifffile picks no other format.
-            tifffile.imwrite(temporary, np.asarray(array[row]), photometric="minisblack", compression=compression)
+            tifffile.imwrite(temporary, pixels, photometric="minisblack", compression=compression, **resolution)
+        clipping.append({
+            "image": image, "well": index.at[image, "well"], "site": index.at[image, "site"],
+            "file": path.relative_to(out_dir).as_posix(), "pixels": int(pixels.size),
+            "clipped_low": clipped_low, "clipped_high": clipped_high,
+        })
         if log is not None and (row + 1) % 500 == 0:
             log.info("exported %d/%d images of %s", row + 1, len(image_ids), array_channel)
+    table = pd.DataFrame(clipping, columns=["image", "well", "site", "file", "pixels", "clipped_low", "clipped_high"])
+    with atomic_output(Path(out_dir) / CLIPPING_TABLE) as temporary:
+        table.to_csv(temporary, index=False)
     if log is not None:
-        log.info("exported %d images of %s to %s", len(image_ids), array_channel, out_dir)
+        written = pixels.dtype if image_ids else source
+        total = max(int(table["pixels"].sum()), 1)
+        low, high = int(table["clipped_low"].sum()), int(table["clipped_high"].sum())
+        log.info(
+            "exported %d images of %s to %s as %s (source %s, export_dtype %s, pixel size %s um); clipped %d pixels "
+            "below and %d above the range (%.4f%% of %d), per image in %s",
+            len(image_ids), array_channel, out_dir, written, source, export_dtype, array.attrs.get("pixel_size_um"),
+            low, high, 100 * (low + high) / total, total, CLIPPING_TABLE,
+        )
     return {image: paths[image] for image in image_ids}
+
+
+def _rows_of_source_table(source_table: str | os.PathLike, index: pd.DataFrame, index_csv) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The source LoadData table's rows of ``index``'s sites and the index in the same order (the
+    table's), each row checked against its site."""
+    if LOAD_DATA_ROW not in index.columns:
+        raise ValueError(
+            f"{index_csv} has no {LOAD_DATA_ROW} column linking its sites to the rows of {source_table}; "
+            "rebuild the index (delete it and rerun)"
+        )
+    table = read_table(source_table)
+    positions = index[LOAD_DATA_ROW].astype(int)
+    outside = positions[(positions < 0) | (positions >= len(table))]
+    if not outside.empty:
+        raise ValueError(f"{index_csv}: {LOAD_DATA_ROW} {outside.iloc[0]} is not a data row of {source_table} ({len(table)} rows)")
+    rows = table.iloc[positions.to_numpy()].copy()
+    for (image, well, site), (_, row) in zip(index[["image", "well", "site"]].itertuples(index=False), rows.iterrows()):
+        try:
+            same = normalise_well(row["Metadata_Well"]) == well and int(float(row["Metadata_Site"])) == int(site)
+        except (KeyError, ValueError):
+            same = False
+        if not same:
+            raise ValueError(
+                f"{source_table}, data row {row.name + 1} is not well {well} site {site} as the index {index_csv} says "
+                f"(image {image}): the table changed since the index was built; rebuild the index"
+            )
+    order = np.argsort(positions.to_numpy(), kind="stable")
+    return rows.iloc[order], index.iloc[order]
 
 
 def write_loaddata_csv(
@@ -165,15 +314,26 @@ def write_loaddata_csv(
     out_dir: str | os.PathLike | Mapping[str, str | os.PathLike],
     layout: str,
     dst_path: str | os.PathLike,
+    *,
+    source_table: str | os.PathLike | None = None,
+    log: logging.Logger | None = None,
 ) -> pd.DataFrame:
     """Write a CellProfiler LoadData CSV pointing at the TIFFs :func:`export_tiffs` wrote.
 
-    ``denoised_zarrs`` maps each channel name to its denoised array; ``FileName_Orig<CH>`` and
-    ``PathName_Orig<CH>`` (absolute folder) columns follow in that order after ``Metadata_Plate``,
-    ``Metadata_Well`` and ``Metadata_Site``. Rows are the index's images present in every channel
-    (an image rejected at ingest in any channel is left out, as CellProfiler needs all channels), in
-    index order. ``out_dir`` is the folder :func:`export_tiffs` wrote to, or a mapping channel -> folder
-    when each channel was exported to its own. Every referenced file must exist. Returns the table.
+    ``denoised_zarrs`` maps each exported channel to its denoised array. ``out_dir`` is the folder
+    :func:`export_tiffs` wrote to, or a mapping channel -> folder when each channel was exported to its
+    own. Every referenced file must exist.
+
+    With ``source_table`` (the plate's LoadData table, .csv, .csv.gz or .parquet; the index must come
+    from it) the output is that table's rows of this plate, in the table's order, every column kept;
+    only each exported channel's ``FileName_Orig<CH>`` + ``PathName_Orig<CH>`` (absolute folder) and
+    ``URL_Orig<CH>`` (a file:// URL) are replaced, and ``Series_``/``Frame_Orig<CH>`` set to 0 (the
+    exported files hold one image). Without it the table has ``Metadata_Plate``, ``Metadata_Well``,
+    ``Metadata_Site`` and ``FileName_Orig<CH>`` / ``PathName_Orig<CH>`` per channel, in index order.
+
+    A site with an image rejected at ingest in any exported channel is left out, since CellProfiler
+    needs every channel of a row; the number and the first sites are logged as a warning (the
+    per-channel rejects tables say why). The output is always a plain .csv. Returns the table.
     """
     if not denoised_zarrs:
         raise ValueError("write_loaddata_csv: no channels given")
@@ -185,23 +345,57 @@ def write_loaddata_csv(
         if array_channel != channel:
             raise ValueError(f"{path} holds channel {array_channel!r}, but was given as channel {channel!r}")
         present &= set(image_ids)
-    rows = index[index["image"].isin(present)]
-    table = pd.DataFrame(
-        {"Metadata_Plate": rows["plate"], "Metadata_Well": rows["well"], "Metadata_Site": rows["site"]}
-    )
+    if source_table is not None:
+        table, sites = _rows_of_source_table(source_table, index, index_csv)
+        kept = sites["image"].isin(present).to_numpy()
+        table, sites = table[kept], sites[kept]
+    else:
+        sites = index[index["image"].isin(present)]
+        table = pd.DataFrame(
+            {"Metadata_Plate": sites["plate"], "Metadata_Well": sites["well"], "Metadata_Site": sites["site"]}
+        )
+    left_out = index[~index["image"].isin(present)]
+    if not left_out.empty:
+        examples = ", ".join(f"{well} site {site}" for well, site in left_out[["well", "site"]].head(5).itertuples(index=False))
+        (log or logging.getLogger(__name__)).warning(
+            "LoadData %s: %d of %d site(s) LEFT OUT because an image of theirs in channel(s) %s was rejected at "
+            "ingest (see rejects/<channel>.csv; CellProfiler needs every channel of a row), e.g. %s",
+            dst_path, len(left_out), len(index), ", ".join(channels), examples,
+        )
     for channel in channels:
         folder = out_dir[channel] if isinstance(out_dir, Mapping) else out_dir
         paths = exported_paths(index, channel, folder, layout)
-        files = [paths[image].resolve() for image in rows["image"]]
+        files = [paths[image].resolve() for image in sites["image"]]
         missing = [str(file) for file in files if not file.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"write_loaddata_csv: {len(missing)} exported {channel} file(s) are missing, e.g. {missing[0]}; "
                 "run export_tiffs for that channel first"
             )
-        table[f"FileName_Orig{channel}"] = [file.name for file in files]
-        table[f"PathName_Orig{channel}"] = [str(file.parent) for file in files]
+        if source_table is None:
+            table[f"FileName_Orig{channel}"] = [file.name for file in files]
+            table[f"PathName_Orig{channel}"] = [str(file.parent) for file in files]
+        else:
+            _replace_channel_columns(table, channel, files, source_table)
     table = table.reset_index(drop=True)
     with atomic_output(dst_path) as temporary:
         table.to_csv(temporary, index=False)
     return table
+
+
+def _replace_channel_columns(table: pd.DataFrame, channel: str, files: list[Path], source_table) -> None:
+    """Point the source table's columns of ``channel`` at ``files`` (in place)."""
+    column = {kind: _find_column(table.columns, f"{kind}_Orig{channel}") for kind in ("FileName", "PathName", "URL", "Series", "Frame")}
+    replaced = False
+    if column["FileName"] and column["PathName"]:
+        table[column["FileName"]] = [file.name for file in files]
+        table[column["PathName"]] = [str(file.parent) for file in files]
+        replaced = True
+    if column["URL"]:
+        table[column["URL"]] = [file.as_uri() for file in files]
+        replaced = True
+    if not replaced:
+        raise ValueError(f"{source_table} has no FileName_Orig{channel} + PathName_Orig{channel} or URL_Orig{channel} column")
+    for kind in ("Series", "Frame"):
+        if column[kind]:
+            table[column[kind]] = "0"

@@ -59,6 +59,7 @@ class PredictSettings:
     device: str
     export_tiff: bool
     export_layout: str
+    export_dtype: str
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any] | None = None) -> "PredictSettings":
@@ -76,6 +77,7 @@ class PredictSettings:
             "output_dtype": ("float32", "input"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "export_layout": ("flat", "mirror"),
+            "export_dtype": ("source", "float32"),
         }
         for field, allowed in choices.items():
             if resolved[field] not in allowed:

@@ -128,11 +128,15 @@ def exported_channels(experiment):
 def export_load_data_inputs(wildcards):
     e, p = wildcards.experiment, wildcards.plate
     channels = exported_channels(e)
-    return {
+    inputs = {
         "index": f"{RESULTS}/{e}/{p}/index.csv",
         "zarrs": [f"{RESULTS}/{e}/{p}/denoised/{c}.zarr" for c in channels],
         "tiffs": [f"{RESULTS}/{e}/{p}/denoised_tiff/{c}" for c in channels],
     }
+    plate = experiment_cfg(e)["plates"][p]
+    if plate["format"] == "loaddata":
+        inputs["load_data"] = plate["load_data"]  # the exported table is this table with new file columns
+    return inputs
 
 
 def all_targets():

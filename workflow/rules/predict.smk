@@ -21,7 +21,8 @@ rule predict:
 
 
 rule export_tiff:
-    """Denoised TIFFs of one channel, named after the source files (for CellProfiler and viewers)."""
+    """Denoised TIFFs of one channel, named after the source files, in the source dtype by default (for
+    CellProfiler and viewers), with clipping.csv counting the clipped pixels per image."""
     input:
         zarr=f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr",
         index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
@@ -29,6 +30,7 @@ rule export_tiff:
         tiffs=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/{{channel}}"),
     params:
         layout=lambda w: settings_for(w, "predict")["export_layout"],
+        export_dtype=lambda w: settings_for(w, "predict")["export_dtype"],
     log:
         f"{RESULTS}/{{experiment}}/logs/export_tiff/{{plate}}/{{channel}}.log",
     benchmark:
@@ -40,7 +42,8 @@ rule export_tiff:
 
 
 rule export_load_data:
-    """A LoadData CSV pointing at a plate's exported denoised TIFFs, so CellProfiler runs on them unchanged."""
+    """A LoadData CSV pointing at a plate's exported denoised TIFFs, so CellProfiler runs on them unchanged:
+    for a LoadData plate its own table with only the exported channels' file columns replaced."""
     input:
         unpack(export_load_data_inputs),
     output:

@@ -14,5 +14,8 @@ table = write_loaddata_csv(
     dict(zip(channels, snakemake.input.tiffs)),
     layouts.pop(),
     snakemake.output.load_data,
+    source_table=snakemake.input.get("load_data"),
+    log=log,
 )
-log.info("LoadData CSV with %d rows and channels %s written to %s", len(table), channels, snakemake.output.load_data)
+log.info("LoadData CSV with %d rows and %d columns (channels %s replaced) written to %s",
+         len(table), len(table.columns), channels, snakemake.output.load_data)

@@ -5,5 +5,6 @@ from jump_n2v.logs import rule_logger
 log = rule_logger(snakemake.log[0])
 with atomic_output(snakemake.output.tiffs) as folder:
     folder.mkdir()
-    written = export_tiffs(snakemake.input.zarr, snakemake.input.index, folder, layout=snakemake.params.layout, log=log)
+    written = export_tiffs(snakemake.input.zarr, snakemake.input.index, folder, layout=snakemake.params.layout,
+                           export_dtype=snakemake.params.export_dtype, log=log)
 log.info("exported %d TIFFs to %s", len(written), snakemake.output.tiffs)

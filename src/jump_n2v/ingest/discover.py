@@ -6,7 +6,9 @@ bad image can be skipped and reported instead of stopping the whole plan.
 
 Index columns: ``image`` (0..n-1), ``plate``, ``well`` ("A01"), ``site`` (int), ``source_<CH>`` per
 channel (the file holding that channel; the same file for every channel of a hyperstack; "" when the
-LoadData row names no file). Rows are sorted by well row, well column, then site.
+LoadData row names no file). Rows are sorted by well row, well column, then site. A LoadData plate's
+index also has ``load_data_row``: the site's row in its table (0-based position among the table's data
+rows), which the export uses to write that same row back with the denoised channels' files.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from jump_n2v.config import resolve_section
 
 SOURCE_PREFIX = "source_"
 INDEX_COLUMNS = ("image", "plate", "well", "site")
+LOAD_DATA_ROW = "load_data_row"
 WELL_PATTERN = re.compile(r"^\s*([A-Za-z]{1,2})0*(\d{1,3})\s*$")
 # Harmony (Phenix/Operetta) export names: row, column, field, plane, channel, timepoint(sk), fk, fl.
 PHENIX_NAME = re.compile(
@@ -103,6 +106,8 @@ def read_index(path: str | os.PathLike, channels: Sequence[str] = ()) -> pd.Data
         raise DiscoveryError(f"{path}: image(s) {duplicated} listed more than once")
     table["image"] = table["image"].astype(int)
     table["site"] = table["site"].astype(int)
+    if LOAD_DATA_ROW in table.columns:
+        table[LOAD_DATA_ROW] = table[LOAD_DATA_ROW].astype(int)
     return table
 
 
@@ -263,6 +268,7 @@ def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str]) -> list[
                 f"LoadData table {csv_path}, data row {table.index[row_number] + 1}: well {well!r} / site "
                 f"{site!r} is not a well like A01 and a whole site number"
             ) from None
+    sites[LOAD_DATA_ROW] = [int(position) for position in table.index]
     for channel in channels:
         sites[source_column(channel)] = _channel_paths(table, channel, csv_path, base)
     return [dict(zip(sites, values)) for values in zip(*sites.values())]
@@ -373,7 +379,8 @@ def _phenix_sites(
 
 
 def _finish_index(plate: str, sites: list[dict], channels: Sequence[str], location: str) -> pd.DataFrame:
-    table = pd.DataFrame(sites, columns=["well", "site", *map(source_column, channels)])
+    extra = [LOAD_DATA_ROW] if sites and LOAD_DATA_ROW in sites[0] else []
+    table = pd.DataFrame(sites, columns=["well", "site", *extra, *map(source_column, channels)])
     duplicated = table[table.duplicated(["well", "site"], keep=False)]
     if not duplicated.empty:
         examples = []
