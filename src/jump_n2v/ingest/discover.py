@@ -119,6 +119,8 @@ def read_index(path: str | os.PathLike, channels: Sequence[str] = ()) -> pd.Data
         raise DiscoveryError(f"{path}: image(s) {duplicated} listed more than once")
     table["image"] = table["image"].astype(int)
     table["site"] = table["site"].astype(int)
+    if LOAD_DATA_ROW in table.columns:
+        table[LOAD_DATA_ROW] = table[LOAD_DATA_ROW].astype(int)
     return table
 
 
