@@ -97,13 +97,17 @@ def read_bytes(url: str, settings: Mapping) -> bytes:
 
 
 def object_fingerprint(url: str, settings: Mapping) -> str:
-    """ETag, size and modification time of one object (one HEAD request)."""
-    fs = filesystem(settings)
-    try:
-        info = fs.info(url, refresh=True)
-    except Exception as error:
-        raise StorageError(url, describe_error(error, settings)) from error
-    return _entry_fingerprint(info)
+    """ETag, size and modification time of one object, from a listing of its folder.
+
+    A listing rather than a HEAD request: read-only public buckets grant s3:ListBucket and
+    s3:GetObject, and a listing needs nothing else.
+    """
+    value = list_objects([url], settings)[url]
+    if value == "missing":
+        raise StorageError(url, "the object does not exist (not in its folder's listing)")
+    if value.startswith("unlisted: "):
+        raise StorageError(url, value[len("unlisted: "):])
+    return value
 
 
 def list_objects(urls: Iterable[str], settings: Mapping) -> dict[str, str]:
