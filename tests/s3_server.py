@@ -33,23 +33,27 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
+def moto_server(log_path: str | os.PathLike | None = None) -> Iterator[str]:
     """Start ``python -m moto.server`` on a free loopback port; yield its endpoint URL; stop it.
+
+    ``log_path`` keeps the server's request log (one line per HTTP request), e.g. to count requests.
 
     moto refuses unsigned (anonymous) requests to a bucket unless its policy allows them, as AWS
     does: ``public_bucket`` makes a bucket readable like the Cell Painting Gallery.
     """
     port = free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET}
+    log = open(log_path, "wb") if log_path else subprocess.PIPE
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.DEVNULL, stderr=log,
     )
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"moto server exited ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
+                detail = process.stderr.read().decode()[-2000:] if process.stderr else f"see {log_path}"
+                raise RuntimeError(f"moto server exited ({process.returncode}): {detail}")
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     break
@@ -64,7 +68,10 @@ def moto_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        process.stderr.close()
+        if process.stderr:
+            process.stderr.close()
+        if log_path:
+            log.close()
 
 
 def s3_client(endpoint: str):
