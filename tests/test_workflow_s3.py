@@ -20,7 +20,7 @@ from s3_server import public_bucket, s3_client
 from test_rerun import job, planned_jobs
 from workflow_copy import REPO, copy_workflow
 
-PLATE = "BR00000001"
+PLATE = "BR00000002"  # not the plate test_storage.py puts in the same session server
 CHANNELS = ["DNA", "Mito"]
 TINY_SETTINGS = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())["experiments"]["tiny"]["settings"]
 
