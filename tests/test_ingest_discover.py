@@ -154,13 +154,17 @@ def test_loaddata_url_columns_file_urls_and_plain_paths(tmp_path):
     assert table.source_ER[0] == str(tmp_path / "images" / "b.tiff")
 
 
-def test_loaddata_s3_urls_are_refused_clearly(tmp_path):
+def test_loaddata_urls_other_than_s3_are_refused_clearly(tmp_path):
+    # s3:// is read (tests/test_storage.py); other schemes are refused before any work.
     rows = [{"Metadata_Plate": "P1", "Metadata_Well": "A01", "Metadata_Site": 1,
-             "URL_OrigDNA": "s3://cellpainting-gallery/cpg0016-jump/a.tiff"}]
+             "URL_OrigDNA": "gs://some-bucket/cpg0016-jump/a.tiff",
+             "URL_OrigER": "s3://cellpainting-gallery/cpg0016-jump/a.tiff"}]
     csv = tmp_path / "ld.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
-    with pytest.raises(DiscoveryError, match="s3:// URLs are not supported"):
+    with pytest.raises(DiscoveryError, match="gs:// URLs are not supported"):
         discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["DNA"])
+    table = discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["ER"])
+    assert table.source_ER[0] == "s3://cellpainting-gallery/cpg0016-jump/a.tiff"
 
 
 @pytest.mark.parametrize("suffix", [".csv.gz", ".parquet"])

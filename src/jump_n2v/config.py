@@ -108,6 +108,11 @@ def _check_experiment(config: dict, name: str) -> None:
                     raise ConfigError(f"{where}/pattern: {plate['pattern']!r} lacks the field {field}")
         if "demo" in plate and (plate["format"] != "hyperstack" or "ground_truth" not in plate):
             raise ConfigError(f"{where}: a demo plate needs format hyperstack, a pattern and a ground_truth pattern")
+        storage = plate.get("storage") or {}
+        if storage.get("profile") and storage.get("anonymous", True):
+            raise ConfigError(f"{where}/storage: a profile is used only with anonymous: false")
+        if plate.get("path_map") and plate["format"] != "loaddata":
+            raise ConfigError(f"{where}/path_map: only LoadData plates have table paths to rewrite")
         if plate["format"] == "phenix":
             missing = [c for c in channels if c not in plate.get("channel_numbers", {})]
             if missing:

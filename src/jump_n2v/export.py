@@ -280,7 +280,9 @@ def export_tiffs(
     return {image: paths[image] for image in image_ids}
 
 
-def _rows_of_source_table(source_table: str | os.PathLike, index: pd.DataFrame, index_csv) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _rows_of_source_table(
+    source_table: str | os.PathLike, index: pd.DataFrame, index_csv, storage: Mapping | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The source LoadData table's rows of ``index``'s sites and the index in the same order (the
     table's), each row checked against its site."""
     if LOAD_DATA_ROW not in index.columns:
@@ -288,7 +290,7 @@ def _rows_of_source_table(source_table: str | os.PathLike, index: pd.DataFrame, 
             f"{index_csv} has no {LOAD_DATA_ROW} column linking its sites to the rows of {source_table}; "
             "rebuild the index (delete it and rerun)"
         )
-    table = read_table(source_table)
+    table = read_table(source_table, storage)
     positions = index[LOAD_DATA_ROW].astype(int)
     outside = positions[(positions < 0) | (positions >= len(table))]
     if not outside.empty:
@@ -316,6 +318,7 @@ def write_loaddata_csv(
     dst_path: str | os.PathLike,
     *,
     source_table: str | os.PathLike | None = None,
+    storage: Mapping | None = None,
     log: logging.Logger | None = None,
 ) -> pd.DataFrame:
     """Write a CellProfiler LoadData CSV pointing at the TIFFs :func:`export_tiffs` wrote.
@@ -324,8 +327,8 @@ def write_loaddata_csv(
     :func:`export_tiffs` wrote to, or a mapping channel -> folder when each channel was exported to its
     own. Every referenced file must exist.
 
-    With ``source_table`` (the plate's LoadData table, .csv, .csv.gz or .parquet; the index must come
-    from it) the output is that table's rows of this plate, in the table's order, every column kept;
+    With ``source_table`` (the plate's LoadData table, .csv, .csv.gz or .parquet, local or s3:// read
+    with the plate's ``storage`` settings; the index must come from it) the output is that table's rows of this plate, in the table's order, every column kept;
     only each exported channel's ``FileName_Orig<CH>`` + ``PathName_Orig<CH>`` (absolute folder) and
     ``URL_Orig<CH>`` (a file:// URL) are replaced, and ``Series_``/``Frame_Orig<CH>`` set to 0 (the
     exported files hold one image). Without it the table has ``Metadata_Plate``, ``Metadata_Well``,
@@ -346,7 +349,7 @@ def write_loaddata_csv(
             raise ValueError(f"{path} holds channel {array_channel!r}, but was given as channel {channel!r}")
         present &= set(image_ids)
     if source_table is not None:
-        table, sites = _rows_of_source_table(source_table, index, index_csv)
+        table, sites = _rows_of_source_table(source_table, index, index_csv, storage)
         kept = sites["image"].isin(present).to_numpy()
         table, sites = table[kept], sites[kept]
     else:

@@ -8,7 +8,8 @@ sys.path.insert(0, PACKAGE_SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_SRC, os.getenv("PYTHONPATH")) if p))
 
 from jump_n2v.config import channel_settings, demo_settings, experiment_settings, validate_config
-from jump_n2v.ingest import channel_sources, read_index
+from jump_n2v.ingest import channel_sources, read_index, remote_source_fingerprints
+from jump_n2v.storage import is_remote, map_path, object_fingerprint, storage_settings
 
 validate_config(config)
 
@@ -54,19 +55,32 @@ def has_ground_truth(experiment, plate):
     return "ground_truth" in experiment_cfg(experiment)["plates"][plate]
 
 
+def plate_table(plate, key="load_data"):
+    """The plate's LoadData table (raw or ground truth) after its path_map."""
+    return map_path(plate[key], plate.get("path_map"))
+
+
 def plate_index_inputs(wildcards):
-    """What the plate's index is built from: a LoadData CSV, or the demo generator's manifest."""
+    """What the plate's index is built from: a local LoadData table, or the demo generator's manifest."""
     plate = plate_cfg(wildcards)
     inputs = {}
-    if plate["format"] == "loaddata":
-        inputs["load_data"] = plate["load_data"]
+    if plate["format"] == "loaddata" and not is_remote(plate_table(plate)):
+        inputs["load_data"] = plate_table(plate)
     if demo_settings(plate) is not None:
         inputs["demo"] = f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/demo_manifest.json"
     return inputs
 
 
+def remote_table_fingerprint(wildcards, key="load_data"):
+    """ETag/size/mtime of an s3:// LoadData table (one HEAD request); "" for a local one (an input)."""
+    plate = plate_cfg(wildcards)
+    if plate["format"] != "loaddata" or key not in plate or not is_remote(plate_table(plate, key)):
+        return ""
+    return object_fingerprint(plate_table(plate, key), storage_settings(plate))
+
+
 def channel_source_files(wildcards):
-    """The existing source files of one channel, read from the plate index (a checkpoint).
+    """The existing local source files of one channel, read from the plate index (a checkpoint).
 
     Missing files are left to the split, which names them (on_bad_image: fail) or lists them in
     the rejects table (skip), rather than Snakemake refusing to start the job.
@@ -75,11 +89,28 @@ def channel_source_files(wildcards):
     return channel_sources(read_index(index_csv), wildcards.channel, existing_only=True)
 
 
+_REMOTE_FINGERPRINTS = {}
+
+
+def channel_remote_sources(wildcards):
+    """Digest of the channel's s3 sources (ETag, size, mtime); "" for a plate on local disk.
+
+    s3 objects cannot be Snakemake inputs, so the split job carries this as a param instead: a
+    changed object changes its channel's digest, and Snakemake reruns that channel only. The
+    whole plate is listed once per Snakemake run (one LIST per folder), not once per channel.
+    """
+    index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
+    key = (wildcards.experiment, wildcards.plate, os.stat(index_csv).st_mtime_ns)
+    if key not in _REMOTE_FINGERPRINTS:
+        _REMOTE_FINGERPRINTS[key] = remote_source_fingerprints(read_index(index_csv), storage_settings(plate_cfg(wildcards)))
+    return _REMOTE_FINGERPRINTS[key].get(wildcards.channel, "")
+
+
 def ground_truth_inputs(wildcards):
     plate = plate_cfg(wildcards)
     inputs = {"index": f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/index.csv"}
-    if plate["format"] == "loaddata":
-        inputs["load_data"] = plate["ground_truth"]
+    if plate["format"] == "loaddata" and not is_remote(plate_table(plate, "ground_truth")):
+        inputs["load_data"] = plate_table(plate, "ground_truth")
     if demo_settings(plate) is not None:
         inputs["demo"] = f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/demo_manifest.json"
     return inputs
@@ -134,9 +165,15 @@ def export_load_data_inputs(wildcards):
         "tiffs": [f"{RESULTS}/{e}/{p}/denoised_tiff/{c}" for c in channels],
     }
     plate = experiment_cfg(e)["plates"][p]
-    if plate["format"] == "loaddata":
-        inputs["load_data"] = plate["load_data"]  # the exported table is this table with new file columns
+    if plate["format"] == "loaddata" and not is_remote(plate_table(plate)):
+        inputs["load_data"] = plate_table(plate)  # an s3 table is followed by the remote_table param instead
     return inputs
+
+
+def export_source_table(wildcards):
+    """The LoadData table the exported table is made from (after path_map), or None for other formats."""
+    plate = plate_cfg(wildcards)
+    return plate_table(plate) if plate["format"] == "loaddata" else None
 
 
 def all_targets():

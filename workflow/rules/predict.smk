@@ -50,6 +50,9 @@ rule export_load_data:
         load_data=f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/load_data.csv",
     params:
         layouts=lambda w: {c: channel_settings(config, w.experiment, c)["predict"]["export_layout"] for c in exported_channels(w.experiment)},
+        source_table=export_source_table,
+        storage=lambda w: plate_cfg(w).get("storage"),
+        remote_table=remote_table_fingerprint,
     log:
         f"{RESULTS}/{{experiment}}/logs/export_load_data/{{plate}}.log",
     conda:

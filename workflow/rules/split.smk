@@ -8,6 +8,7 @@ checkpoint plate_index:
         plate=plate_cfg,
         channels=lambda w: experiment_cfg(w.experiment)["channels"],
         ingest=lambda w: experiment_settings(config, w.experiment, "ingest"),
+        remote_table=remote_table_fingerprint,
     log:
         f"{RESULTS}/{{experiment}}/logs/plate_index/{{plate}}.log",
     conda:
@@ -29,6 +30,7 @@ rule split_raw:
         channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
         ingest=lambda w: settings_for(w, "ingest"),
         ground_truth=False,
+        remote_sources=channel_remote_sources,
     log:
         f"{RESULTS}/{{experiment}}/logs/split_raw/{{plate}}/{{channel}}.log",
     benchmark:
@@ -51,6 +53,7 @@ rule split_ground_truth:
         channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
         ingest=lambda w: settings_for(w, "ingest"),
         ground_truth=True,
+        remote_table=lambda w: remote_table_fingerprint(w, "ground_truth"),
     log:
         f"{RESULTS}/{{experiment}}/logs/split_ground_truth/{{plate}}/{{channel}}.log",
     benchmark:

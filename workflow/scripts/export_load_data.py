@@ -14,7 +14,8 @@ table = write_loaddata_csv(
     dict(zip(channels, snakemake.input.tiffs)),
     layouts.pop(),
     snakemake.output.load_data,
-    source_table=snakemake.input.get("load_data"),
+    source_table=snakemake.params.source_table,
+    storage=snakemake.params.storage,
     log=log,
 )
 log.info("LoadData CSV with %d rows and %d columns (channels %s replaced) written to %s",

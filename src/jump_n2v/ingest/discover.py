@@ -14,7 +14,9 @@ rows), which the export uses to write that same row back with the denoised chann
 from __future__ import annotations
 
 import glob
+import io
 import os
+import posixpath
 import re
 import urllib.parse
 import urllib.request
@@ -25,6 +27,16 @@ import pandas as pd
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.config import resolve_section
+from jump_n2v.storage import (
+    StorageError,
+    fingerprint,
+    is_remote,
+    join,
+    list_objects,
+    map_path,
+    read_bytes,
+    storage_settings,
+)
 
 SOURCE_PREFIX = "source_"
 INDEX_COLUMNS = ("image", "plate", "well", "site")
@@ -75,7 +87,8 @@ def discover_plate(
     if fmt == "hyperstack":
         sites = _hyperstack_sites(plate, str(location), channels)
     elif fmt == "loaddata":
-        sites = _loaddata_sites(plate, str(location), channels)
+        location = map_path(str(location), plate_cfg.get("path_map"))
+        sites = _loaddata_sites(plate, location, channels, plate_cfg)
     else:
         plane = resolve_section("ingest", ingest)["phenix_plane"]
         sites = _phenix_sites(plate, str(location), channels, plate_cfg.get("channel_numbers") or {}, plane)
@@ -112,18 +125,33 @@ def read_index(path: str | os.PathLike, channels: Sequence[str] = ()) -> pd.Data
 
 
 def channel_sources(table: pd.DataFrame, channel: str, *, existing_only: bool = False) -> list[str]:
-    """Unique source files of ``channel`` in index order (the split rule's inputs).
+    """Unique source files (or s3:// URLs) of ``channel`` in index order.
 
-    ``existing_only`` drops files that do not exist, for a workflow that should report them as
-    rejected images (on_bad_image: skip) rather than refuse to run for a missing input.
+    ``existing_only`` keeps the local files that exist (the split rule's inputs): a workflow should
+    report missing files as rejected images (on_bad_image: skip) rather than refuse to run, and s3
+    objects are followed by ``remote_source_fingerprints`` instead.
     """
     column = source_column(channel)
     if column not in table.columns:
         raise DiscoveryError(f"the index has no channel {channel!r}; channels: {index_channels(table)}")
     sources = [path for path in dict.fromkeys(map(source_path, table[column].tolist())) if path]
     if existing_only:
-        sources = [path for path in sources if os.path.isfile(path)]
+        sources = [path for path in sources if not is_remote(path) and os.path.isfile(path)]
     return sources
+
+
+def remote_source_fingerprints(table: pd.DataFrame, storage: Mapping) -> dict[str, str]:
+    """``channel -> digest`` of the ETag, size and modification time of the channel's s3 sources.
+
+    The plate's objects are listed folder by folder (one LIST request per 1,000 objects of a
+    folder, never one request per object), so planning a 3,456-site plate stays cheap. A changed,
+    added or vanished object changes its channel's digest only; a channel without s3 sources gets "".
+    """
+    channels = index_channels(table)
+    remote = {channel: [path for path in channel_sources(table, channel) if is_remote(path)] for channel in channels}
+    urls = [url for paths in remote.values() for url in paths]
+    listed = list_objects(urls, storage) if urls else {}
+    return {channel: fingerprint((url, listed[url]) for url in paths) if paths else "" for channel, paths in remote.items()}
 
 
 def source_path(value) -> str:
@@ -223,25 +251,37 @@ def _compile_pattern(pattern: str, plate: str) -> tuple[str, re.Pattern]:
 # ---------------------------------------------------------------- LoadData: one file per channel per site
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """A LoadData table from .csv, .csv.gz or .parquet, every column as text ('' for empty cells)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiscoveryError(f"LoadData table {path} does not exist")
+def read_table(path: str | os.PathLike, storage: Mapping | None = None) -> pd.DataFrame:
+    """A LoadData table from .csv, .csv.gz or .parquet, every column as text ('' for empty cells).
+
+    ``path`` may be an s3:// URL, read with the plate's ``storage`` settings (None: the defaults).
+    """
+    if is_remote(path):
+        try:
+            source = io.BytesIO(read_bytes(str(path), storage_settings({"storage": storage})))
+        except StorageError as error:
+            raise DiscoveryError(f"cannot read LoadData table {path}: {error.problem}") from error
+        suffixes = [suffix.lower() for suffix in Path(str(path)).suffixes]
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise DiscoveryError(f"LoadData table {path} does not exist")
+        source, suffixes = path, [suffix.lower() for suffix in path.suffixes]
+    compression = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".xz": "xz"}.get(suffixes[-1] if suffixes else "")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            table = pd.read_parquet(path)
+        if suffixes and suffixes[-1] in (".parquet", ".pq"):
+            table = pd.read_parquet(source)
             table = table.astype(object).where(table.notna(), "").astype(str)
         else:
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)  # compression from the suffix
+            table = pd.read_csv(source, dtype=str, keep_default_na=False, compression=compression)
     except Exception as error:
         raise DiscoveryError(f"cannot read LoadData table {path}: {type(error).__name__}: {error}") from error
     table.columns = [str(column).strip() for column in table.columns]
     return table.reset_index(drop=True)
 
 
-def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str]) -> list[dict]:
-    table = read_table(csv_path)
+def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str], plate_cfg: Mapping) -> list[dict]:
+    table = read_table(csv_path, plate_cfg.get("storage"))
     for column in ("Metadata_Well", "Metadata_Site"):
         if column not in table.columns:
             raise DiscoveryError(f"LoadData table {csv_path} has no {column} column; columns: {list(table.columns)}")
@@ -257,7 +297,7 @@ def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str]) -> list[
         table = selected
     if table.empty:
         raise DiscoveryError(f"LoadData table {csv_path} has no rows")
-    base = os.path.dirname(csv_path)
+    base = csv_path.rsplit("/", 1)[0] if is_remote(csv_path) else os.path.dirname(csv_path)
     sites = {"well": [], "site": []}
     for row_number, (well, site) in enumerate(zip(table["Metadata_Well"], table["Metadata_Site"])):
         try:
@@ -270,7 +310,8 @@ def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str]) -> list[
             ) from None
     sites[LOAD_DATA_ROW] = [int(position) for position in table.index]
     for channel in channels:
-        sites[source_column(channel)] = _channel_paths(table, channel, csv_path, base)
+        paths = _channel_paths(table, channel, csv_path, base)
+        sites[source_column(channel)] = [map_path(path, plate_cfg.get("path_map")) for path in paths]
     return [dict(zip(sites, values)) for values in zip(*sites.values())]
 
 
@@ -289,7 +330,7 @@ def _channel_paths(table: pd.DataFrame, channel: str, csv_path: str, base: str) 
     url_column = _find_column(table.columns, f"URL_Orig{channel}")
     if file_column and path_column:
         return [
-            _resolve(os.path.join(folder.strip(), name.strip()), base, csv_path) if name.strip() else ""
+            _resolve(join(folder.strip(), name.strip()), base, csv_path) if name.strip() else ""
             for folder, name in zip(table[path_column], table[file_column])
         ]
     if url_column:
@@ -307,21 +348,28 @@ def _url_to_path(url: str, base: str, csv_path: str) -> str:
         if parsed.netloc not in ("", "localhost"):
             raise DiscoveryError(f"LoadData table {csv_path}: {url} is on another host; only local files are read")
         return os.path.normpath(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme.lower() == "s3":
+        return url
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter would be a Windows drive
         raise DiscoveryError(
-            f"LoadData table {csv_path}: {parsed.scheme}:// URLs are not supported ({url}); copy the images "
-            "locally (e.g. aws s3 sync) and point the table at the local paths"
+            f"LoadData table {csv_path}: {parsed.scheme}:// URLs are not supported ({url}); only local paths "
+            "and s3:// (or a path_map from the URL's prefix to a local mirror)"
         )
     return _resolve(url, base, csv_path)
 
 
 def _resolve(path: str, base: str, csv_path: str) -> str:
+    if is_remote(path):
+        return path
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", path):
         scheme = path.split(":", 1)[0]
         raise DiscoveryError(
-            f"LoadData table {csv_path}: {scheme}:// paths are not supported ({path}); copy the images "
-            "locally and point the table at the local paths"
+            f"LoadData table {csv_path}: {scheme}:// paths are not supported ({path}); only local paths and "
+            "s3:// (or a path_map from the path's prefix to a local mirror)"
         )
+    if is_remote(base) and not os.path.isabs(path):
+        bucket_and_folder = base[len("s3://"):]
+        return "s3://" + posixpath.normpath(posixpath.join(bucket_and_folder, path))
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
 
 

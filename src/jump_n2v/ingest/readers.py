@@ -11,15 +11,18 @@ and tiled files are read through tifffile's Zarr view, so one channel does not c
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import tifffile
 import zarr
+
+from jump_n2v.storage import StorageError, is_remote, read_bytes, storage_settings
 
 # tifffile axis codes that can hold channels: C (ImageJ/OME), S (RGB(A) or planar samples),
 # Q and I (stacks whose meaning the file does not state).
@@ -60,21 +63,31 @@ def read_channel(
     z_projection: str = "none",
     z_plane: int | None = None,
     time_point: int = 0,
+    storage: Mapping | None = None,
 ) -> ChannelImage:
     """Read the plane of ``channel`` from the TIFF at ``path`` and check its pixel values.
+
+    ``path`` may be an s3:// URL, downloaded whole with the plate's ``storage`` settings (the
+    plate config's ``storage`` block; None: the defaults, anonymous).
 
     A file with a single channel plane (JUMP, Phenix: one file per channel) is returned whatever
     ``channel`` is (unless ``channel_order`` names several channels). Z stacks need
     ``z_projection="max"`` or ``z_plane``; ``time_point`` picks the time point of a T axis.
     Raises BadImageError naming the file and the problem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadImageError(path, "file does not exist" if not path.exists() else "not a regular file")
     if z_projection not in ("none", "max"):
         raise ValueError(f"z_projection must be 'none' or 'max', not {z_projection!r}")
+    if is_remote(path):
+        try:
+            source = io.BytesIO(read_bytes(str(path), storage_settings({"storage": storage})))
+        except StorageError as error:
+            raise BadImageError(path, error.problem) from error
+    else:
+        path = source = Path(path)
+        if not path.is_file():
+            raise BadImageError(path, "file does not exist" if not path.exists() else "not a regular file")
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             series = tif.series[0]
             selection, z_count = _plan_selection(
                 path, tif, series, channel, channel_order, z_projection, z_plane, time_point

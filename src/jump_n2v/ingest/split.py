@@ -25,8 +25,9 @@ from zarr.codecs import BloscCodec
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.config import resolve_section
-from jump_n2v.ingest.discover import source_column, source_path
+from jump_n2v.ingest.discover import LOAD_DATA_ROW, source_column, source_path
 from jump_n2v.ingest.readers import BadImageError, ChannelImage, read_channel
+from jump_n2v.storage import is_remote, storage_settings
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,12 @@ def split_channel(
     ]
     if not rows:
         raise ValueError(f"plate {plate}: the index has no images")
+    table_rows = dict(zip(index["image"].astype(int), index[LOAD_DATA_ROW])) if LOAD_DATA_ROW in index.columns else {}
+    storage = storage_settings(plate_cfg)
     threads = max(1, int(threads))
+    if any(is_remote(row[3]) for row in rows):
+        # Downloads wait on the network, not the CPU: keep 'concurrency' requests in flight.
+        threads = max(threads, int(storage["concurrency"]))
     max_in_flight = IN_FLIGHT_PER_THREAD * threads + 1
     skip = settings["on_bad_image"] == "skip"
     # channel_order describes hyperstacks; LoadData and Phenix files hold one channel each.
@@ -112,6 +118,7 @@ def split_channel(
                 z_projection=settings["z_projection"],
                 z_plane=settings["z_plane"],
                 time_point=settings["time_point"],
+                storage=storage,
             )
         except BadImageError as error:
             return error
@@ -126,9 +133,11 @@ def split_channel(
     def reject(row, error: BadImageError) -> None:
         image, well, site, path = row
         if not skip:
+            # The row's number as a spreadsheet shows it below the header (1 = first data row).
+            table_row = f"LoadData table data row {int(table_rows[image]) + 1}, " if image in table_rows else ""
             raise BadImageError(
                 error.path or path,
-                f"{error.problem} (plate {plate}, channel {channel}, well {well} site {site}; "
+                f"{error.problem} ({table_row}plate {plate}, channel {channel}, well {well} site {site}; "
                 "ingest on_bad_image: skip would leave it out and list it in the rejects table)",
             ) from error
         rejects.append(
