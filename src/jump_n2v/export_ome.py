@@ -1,7 +1,7 @@
 """Export a plate's denoised channels as one OME-Zarr HCS plate (OME-NGFF 0.5 on Zarr v3).
 
 The plate follows the NGFF high-content-screening layout, written with ome-zarr-py (the reference
-writer), so napari (napari-ome-zarr), Fiji (MoBIE, n5-viewer), QuPath and ``ome_zarr.reader`` open it:
+writer), the layout napari (napari-ome-zarr), Fiji (MoBIE) and QuPath read:
 
     denoised_plate.ome.zarr/            plate metadata: rows, columns, wells, field_count
         B/2/                            one group per well (row letter / column number)
