@@ -131,9 +131,10 @@ def write_hcs_plate(
         if unknown:
             raise ValueError(f"{denoised_zarrs[channel]}: image(s) {unknown[:5]} are not in the index table {index_csv}")
     complete = [image for image in index["image"] if all(image in rows_of[c] for c in channels)]
+    complete_set = set(complete)
     left_out = {
         int(image): [c for c in channels if image not in rows_of[c]]
-        for image in index["image"] if image not in set(complete) and any(image in rows_of[c] for c in channels)
+        for image in index["image"] if image not in complete_set and any(image in rows_of[c] for c in channels)
     }
     if not complete:
         raise ValueError(f"no image of {index_csv} is present in every channel {channels}")
