@@ -32,6 +32,8 @@ PROVIDERS = {
     "matplotlib": {"matplotlib", "matplotlib-base"},
     "dask": {"dask", "dask-core"},
     "zarr": {"zarr"},
+    "ome_zarr": {"ome-zarr"},
+    "bioimageio": {"bioimageio.spec", "bioimageio.core"},
 }
 # Imported by rule scripts but never from the env: Snakemake injects the `snakemake` object.
 NOT_FROM_ENV = {PACKAGE, "snakemake"}

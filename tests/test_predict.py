@@ -263,7 +263,7 @@ def test_default_settings_come_from_the_schema():
     settings = PredictSettings.from_dict({})
     assert settings == PredictSettings(
         tile_size=None, batch_size=4, tta=False, output_dtype="float32", precision="auto", device="auto",
-        export_tiff=False, export_layout="flat", export_dtype="source",
+        export_tiff=False, export_layout="flat", export_dtype="source", export_ome_zarr=False,
     )
 
 
@@ -276,6 +276,7 @@ def test_default_settings_come_from_the_schema():
         ({"output_dtype": "uint8"}, "output_dtype must be one of float32, input"),
         ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N"),
         ({"tta": "yes"}, "tta must be true or false"),
+        ({"export_ome_zarr": 1}, "export_ome_zarr must be true or false"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_field_named(override, message):

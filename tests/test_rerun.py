@@ -101,13 +101,14 @@ def job(rule, **wildcards):
 
 def channel_chain(plate, channel, group=None):
     """The jobs downstream of one channel's raw array: its model, prediction, QC and TIFF export
-    (the tiny settings export), plus the plate's LoadData CSV of the exported TIFFs."""
+    (the tiny settings export), plus the plate's LoadData CSV of the exported TIFFs and its OME-Zarr plate."""
     return {
         job("train", experiment=EXPERIMENT, group=group or plate, channel=channel),
         job("predict", experiment=EXPERIMENT, plate=plate, channel=channel),
         job("qc", experiment=EXPERIMENT, plate=plate, channel=channel),
         job("export_tiff", experiment=EXPERIMENT, plate=plate, channel=channel),
         job("export_load_data", experiment=EXPERIMENT, plate=plate),
+        job("export_ome_zarr", experiment=EXPERIMENT, plate=plate),
     }
 
 

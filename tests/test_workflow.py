@@ -68,6 +68,35 @@ def test_export_writes_denoised_tiffs_and_a_loaddata_csv_pointing_at_them(tiny_r
     assert load_data["FileName_OrigMito"].str.contains("Mito").all()
 
 
+def test_ome_zarr_export_opens_with_the_standard_reader_as_an_hcs_plate(tiny_run):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    plate_path = tiny_run / "TinyPlate" / "denoised_plate.ome.zarr"
+    plate = next(iter(Reader(parse_url(str(plate_path)))()))
+    assert sorted(well["path"] for well in plate.metadata["metadata"]["plate"]["wells"]) == ["B/2", "C/3"]
+    index = pd.read_csv(tiny_run / "TinyPlate" / "index.csv")
+    denoised = {c: zarr.open_array(tiny_run / "TinyPlate" / "denoised" / f"{c}.zarr", mode="r") for c in CHANNELS}
+    for row in index.itertuples():
+        field = next(iter(Reader(parse_url(str(plate_path / row.well[0] / str(int(row.well[1:])) / str(row.site - 1))))()))
+        assert field.metadata["channel_names"] == CHANNELS
+        pixels = np.asarray(field.data[0])
+        for c, channel in enumerate(CHANNELS):
+            np.testing.assert_array_equal(pixels[c], denoised[channel][row.image])
+
+
+def test_bmz_rule_packages_a_model_that_passes_bioimageio_test(tiny_run):
+    """Asked for as a target (not a default output); its 64-pixel test image is padded to the package's minimum."""
+    import zipfile
+
+    snakemake(tiny_run.parents[1], "--configfile", str(TINY_CONFIG), "--cores", "2", "results/tiny/models/TinyPlate/DNA/model.bmz.zip")
+    package = tiny_run / "models" / "TinyPlate" / "DNA" / "model.bmz.zip"
+    with zipfile.ZipFile(package) as archive:
+        assert {"rdf.yaml", "weights_torchscript.pt", "weights_state_dict.pt", "model.json"} <= set(archive.namelist())
+    log = (tiny_run / "logs" / "export_bmz" / "TinyPlate" / "DNA.log").read_text()
+    assert "test passed" in log
+
+
 def test_channel_settings_reach_the_trained_models(tiny_run):
     variants = {c: json.loads((tiny_run / "models" / "TinyPlate" / c / "model.json").read_text())["settings"]["variant"] for c in CHANNELS}
     assert variants == {"DNA": "n2v", "Mito": "n2v2"}

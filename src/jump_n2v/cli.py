@@ -5,6 +5,7 @@
     jump-n2v train results/demo/DemoPlate/raw/DNA.zarr --out models/DNA --set epochs=20 --set variant=n2v2
     jump-n2v predict models/DNA results/demo/DemoPlate/raw/DNA.zarr denoised/DNA.zarr
     jump-n2v denoise models/DNA image.tif image_denoised.tif
+    jump-n2v export-bmz models/DNA DNA.bmz.zip
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ def _denoise(args) -> int:
     return 0
 
 
+def _export_bmz(args) -> int:
+    import tifffile
+
+    from jump_n2v.export_bmz import export_bmz
+
+    image = tifffile.imread(args.image) if args.image else None
+    if image is not None and image.ndim != 2:
+        raise SystemExit(f"{args.image}: expected one 2-D image, got shape {image.shape}")
+    result = export_bmz(args.model, args.out, image=image, name=args.name, authors=args.author or None, test=not args.no_test)
+    print(f"wrote {args.out} (bioimageio test_model: {result['status']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jump-n2v", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="predict setting (repeatable)")
     denoise.add_argument("--threads", type=int, default=2)
     denoise.set_defaults(run=_denoise)
+
+    bmz = commands.add_parser("export-bmz", help="export a trained model as a BioImage Model Zoo package (zip), tested with bioimageio.core")
+    bmz.add_argument("model", help="model folder or its model.json")
+    bmz.add_argument("out", help="zip to write, e.g. DNA.bmz.zip")
+    bmz.add_argument("--image", help="2-D TIFF for the test tensors (default: the model's first validation image)")
+    bmz.add_argument("--name", help="model name (default: jump-n2v <VARIANT> <model folder name>)")
+    bmz.add_argument("--author", action="append", default=[], help="author name (repeatable; default: jump-n2v authors)")
+    bmz.add_argument("--no-test", action="store_true", help="skip bioimageio.core's test_model")
+    bmz.set_defaults(run=_export_bmz)
     return parser
 
 

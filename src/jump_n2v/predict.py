@@ -60,6 +60,7 @@ class PredictSettings:
     export_tiff: bool
     export_layout: str
     export_dtype: str
+    export_ome_zarr: bool
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any] | None = None) -> "PredictSettings":
@@ -70,7 +71,7 @@ class PredictSettings:
             raise ConfigError(f"predict tile_size must be null or an integer >= 32, got {tile_size!r}")
         if not _is_int(resolved["batch_size"]) or resolved["batch_size"] < 1:
             raise ConfigError(f"predict batch_size must be an integer >= 1, got {resolved['batch_size']!r}")
-        for flag in ("tta", "export_tiff"):
+        for flag in ("tta", "export_tiff", "export_ome_zarr"):
             if not isinstance(resolved[flag], bool):
                 raise ConfigError(f"predict {flag} must be true or false, got {resolved[flag]!r}")
         choices = {

@@ -176,10 +176,17 @@ def export_source_table(wildcards):
     return plate_table(plate) if plate["format"] == "loaddata" else None
 
 
+def ome_zarr_channels(experiment):
+    """Channels that go into the plate's OME-Zarr HCS export (predict.export_ome_zarr)."""
+    return [c for c in experiment_cfg(experiment)["channels"] if channel_settings(config, experiment, c)["predict"]["export_ome_zarr"]]
+
+
 def all_targets():
     targets = []
     for experiment, exp in config["experiments"].items():
         targets.append(f"{RESULTS}/{experiment}/report/report.html")
         if exported_channels(experiment):
             targets += [f"{RESULTS}/{experiment}/{plate}/denoised_tiff/load_data.csv" for plate in exp["plates"]]
+        if ome_zarr_channels(experiment):
+            targets += [f"{RESULTS}/{experiment}/{plate}/denoised_plate.ome.zarr" for plate in exp["plates"]]
     return targets

@@ -59,3 +59,22 @@ rule export_load_data:
         "../../envs/io.yaml"
     script:
         "../scripts/export_load_data.py"
+
+
+rule export_ome_zarr:
+    """The plate's denoised channels as one OME-Zarr HCS plate (wells, fields, channels together; for napari, Fiji, QuPath)."""
+    input:
+        index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
+        zarrs=lambda w: [f"{RESULTS}/{w.experiment}/{w.plate}/denoised/{c}.zarr" for c in ome_zarr_channels(w.experiment)],
+    output:
+        plate=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised_plate.ome.zarr"),
+    params:
+        channels=lambda w: ome_zarr_channels(w.experiment),
+    log:
+        f"{RESULTS}/{{experiment}}/logs/export_ome_zarr/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/export_ome_zarr/{{plate}}.tsv"
+    conda:
+        "../../envs/io.yaml"
+    script:
+        "../scripts/export_ome_zarr.py"
