@@ -133,6 +133,6 @@ def test_generalized_anscombe_stabilises_and_inverts_without_bias():
 
 def test_bad_input_is_refused_clearly():
     with pytest.raises(ValueError, match="usable 16 x 16 blocks"):
-        estimate_noise_model(np.zeros((20, 20), dtype=np.uint16) + 5)
+        estimate_noise_model(np.zeros((40, 40), dtype=np.uint16) + 5)
     with pytest.raises(ValueError, match="2-D"):
         estimate_noise_model([np.zeros((4, 4, 4))])

@@ -52,6 +52,7 @@ _MIN_BLOCKS_PER_BIN = 24
 _TEXTURE_MARGIN = 0.25
 _MAX_BINS = 16
 _MAX_BLOCKS = 200_000
+_FEW_BLOCKS = 200
 
 
 @dataclass(frozen=True)
@@ -415,11 +416,13 @@ def estimate_noise_model(
     blocks = blocks[usable]
     if blocks.shape[0] > _MAX_BLOCKS:
         blocks = blocks[rng.choice(blocks.shape[0], _MAX_BLOCKS, replace=False)]
-    if blocks.shape[0] < 2 * _MIN_BLOCKS_PER_BIN:
+    if blocks.shape[0] < _MIN_BLOCKS_PER_BIN // 2:
         raise ValueError(
             f"only {blocks.shape[0]} usable 16 x 16 blocks (unclipped, unsaturated): "
-            f"at least {2 * _MIN_BLOCKS_PER_BIN} are needed to fit a noise model"
+            f"at least {_MIN_BLOCKS_PER_BIN // 2} are needed to fit a noise model"
         )
+    if blocks.shape[0] < _FEW_BLOCKS:
+        notes.append(f"only {blocks.shape[0]} usable 16 x 16 blocks: a rough model (fit more or larger images)")
 
     means = blocks.mean(axis=1)
     residuals = blocks @ _plane_projector()  # P is symmetric
@@ -568,10 +571,11 @@ def noise_leak(raw: np.ndarray, output: np.ndarray, model: NoiseModel) -> float:
     0 for an output that does not depend on the noise at its own pixel (a blind-spot network on noise
     the blind spot covers); the centre weight for a linear filter (0.16 for a Gaussian blur of sigma
     1, 1 for the identity); for correlated noise also the weight given to neighbours that share the
-    pixel's noise. Estimated on the raw image's pure-noise blocks, where the detrended raw is the noise:
-    ``<P x, P y> / <P x, P x>``, corrected for the detrend (which removes about the 6 smooth components
-    from both, each with the noise's full low-frequency power ``correlation_sum``, assuming the output
-    passes smooth surfaces unchanged). NaN without such blocks.
+    pixel's noise. Estimated on the raw image's pure-noise blocks from the residual ``r = x - y``:
+    ``1 - <P x, P r> / E<P n, P n>``, with P the quadratic detrend and the denominator from the model
+    (signal left in a block then enters only through ``<P s, P (s - y)>``, small for a good output);
+    corrected for the detrend, which removes the 6 smooth components that the output is assumed to
+    pass unchanged. NaN without such blocks.
     """
     raw = np.asarray(raw, dtype=np.float64)
     output = np.asarray(output, dtype=np.float64)
@@ -581,10 +585,11 @@ def noise_leak(raw: np.ndarray, output: np.ndarray, model: NoiseModel) -> float:
     if not keep.any():
         return math.nan
     projector = _plane_projector()
-    noise = _blocks(raw)[keep] @ projector
-    carried = _blocks(output)[keep] @ projector
+    raw_blocks = _blocks(raw)[keep]
+    noise = raw_blocks @ projector
+    residual = (raw_blocks - _blocks(output)[keep]) @ projector
+    block_variance = model.variance(raw_blocks.mean(axis=1))
     trace, _, _ = _residual_expectations(model.correlation_array)
-    per_block_noise = trace  # E<Px, Px> / sigma^2 per block
-    ratio = float(np.sum(noise * carried)) / float(np.sum(noise * noise))
-    smooth_components = _plane_projector().shape[0] - round(float(np.trace(projector)))
-    return (ratio * per_block_noise + smooth_components * model.correlation_sum) / (BLOCK * BLOCK)
+    smooth_components = BLOCK * BLOCK - round(float(np.trace(projector)))
+    carried = float(np.mean(np.einsum("ij,ij->i", noise, residual) / block_variance))
+    return (trace + smooth_components * model.correlation_sum - carried) / (BLOCK * BLOCK)
