@@ -143,3 +143,17 @@ def test_plate_map_refuses_several_plates(tmp_path):
     metrics = pd.DataFrame({"plate": ["P1", "P2"], "well": ["A01", "A02"], "snr_gain_db": [1.0, 2.0]})
     with pytest.raises(QCInputError, match="several plates"):
         plate_map(metrics, "snr_gain_db", tmp_path / "map.png")
+
+
+def test_noise_model_trends_draws_a_png_of_known_size_and_names_missing_columns():
+    from jump_n2v.qc.figures import noise_model_trends
+
+    summary = pd.DataFrame(
+        {"plate": ["P2", "P1", "P1"], "channel": ["DNA", "DNA", "ER"], "noise_gain": [2.1, 2.0, 0.5], "noise_read_sd": [3.0, 3.1, 1.5], "noise_corr_x": [0.01, 0.0, 0.5]}
+    )
+    png = noise_model_trends(summary)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1000, 320)
+    with pytest.raises(QCInputError, match="noise_corr_x"):
+        noise_model_trends(summary.drop(columns="noise_corr_x"))

@@ -239,7 +239,7 @@ def test_summary_flags_a_denoiser_that_leaves_the_noise(tmp_path):
 def test_summary_uses_each_channels_threshold(tmp_path):
     paths = make_plate(tmp_path, halving)
     table = channel_metrics(paths["raw"], paths["denoised"])
-    lenient = {"DNA": {"residual_structure_threshold": 1.5, "residual_autocorrelation_threshold": 1.0, "bias_threshold": 10.0}}
+    lenient = {"DNA": {"residual_structure_threshold": 1.5, "residual_autocorrelation_threshold": 1.0, "bias_threshold": 10.0, "noise_leak_threshold": 1.0, "min_estimated_gain_db": -100.0}}
     assert summarize([table], qc_settings=lenient).at[0, "flags"] == []
 
 

@@ -232,5 +232,12 @@ def test_write_experiment_report_builds_tables_and_report_from_the_qc_folders(go
     assert pd.read_csv(root / "again" / "summary.csv")["flags"].fillna("").tolist()[1].startswith("residual_structure")
     assert pd.read_parquet(root / "again" / "summary.parquet")["n_images"].tolist() == [3, 3]
     parsed = parse(out)
-    assert len(parsed.image_sources) == 6  # panels, plate map, shared model's loss curve, per plate
+    # panels, plate map, shared model's loss curve, per plate; and the noise model across plates
+    assert len(parsed.image_sources) == 7
     assert "threshold 0.2" in out.read_text(encoding="utf-8")
+    # The noise model fitted by the QC stage is in the summary and in its own table; these model.json
+    # files record no blind-spot decision, which the report says.
+    assert {"noise-model-section", "noise-models", "noise-model-trends"} <= parsed.ids
+    assert summary["noise_gain"].notna().all() and summary["noise_read_sd"].notna().all()
+    assert (summary["blind_spot_mode"] == "not recorded").all()
+    assert "not recorded" in out.read_text(encoding="utf-8")

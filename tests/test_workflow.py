@@ -49,7 +49,7 @@ def test_every_stage_writes_its_documented_outputs(tiny_run):
         for name in ("model.pt", "model.json", "training_log.csv", "training_curve.png"):
             assert (model / name).stat().st_size > 0
         assert not (model / "checkpoint.pt").exists()
-        for name in ("metrics.csv", "metrics.parquet", "panels.png", "plate_map.png"):
+        for name in ("metrics.csv", "metrics.parquet", "noise_model.json", "panels.png", "plate_map.png"):
             assert (plate / "qc" / channel / name).stat().st_size > 0
     assert (tiny_run / "report" / "report.html").stat().st_size > 0
     summary = pd.read_csv(tiny_run / "report" / "summary.csv")

@@ -1,10 +1,11 @@
 rule qc:
-    """Per-image QC of one plate channel: reference metrics when a clean image exists, no-reference ones always."""
+    """Per-image QC of one plate channel: the noise model fitted to the raw images, reference metrics when a clean image exists, no-reference and noise-model ones always."""
     input:
         unpack(qc_inputs),
     output:
         metrics=f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/metrics.csv",
         metrics_parquet=f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/metrics.parquet",
+        noise_model=f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/noise_model.json",
         panels=report(
             f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/panels.png",
             caption="../report/panels.rst",

@@ -25,13 +25,16 @@ from jump_n2v.qc.metrics import (
     FLAG_DESCRIPTIONS,
     QCInputError,
     channel_metrics,
+    channel_noise_model,
     image_metrics,
     load_model_info,
     noise_sigma,
     psnr_db,
     reference_data_range,
     ssim,
+    read_noise_model,
     summarize,
+    write_noise_model,
     write_table,
 )
 from jump_n2v.qc.report import build_report, read_rejects, software_versions, write_experiment_report
@@ -41,6 +44,7 @@ __all__ = [
     "QCInputError",
     "build_report",
     "channel_metrics",
+    "channel_noise_model",
     "channel_panels",
     "image_metrics",
     "load_model_info",
@@ -49,17 +53,19 @@ __all__ = [
     "plate_map",
     "psnr_db",
     "read_rejects",
+    "read_noise_model",
     "reference_data_range",
     "run_channel_qc",
     "software_versions",
     "ssim",
     "summarize",
     "write_experiment_report",
+    "write_noise_model",
     "write_table",
 ]
 
 # Files run_channel_qc always writes into its output folder (loss_curves.png only when asked).
-CHANNEL_QC_FILES = ("metrics.csv", "metrics.parquet", "panels.png", "plate_map.png")
+CHANNEL_QC_FILES = ("metrics.csv", "metrics.parquet", "noise_model.json", "panels.png", "plate_map.png")
 
 
 def run_channel_qc(
@@ -72,11 +78,13 @@ def run_channel_qc(
     qc_settings: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Metrics and figures of one (plate, channel) into ``out_dir``: metrics.csv, metrics.parquet,
-    panels.png, plate_map.png (when ``index`` is given: it holds the wells) and loss_curves.png (only
+    noise_model.json (the noise model fitted to ``qc.noise_model_images`` raw images), panels.png, plate_map.png (when ``index`` is given: it holds the wells) and loss_curves.png (only
     when ``training_log`` is given). Returns the per-image metrics table."""
     qc = resolve_section("qc", qc_settings)
     out_dir = Path(out_dir)
-    table = channel_metrics(raw, denoised, clean=clean, index=index)
+    noise_model = channel_noise_model(raw, images=qc["noise_model_images"], seed=qc["seed"])
+    write_noise_model(noise_model, out_dir / "noise_model.json")
+    table = channel_metrics(raw, denoised, clean=clean, index=index, noise_model=noise_model)
     write_table(table, out_dir / "metrics.csv", out_dir / "metrics.parquet")
     channel_panels(raw, denoised, out_dir / "panels.png", index=index, panel_sites=qc["panel_sites"], crop_size=qc["crop_size"], seed=qc["seed"])
     plate, channel = table["plate"].iloc[0], table["channel"].iloc[0]

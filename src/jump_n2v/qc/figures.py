@@ -6,6 +6,7 @@ pixel size is known in advance (:func:`panel_figure_size` etc.).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import string
@@ -264,3 +265,37 @@ def plate_map(metrics: pd.DataFrame, metric: str, out_png: str | os.PathLike, ti
     ax.set_title(title or metric, fontsize=10)
     _save(figure, out_png)
     return layout
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise model across plates
+
+NOISE_TREND_INCHES = (10.0, 3.2)
+NOISE_TREND_PANELS = (("noise_gain", "gain (ADU per e⁻, per pixel)"), ("noise_read_sd", "read noise σ (ADU)"), ("noise_corr_x", "lag-1 correlation x"))
+
+
+def noise_model_trends(summary: pd.DataFrame) -> bytes:
+    """PNG bytes: gain, read noise and lag-1 correlation of the fitted noise model per plate (x, in
+    order), one line per channel, so a drifting camera or exposure shows."""
+    missing = {"plate", "channel"} | {name for name, _ in NOISE_TREND_PANELS}
+    missing -= set(summary.columns)
+    if missing:
+        raise QCInputError(f"noise model trends: the summary lacks column(s) {sorted(missing)}")
+    plates = sorted(summary["plate"].astype(str).unique())
+    position = {plate: index for index, plate in enumerate(plates)}
+    figure, axes = plt.subplots(1, len(NOISE_TREND_PANELS), figsize=NOISE_TREND_INCHES, dpi=DPI)
+    for axis, (column, label) in zip(axes, NOISE_TREND_PANELS):
+        for channel, group in summary.groupby("channel", sort=True):
+            group = group.assign(x=group["plate"].astype(str).map(position)).sort_values("x")
+            axis.plot(group["x"], group[column].astype(float), marker="o", label=str(channel))
+        axis.set_title(label, fontsize=9)
+        axis.set_xticks(range(len(plates)), plates, rotation=45, ha="right", fontsize=7)
+        axis.tick_params(axis="y", labelsize=7)
+    axes[0].legend(fontsize=7)
+    figure.subplots_adjust(bottom=0.3, wspace=0.3, left=0.06, right=0.98)
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=DPI)
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()

@@ -9,8 +9,14 @@ Two kinds of measure, kept apart on purpose:
   it is, so it is not computed.
 * **No-reference measures** (always): the noise level of raw and denoised estimated from the finest
   diagonal (db2) wavelet band, the SNR gain it implies, and statistics of the residual ``raw - denoised``,
-  which for a denoiser that only removes noise is zero-mean, uncorrelated with the signal and
-  spatially white.
+  which for a denoiser that only removes noise is zero-mean, uncorrelated with the signal and has the
+  noise's own spatial correlation.
+* **Noise-model measures** (with the channel's :class:`jump_n2v.noise.NoiseModel`, fitted to the raw
+  images): the residual checked against the model (its variance per intensity bin, its correlation
+  with the denoised image's curvature), how much of its own noise the output carries
+  (:func:`jump_n2v.noise.noise_leak`), and from these an estimate of the MSE to the clean signal that a
+  blur cannot fool (see :func:`estimated_mse`). The implied SNR gain, which any smoothing raises, is
+  shown only beside it.
 
 The denoised image must be in the raw image's intensity units (the predictor's float32 output,
 de-normalised with the model's mean/std); every statistic is computed in float64.
@@ -29,9 +35,12 @@ import pandas as pd
 import zarr
 from skimage.metrics import structural_similarity
 
+from scipy import ndimage
+
 from jump_n2v.atomic import atomic_output
 from jump_n2v.config import resolve_section
 from jump_n2v.ingest.discover import read_index as read_image_index
+from jump_n2v.noise import NoiseModel, estimate_noise_model, noise_leak
 
 # Median absolute deviation of a standard normal variable: median(|N(0, 1)|).
 _MAD_TO_SIGMA = 0.6745
@@ -52,14 +61,40 @@ NO_REFERENCE_METRICS = (
     "residual_autocorr_x",
     "residual_autocorr_y",
 )
+# Measures that need the channel's noise model (NaN without one).
+NOISE_MODEL_METRICS = (
+    "estimated_mse",
+    "estimated_gain_db",
+    "noise_leak",
+    "residual_variance_ratio",
+    "residual_variance_ratio_max_bin",
+    "residual_curvature_corr",
+    "residual_autocorr_excess_x",
+    "residual_autocorr_excess_y",
+)
+# Columns of the summary that describe the fitted noise model of a (plate, channel).
+NOISE_MODEL_COLUMNS = (
+    "noise_gain", "noise_offset", "noise_read_sd", "noise_camera_gain", "noise_corr_x", "noise_corr_y",
+    "noise_corr_x2", "noise_corr_y2", "noise_processed", "noise_notes",
+)
+BLIND_SPOT_COLUMNS = ("blind_spot_mode", "blind_spot_offsets", "blind_spot_setting", "blind_spot_evidence")
 
 # What each flag means; the report prints these next to the thresholds used.
 FLAG_DESCRIPTIONS = {
-    "residual_structure": "median |corr(residual, denoised)| exceeds qc.residual_structure_threshold: "
-    "the denoiser removed signal along with noise (or added it).",
-    "residual_autocorrelation": "median lag-1 autocorrelation of the residual along x or y exceeds "
-    "qc.residual_autocorrelation_threshold: the removed part has spatial structure (signal, or "
-    "row/column-correlated noise that structN2V's struct_mask is meant for).",
+    "residual_structure": "median corr(residual, curvature of the denoised image), both in units of the "
+    "noise model's standard deviation (without a noise model: median |corr(residual, denoised)|), exceeds "
+    "qc.residual_structure_threshold: the residual is concentrated on structure, so the denoiser removed "
+    "signal along with noise (a blur does).",
+    "residual_autocorrelation": "median lag-1 autocorrelation of the residual along x or y exceeds the "
+    "noise model's own (0 without a model) by more than qc.residual_autocorrelation_threshold: the "
+    "removed part has spatial structure that the noise does not have (signal, or row/column-correlated "
+    "noise that structN2V's struct_mask is meant for).",
+    "noise_leak": "median noise leak exceeds qc.noise_leak_threshold: the output carries part of each "
+    "pixel's own noise (it used the noisy pixel, or neighbours sharing its noise: a blur, or a one-pixel "
+    "blind spot on correlated noise), so noise was handed back and the estimated MSE is only corrected "
+    "to first order.",
+    "no_estimated_gain": "median estimated gain over raw (from the noise model) is not above "
+    "qc.min_estimated_gain_db: the output is estimated to be no closer to the clean signal than that.",
     "bias": "median |bias_relative| exceeds qc.bias_threshold: the denoised image is offset from the raw "
     "one (check the normalisation).",
     "psnr_drop": "mean PSNR of denoised vs clean is below that of raw vs clean: denoising made the image "
@@ -169,8 +204,70 @@ def lag1_autocorrelation(image: np.ndarray, axis: int) -> float:
     return float(np.mean(product)) / variance
 
 
-def image_metrics(raw: np.ndarray, denoised: np.ndarray, clean: np.ndarray | None = None) -> dict[str, float]:
-    """All metrics of one image (see the module docstring); reference metrics only when ``clean`` is given."""
+def estimated_mse(residual: np.ndarray, noise_variance: np.ndarray, leak: float) -> float:
+    """MSE of the output ``y`` to the clean signal ``s``, estimated without ``s``.
+
+    For ``x = s + n``: ``|x - y|^2 = |s - y|^2 + |n|^2 + 2 <n, s - y>``, so
+    ``E|s - y|^2 = E|x - y|^2 - E|n|^2 + 2 E<n, y>``. A blind-spot output on noise its blind spot
+    covers does not depend on the pixel's own noise, ``E<n, y> = 0`` and the MSE is the residual power
+    minus the model's noise variance (the idea of Noisier2Noise / blind-spot SURE). For an output that
+    does depend on it (a blur; a one-pixel blind spot on correlated noise) the term is ``leak *
+    E|n|^2`` with ``leak`` from :func:`jump_n2v.noise.noise_leak`, which makes this SURE for a linear
+    filter. Assumes the noise model's variance is right and the leak is the same at every intensity; it
+    fails for outputs whose dependence on the noisy pixel varies strongly with the content.
+    """
+    noise_power = float(np.mean(noise_variance))
+    return float(np.mean(residual * residual)) - noise_power * (1.0 - 2.0 * leak)
+
+
+def estimated_gain_db(noise_variance: np.ndarray, mse: float) -> float:
+    """``10 log10(E|n|^2 / estimated MSE)``: how much closer to the clean signal than the raw image
+    (whose MSE is the noise power); ``inf`` when the estimate is not positive (indistinguishable from
+    perfect), NaN without an estimate."""
+    if not math.isfinite(mse):
+        return math.nan
+    if mse <= 0:
+        return math.inf
+    return 10.0 * math.log10(float(np.mean(noise_variance)) / mse)
+
+
+def model_metrics(raw: np.ndarray, denoised: np.ndarray, model: NoiseModel, bins: int = 8) -> dict[str, float]:
+    """The noise-model measures of one image (see NOISE_MODEL_METRICS)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    denoised = np.asarray(denoised, dtype=np.float64)
+    residual = raw - denoised
+    variance = model.variance(denoised)
+    scale = np.sqrt(variance)
+    normalised = residual / scale
+    leak = noise_leak(raw, denoised, model) if min(raw.shape) >= 16 else math.nan
+    mse = estimated_mse(residual, variance, leak if math.isfinite(leak) else 0.0)
+    # Residual power against the model per intensity bin (quantiles of the denoised image).
+    edges = np.unique(np.quantile(denoised, np.linspace(0, 1, bins + 1)))
+    labels = np.clip(np.searchsorted(edges, denoised, side="right") - 1, 0, max(len(edges) - 2, 0))
+    ratios = [
+        float(np.mean(residual[labels == label] ** 2) / np.mean(variance[labels == label]))
+        for label in range(max(len(edges) - 1, 1))
+        if np.any(labels == label)
+    ]
+    # Blurring leaves -(sigma^2 / 2) * Laplacian(signal) in the residual: it correlates with curvature.
+    curvature = -ndimage.gaussian_laplace(denoised, 1.0) / scale
+    return {
+        "estimated_mse": mse,
+        "estimated_gain_db": estimated_gain_db(variance, mse),
+        "noise_leak": leak,
+        "residual_variance_ratio": float(np.mean(residual**2) / np.mean(variance)),
+        "residual_variance_ratio_max_bin": max(ratios),
+        "residual_curvature_corr": _correlation(normalised, curvature),
+        "residual_autocorr_excess_x": lag1_autocorrelation(residual, axis=1) - model.lag(0, 1),
+        "residual_autocorr_excess_y": lag1_autocorrelation(residual, axis=0) - model.lag(1, 0),
+    }
+
+
+def image_metrics(
+    raw: np.ndarray, denoised: np.ndarray, clean: np.ndarray | None = None, noise_model: NoiseModel | None = None
+) -> dict[str, float]:
+    """All metrics of one image (see the module docstring); reference metrics only when ``clean`` is
+    given, noise-model measures only with ``noise_model`` (NaN otherwise)."""
     raw = np.asarray(raw, dtype=np.float64)
     denoised = np.asarray(denoised, dtype=np.float64)
     if raw.shape != denoised.shape:
@@ -194,6 +291,10 @@ def image_metrics(raw: np.ndarray, denoised: np.ndarray, clean: np.ndarray | Non
         "residual_autocorr_x": lag1_autocorrelation(residual, axis=1),
         "residual_autocorr_y": lag1_autocorrelation(residual, axis=0),
     }
+    if noise_model is not None:
+        values.update(model_metrics(raw, denoised, noise_model))
+    else:
+        values.update({name: math.nan for name in NOISE_MODEL_METRICS})
     if clean is not None:
         clean = np.asarray(clean, dtype=np.float64)
         if clean.shape != raw.shape:
@@ -256,18 +357,34 @@ def read_index(index: pd.DataFrame | str | os.PathLike | None) -> pd.DataFrame |
     return table.set_index("image")
 
 
+def channel_noise_model(raw: zarr.Array | str | os.PathLike, images: int = 16, seed: int = 0) -> NoiseModel:
+    """The noise model of one (plate, channel), fitted to a seeded sample of at most ``images`` raw
+    images (the array's ``dtype_range`` attribute marks clipped and saturated pixels)."""
+    raw, where = open_zarr(raw, "raw")
+    if raw.ndim != 3 or raw.shape[0] == 0:
+        raise QCInputError(f"{where}: expected a non-empty (images, Y, X) array, got shape {raw.shape}")
+    rows = np.random.default_rng(seed).choice(raw.shape[0], size=min(images, raw.shape[0]), replace=False)
+    dtype_range = raw.attrs.get("dtype_range")
+    try:
+        return estimate_noise_model([np.asarray(raw[int(row)]) for row in sorted(rows)], dtype_range=tuple(dtype_range) if dtype_range else None, seed=seed)
+    except ValueError as error:
+        raise QCInputError(f"{where}: cannot fit a noise model: {error}") from error
+
+
 def channel_metrics(
     raw: zarr.Array | str | os.PathLike,
     denoised: zarr.Array | str | os.PathLike,
     clean: zarr.Array | str | os.PathLike | None = None,
     index: pd.DataFrame | str | os.PathLike | None = None,
+    noise_model: NoiseModel | None = None,
 ) -> pd.DataFrame:
     """Per-image metrics of one (plate, channel), one row per array row, read one image at a time.
 
     ``raw``, ``denoised`` and ``clean`` are Zarr arrays or their paths; rows are matched by the
     ``image_ids`` attribute (a clean image missing for a raw one leaves that row's reference metrics
-    NaN). ``index`` (index.csv or its DataFrame) supplies ``well`` and ``site``. Columns:
-    ``ID_COLUMNS`` + ``NO_REFERENCE_METRICS`` (+ ``REFERENCE_METRICS`` when ``clean`` is given).
+    NaN). ``index`` (index.csv or its DataFrame) supplies ``well`` and ``site``. ``noise_model`` defaults
+    to :func:`channel_noise_model` of ``raw``. Columns: ``ID_COLUMNS`` + ``NO_REFERENCE_METRICS`` +
+    ``NOISE_MODEL_METRICS`` (+ ``REFERENCE_METRICS`` when ``clean`` is given).
     """
     raw, raw_where = open_zarr(raw, "raw")
     denoised, denoised_where = open_zarr(denoised, "denoised")
@@ -287,6 +404,8 @@ def channel_metrics(
             raise QCInputError(f"{clean_where}: image shape {clean.shape[1:]} differs from the raw {raw.shape[1:]}")
         clean_rows = {image: row for row, image in enumerate(array_image_ids(clean, clean_where))}
     index_table = read_index(index)
+    if noise_model is None:
+        noise_model = channel_noise_model(raw)
 
     attrs = raw.attrs
     rows = []
@@ -310,11 +429,11 @@ def channel_metrics(
                 raise QCInputError(f"{raw_where}: image {image!r} is not in the index table")
             record["well"] = str(index_table.at[image, "well"])
             record["site"] = int(index_table.at[image, "site"])
-        record.update(image_metrics(raw_image, denoised_image, clean_image))
+        record.update(image_metrics(raw_image, denoised_image, clean_image, noise_model))
         if clean is not None and clean_image is None:
             record.update({name: math.nan for name in REFERENCE_METRICS})
         rows.append(record)
-    columns = list(ID_COLUMNS) + list(NO_REFERENCE_METRICS) + (list(REFERENCE_METRICS) if clean is not None else [])
+    columns = list(ID_COLUMNS) + list(NO_REFERENCE_METRICS) + list(NOISE_MODEL_METRICS) + (list(REFERENCE_METRICS) if clean is not None else [])
     table = pd.DataFrame.from_records(rows, columns=columns)
     return table.astype({"site": "Int64"})
 
@@ -338,28 +457,100 @@ def load_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+def _above(value: Any, threshold: float) -> bool:
+    """``value > threshold``, False for a missing (NaN) measure."""
+    return value is not None and not pd.isna(value) and value > threshold
+
+
 def _flags(row: Mapping[str, Any], qc: Mapping[str, Any]) -> list[str]:
     flags = []
-    if abs(row["residual_signal_corr_median"]) > qc["residual_structure_threshold"]:
+    # With a noise model the residual is judged against it (curvature test in units of the model's
+    # sigma); shot noise makes the raw residual correlate with the signal, so the plain correlation is
+    # only the fallback without one.
+    structure = row.get("residual_curvature_corr_median", math.nan)
+    if pd.isna(structure):
+        structure = abs(row["residual_signal_corr_median"])
+    if _above(structure, qc["residual_structure_threshold"]):
         flags.append("residual_structure")
-    if max(row["residual_autocorr_x_median"], row["residual_autocorr_y_median"]) > qc["residual_autocorrelation_threshold"]:
+    # Against the noise model's own correlation when there is one (correlated camera noise is not structure).
+    autocorr_x = row.get("residual_autocorr_excess_x_median", math.nan)
+    autocorr_y = row.get("residual_autocorr_excess_y_median", math.nan)
+    if pd.isna(autocorr_x) or pd.isna(autocorr_y):
+        autocorr_x, autocorr_y = row["residual_autocorr_x_median"], row["residual_autocorr_y_median"]
+    if max(autocorr_x, autocorr_y) > qc["residual_autocorrelation_threshold"]:
         flags.append("residual_autocorrelation")
+    if _above(row.get("noise_leak_median", math.nan), qc["noise_leak_threshold"]):
+        flags.append("noise_leak")
     if abs(row["bias_relative_median"]) > qc["bias_threshold"]:
         flags.append("bias")
     if "psnr_gain_db_mean" in row and row["psnr_gain_db_mean"] < 0:
         flags.append("psnr_drop")
     if not row["snr_gain_db_median"] > 0:  # also catches NaN
         flags.append("no_snr_gain")
+    estimated_gain = row.get("estimated_gain_db_median", math.nan)
+    if not pd.isna(estimated_gain) and not estimated_gain > qc["min_estimated_gain_db"]:
+        flags.append("no_estimated_gain")
     return flags
+
+
+def noise_model_columns(model: NoiseModel | None) -> dict[str, Any]:
+    """The summary's NOISE_MODEL_COLUMNS for one (plate, channel); NaN / None without a model."""
+    if model is None:
+        return {name: None if name in ("noise_processed", "noise_notes") else math.nan for name in NOISE_MODEL_COLUMNS}
+    return {
+        "noise_gain": model.gain,
+        "noise_offset": model.offset,
+        "noise_read_sd": math.sqrt(max(model.read_variance, 0.0)),
+        "noise_camera_gain": model.camera_gain,
+        "noise_corr_x": model.lag(0, 1),
+        "noise_corr_y": model.lag(1, 0),
+        "noise_corr_x2": model.lag(0, 2),
+        "noise_corr_y2": model.lag(2, 0),
+        "noise_processed": model.processed,
+        "noise_notes": " | ".join(model.notes),
+    }
+
+
+def blind_spot_columns(info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The summary's BLIND_SPOT_COLUMNS from model.json's ``blind_spot`` record ("not recorded" when absent)."""
+    record = (info or {}).get("blind_spot")
+    if not isinstance(record, Mapping):
+        return {"blind_spot_mode": "not recorded", "blind_spot_offsets": None, "blind_spot_setting": None, "blind_spot_evidence": None}
+    offsets = record.get("offsets")
+    return {
+        "blind_spot_mode": str(record.get("mode", "not recorded")),
+        "blind_spot_offsets": " ".join(f"({dy},{dx})" for dy, dx in offsets) if offsets else None,
+        "blind_spot_setting": None if record.get("setting") is None else str(record.get("setting")),
+        "blind_spot_evidence": None if record.get("evidence") is None else str(record.get("evidence")),
+    }
+
+
+def read_noise_model(path: str | os.PathLike) -> NoiseModel:
+    """A ``noise_model.json`` written by the QC stage; a clear error naming the file otherwise."""
+    path = Path(path)
+    try:
+        return NoiseModel.from_dict(json.loads(path.read_text()))
+    except OSError as error:
+        raise QCInputError(f"cannot read noise model {path}: {error}") from error
+    except (json.JSONDecodeError, ValueError, TypeError) as error:
+        raise QCInputError(f"{path} is not a noise model: {error}") from error
+
+
+def write_noise_model(model: NoiseModel, path: str | os.PathLike) -> None:
+    with atomic_output(path) as temporary:
+        Path(temporary).write_text(json.dumps(model.to_dict(), indent=2))
 
 
 def summarize(
     tables: Iterable[pd.DataFrame],
     models: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     qc_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    noise_models: Mapping[tuple[str, str], NoiseModel] | None = None,
 ) -> pd.DataFrame:
     """One row per (plate, channel): ``n_images``, ``<metric>_mean`` / ``<metric>_median`` of every
-    metric present, the model's training summary and ``flags`` (a list of names, see FLAG_DESCRIPTIONS).
+    metric present, the fitted noise model (NOISE_MODEL_COLUMNS, from ``noise_models``), the model's
+    training summary and blind-spot record (BLIND_SPOT_COLUMNS) and ``flags`` (a list of names, see
+    FLAG_DESCRIPTIONS).
 
     ``tables`` are :func:`channel_metrics` results. ``models`` maps (plate, channel) to the model's
     info (:func:`load_model_info`); ``qc_settings`` maps channel to its resolved ``qc`` settings
@@ -369,8 +560,9 @@ def summarize(
     combined = pd.concat(list(tables), ignore_index=True)
     if combined.empty:
         raise QCInputError("summarize: no per-image metrics to summarise")
-    metrics = [name for name in NO_REFERENCE_METRICS + REFERENCE_METRICS if name in combined.columns]
+    metrics = [name for name in NO_REFERENCE_METRICS + NOISE_MODEL_METRICS + REFERENCE_METRICS if name in combined.columns]
     models = models or {}
+    noise_models = noise_models or {}
     qc_settings = qc_settings or {}
     rows = []
     for (plate, channel), group in combined.groupby(["plate", "channel"], sort=True):
@@ -383,9 +575,14 @@ def summarize(
             # inf appears only when the denoised image is perfectly flat; count it rather than average it.
             "n_images_infinite_snr_gain": int(np.isinf(group["snr_gain_db"]).sum()),
         }
+        if "estimated_gain_db" in group:
+            row["n_images_infinite_estimated_gain"] = int(np.isinf(group["estimated_gain_db"]).sum())
         for name in metrics:
             row[f"{name}_mean"] = float(values[name].mean())
             row[f"{name}_median"] = float(values[name].median())
+        if "estimated_gain_db" in metrics:
+            # An estimated MSE at or below 0 (gain inf) means "as good as the estimate can tell": keep it in the median.
+            row["estimated_gain_db_median"] = float(np.nanmedian(group["estimated_gain_db"].to_numpy(dtype=float))) if group["estimated_gain_db"].notna().any() else math.nan
         info = models.get((plate, channel))
         training = (info or {}).get("training", {})
         row["model_dir"] = (info or {}).get("model_dir")
@@ -393,6 +590,8 @@ def summarize(
         row["best_epoch"] = training.get("best_epoch", math.nan)
         row["epochs_run"] = training.get("epochs_run", math.nan)
         row["stopped_early"] = training.get("stopped_early")
+        row.update(noise_model_columns(noise_models.get((plate, channel))))
+        row.update(blind_spot_columns(info))
         row["flags"] = _flags(row, resolve_section("qc", qc_settings.get(channel)))
         rows.append(row)
     return pd.DataFrame.from_records(rows)

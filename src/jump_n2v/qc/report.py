@@ -20,7 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from jump_n2v.atomic import atomic_output
-from jump_n2v.qc.metrics import FLAG_DESCRIPTIONS, QCInputError, load_model_info, summarize, write_table
+from jump_n2v.qc.figures import noise_model_trends
+from jump_n2v.qc.metrics import FLAG_DESCRIPTIONS, QCInputError, load_model_info, read_noise_model, summarize, write_table
 
 # (column, header) of the summary table, in order; absent columns are left out (reference metrics
 # exist only when the plate has a clean reference).
@@ -28,7 +29,12 @@ SUMMARY_COLUMNS = (
     ("plate", "plate"),
     ("channel", "channel"),
     ("n_images", "images"),
-    ("snr_gain_db_median", "implied SNR gain (dB)"),
+    ("estimated_gain_db_median", "estimated gain over raw (dB, noise model)"),
+    ("estimated_mse_median", "estimated MSE to clean"),
+    ("snr_gain_db_median", "implied SNR gain (dB, fooled by blur)"),
+    ("noise_leak_median", "noise leak"),
+    ("residual_curvature_corr_median", "corr(residual, curvature)"),
+    ("residual_variance_ratio_max_bin_median", "residual var / model, worst bin"),
     ("noise_sigma_raw_median", "noise σ raw"),
     ("noise_sigma_denoised_median", "noise σ denoised"),
     ("residual_to_noise_ratio_median", "residual std / noise σ raw"),
@@ -49,8 +55,10 @@ SUMMARY_COLUMNS = (
 
 # Which summary cells to highlight for each flag.
 FLAG_COLUMNS = {
-    "residual_structure": ("residual_signal_corr_median",),
+    "residual_structure": ("residual_curvature_corr_median",),
     "residual_autocorrelation": ("residual_autocorr_x_median", "residual_autocorr_y_median"),
+    "noise_leak": ("noise_leak_median",),
+    "no_estimated_gain": ("estimated_gain_db_median",),
     "bias": ("bias_relative_median",),
     "psnr_drop": ("psnr_gain_db_mean", "psnr_denoised_db_mean"),
     "no_snr_gain": ("snr_gain_db_median",),
@@ -60,7 +68,29 @@ FLAG_THRESHOLDS = {
     "residual_structure": "residual_structure_threshold",
     "residual_autocorrelation": "residual_autocorrelation_threshold",
     "bias": "bias_threshold",
+    "noise_leak": "noise_leak_threshold",
+    "no_estimated_gain": "min_estimated_gain_db",
 }
+
+# (column, header) of the noise-model table, one row per plate and channel.
+NOISE_MODEL_TABLE = (
+    ("plate", "plate"),
+    ("channel", "channel"),
+    ("noise_gain", "gain (ADU/e⁻, per pixel)"),
+    ("noise_offset", "offset (ADU)"),
+    ("noise_read_sd", "read noise σ (ADU)"),
+    ("noise_camera_gain", "camera gain before mixing"),
+    ("noise_corr_x", "lag-1 x"),
+    ("noise_corr_y", "lag-1 y"),
+    ("noise_corr_x2", "lag-2 x"),
+    ("noise_corr_y2", "lag-2 y"),
+    ("noise_processed", "processed data"),
+    ("blind_spot_mode", "blind spot"),
+    ("blind_spot_offsets", "blind-spot offsets"),
+    ("blind_spot_setting", "setting"),
+    ("blind_spot_evidence", "evidence"),
+    ("noise_notes", "notes"),
+)
 
 DEFINITIONS = """
 <p>All statistics are per image, in the raw image's intensity units, then summarised per plate and
@@ -77,6 +107,34 @@ reference with the same data range R.</dd>
 denoised image against the raw one would measure how much the image changed, not how good it is, so
 it is not computed.</dd>
 </dl>
+<h3>Measures from the noise model (the headline)</h3>
+<dl>
+<dt>noise model</dt><dd>Fitted per plate and channel to a seeded sample of raw images: per-pixel variance
+<code>gain·(signal − offset) + read noise²</code> and the noise's 5×5 autocorrelation, from the flattest
+16×16 blocks (quadratic surface removed) binned by intensity. Gain and read noise describe the data
+as stored; after pixel mixing (a 2×2 box, a half-pixel shift) the per-pixel variance is lower and the
+lag-1 correlation about 0.5, and the camera's own gain is <code>gain × Σ correlation</code>. The
+offset is the dark level (darkest flat blocks, assumed to hold no photons): with a lit background it
+reads high and the read noise with it; the gain and the variance line are unaffected.</dd>
+<dt>noise leak</dt><dd>The share of each pixel's own noise that the output carries, measured on the
+raw image's pure-noise blocks: 0 for a blind spot that covers the noise, the centre weight for a
+linear filter (0.16 for a Gaussian blur of σ 1), 1 for the raw image; a one-pixel blind spot on
+correlated noise carries the noise it shares with its neighbours.</dd>
+<dt>estimated MSE / estimated gain over raw</dt><dd><code>MSE ≈ mean((raw − denoised)²) − σ²·(1 − 2·leak)</code>
+with σ² the model's noise variance at the denoised value, and gain <code>10·log10(σ² / MSE)</code> dB
+(the raw image's MSE is σ²). Since <code>|x−y|² = |s−y|² + |n|² + 2⟨n, s−y⟩</code>, this is unbiased when
+the output does not depend on the pixel's own noise (blind spot, leak 0) and is SURE for a linear
+filter; it assumes the model's variance is right and the leak the same at every intensity. A blur
+cannot raise it the way it raises the implied SNR gain: its leak is measured and charged.
+∞ means an estimated MSE at or below 0.</dd>
+<dt>corr(residual, curvature)</dt><dd>Correlation of the residual with the curvature (negative
+Laplacian of Gaussian, σ 1) of the denoised image, both in units of the model's noise σ. A blur leaves
+<code>−(σ²/2)·∇²signal</code> in the residual (0.3 or more on the demo plate); a denoiser that removes
+only noise gives about 0.</dd>
+<dt>residual var / model, worst bin</dt><dd>Residual power divided by the model's noise variance, per
+intensity bin of the denoised image (8 quantile bins), worst bin. About 1 plus the relative MSE for a
+blind-spot output; above 1 where signal was removed.</dd>
+</dl>
 <h3>No-reference measures (always)</h3>
 <dl>
 <dt>noise σ</dt><dd>Gaussian noise level estimated from the finest diagonal detail band of a db2
@@ -84,8 +142,8 @@ wavelet transform: <code>σ = median(|HH₁|) / 0.6745</code> (Donoho's MAD esti
 scikit-image's <code>estimate_sigma</code>). Smooth signal barely enters this band, so σ tracks the
 pixel noise; for Poisson (shot) noise it is a typical, not a per-pixel, level.</dd>
 <dt>implied SNR gain</dt><dd><code>20·log10(σ_raw / σ_denoised)</code> dB, assuming the signal itself is
-unchanged. Any smoothing lowers σ_denoised, a plain blur too, so read the gain together with the
-residual measures below, which check that assumption.</dd>
+unchanged. Any smoothing lowers σ_denoised, a plain blur too (40–70 dB), so it is shown only beside
+the estimated gain above, which a blur cannot fool.</dd>
 <dt>residual std / noise σ raw</dt><dd>About 1 when the denoiser removed the noise and nothing else;
 well above 1 means signal was removed too, well below 1 that noise was left. With shot (Poisson)
 noise, σ raw is the level of the typical, mostly dim, pixel while the residual also holds the larger
@@ -93,9 +151,10 @@ noise of bright pixels, so values somewhat above 1 (about 1.1–1.4) are expecte
 <dt>corr(residual, denoised)</dt><dd>Pearson correlation over pixels. Removed noise is uncorrelated
 with the signal (about 0); a denoiser that removes or rescales signal gives a large |value|.</dd>
 <dt>residual autocorr x / y</dt><dd>Lag-1 autocorrelation of the residual along x (columns) and y
-(rows). Pixel-independent noise gives about 0 (blind-spot networks give slightly negative values);
-positive values mean the residual holds structure — edges of cells, or noise correlated along rows or
-columns, for which structN2V's <code>struct_mask</code> is meant.</dd>
+(rows). A residual that is only noise has the noise model's own lag-1 correlation (about 0 for
+pixel-independent noise, blind-spot networks give slightly less); the flag compares against the
+model's value. Higher values mean the residual holds structure — edges of cells, or noise correlated
+along rows or columns, for which structN2V's <code>struct_mask</code> is meant.</dd>
 <dt>relative bias</dt><dd>Mean residual divided by the denoised image's 0.5–99.5 percentile range.</dd>
 <dt>best validation loss</dt><dd>The model's lowest masked-pixel (N2V) loss on the held-out
 validation patches, in normalised units; comparable between channels only roughly (it includes the
@@ -225,6 +284,24 @@ def _summary_table(summary: pd.DataFrame) -> str:
         row_class = ' class="flagged"' if flags else ""
         rows.append(f"<tr{row_class}>{''.join(cells)}</tr>")
     return f'<div class="scroll"><table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _noise_model_section(summary: pd.DataFrame) -> str:
+    columns = [(name, header) for name, header in NOISE_MODEL_TABLE if name in summary.columns]
+    if not any(name == "noise_gain" for name, _ in columns) or not summary["noise_gain"].notna().any():
+        return '<p class="note">No noise model was recorded.</p>'
+    head = "".join(f"<th>{html.escape(header)}</th>" for _, header in columns)
+    rows = []
+    for _, record in summary.sort_values(["plate", "channel"]).iterrows():
+        rows.append("<tr>" + "".join(_cell(record.get(name)) for name, _ in columns) + "</tr>")
+    table = f'<div class="scroll"><table id="noise-models"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    encoded = base64.b64encode(noise_model_trends(summary)).decode("ascii")
+    figure = (
+        f'<figure><img id="noise-model-trends" src="data:image/png;base64,{encoded}" alt="noise model across plates">'
+        "<figcaption>Fitted gain, read noise and lag-1 correlation per plate (x, sorted by name), one line per "
+        "channel: a drifting camera or exposure shows as a trend.</figcaption></figure>"
+    )
+    return table + figure
 
 
 def _flags_section(summary: pd.DataFrame, settings: Mapping[str, Mapping[str, Any]]) -> str:
@@ -384,6 +461,11 @@ def build_report(
             f'<p class="note">{html.escape(reference_note)} Highlighted cells triggered a flag.</p>',
             _summary_table(summary_df),
             "</section>",
+            '<section id="noise-model-section"><h2>Noise model per plate and channel</h2>',
+            '<p class="note">Blind spot: the correlated-noise handling recorded in each model.json '
+            "(<code>blind_spot</code>: pixel or region, its offsets, the setting and the evidence for it).</p>",
+            _noise_model_section(summary_df),
+            "</section>",
             '<section id="definitions"><h2>Metric definitions</h2>',
             DEFINITIONS,
             "<h3>Flags</h3><dl>"
@@ -403,7 +485,7 @@ def build_report(
             "</section>",
         ]
     )
-    links = [("flags-section", "Flags"), ("summary-section", "Summary"), ("definitions", "Definitions")]
+    links = [("flags-section", "Flags"), ("summary-section", "Summary"), ("noise-model-section", "Noise model"), ("definitions", "Definitions")]
     links += [(anchor, anchor.removeprefix("channel-")) for anchor in channel_anchors]
     links += [("settings-section", "Settings"), ("versions-section", "Versions"), ("rejects-section", "Rejects")]
     navigation = "".join(f'<a href="#{html.escape(anchor)}">{html.escape(text)}</a>' for anchor, text in links)
@@ -451,13 +533,13 @@ def write_experiment_report(
 ) -> pd.DataFrame:
     """Summary tables and the HTML report of one experiment from the per-channel QC outputs.
 
-    ``metrics_csvs`` are :func:`jump_n2v.qc.run_channel_qc` ``metrics.csv`` files; the panels.png and
-    plate_map.png beside each are embedded. ``model_dirs`` maps (plate, channel) to the model folder
+    ``metrics_csvs`` are :func:`jump_n2v.qc.run_channel_qc` ``metrics.csv`` files; the noise_model.json
+    beside each goes into the summary, the panels.png and plate_map.png are embedded. ``model_dirs`` maps (plate, channel) to the model folder
     (model.json and the training_curve.png that training drew). ``settings`` maps channel
     to its resolved settings sections (flag thresholds come from ``qc``). ``versions`` defaults to
     :func:`software_versions`. Returns the summary table.
     """
-    tables, artifacts = [], []
+    tables, artifacts, noise_models = [], [], {}
     for path in map(Path, metrics_csvs):
         try:
             table = pd.read_csv(path, dtype=METRICS_TEXT_COLUMNS)
@@ -467,6 +549,7 @@ def write_experiment_report(
             raise QCInputError(f"per-image metrics {path}: no rows, or no plate/channel columns")
         tables.append(table)
         artifact = {"plate": table["plate"].iloc[0], "channel": table["channel"].iloc[0], "panels_png": path.parent / "panels.png"}
+        noise_models[(artifact["plate"], artifact["channel"])] = read_noise_model(path.parent / "noise_model.json")
         if (path.parent / "plate_map.png").exists():
             artifact["plate_map_png"] = path.parent / "plate_map.png"
         model_dir = model_dirs.get((artifact["plate"], artifact["channel"]))
@@ -476,7 +559,9 @@ def write_experiment_report(
             artifact["model_json"] = Path(model_dir) / "model.json"
         artifacts.append(artifact)
     models = {key: load_model_info(directory) for key, directory in model_dirs.items()}
-    summary = summarize(tables, models=models, qc_settings={channel: sections.get("qc") for channel, sections in settings.items()})
+    summary = summarize(
+        tables, models=models, qc_settings={channel: sections.get("qc") for channel, sections in settings.items()}, noise_models=noise_models
+    )
     write_table(summary, summary_csv, summary_parquet)
     build_report(
         experiment, summary, artifacts, settings, versions or software_versions(), read_rejects(rejects_csvs), out_html
