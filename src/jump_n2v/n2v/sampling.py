@@ -20,6 +20,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from jump_n2v.n2v.masking import dihedral
+
 # Independent random streams, all derived from the one seed (numpy SeedSequence entropy lists).
 _SELECTION_STREAM = 1
 _SPLIT_STREAM = 2
@@ -64,13 +66,6 @@ def _check_array(array: Any, name: str, patch_size: int) -> None:
             f"{name}: images are {height}x{width} pixels, smaller than the training patch_size "
             f"{patch_size}; lower n2v.patch_size to at most {min(height, width)} (a multiple of 2**depth)"
         )
-
-
-def _transform(patch: np.ndarray, transform: int) -> np.ndarray:
-    """One of the 8 flips/90-degree rotations of a square patch (0 = identity)."""
-    if transform >= 4:
-        patch = patch[:, ::-1]
-    return np.rot90(patch, transform % 4)
 
 
 class PatchSampler:
@@ -199,7 +194,7 @@ class PatchSampler:
         out = np.empty((len(plan), 1, size, size), dtype=np.float32)
         for row, (array, image, y, x, transform) in enumerate(plan.tolist()):
             window = np.asarray(self.arrays[array][image, y : y + size, x : x + size])
-            out[row, 0] = _transform(window, transform)
+            out[row, 0] = dihedral(window, transform)
         out -= np.float32(self.normalization.mean)
         out *= np.float32(1.0 / self.normalization.std)
         return out

@@ -351,7 +351,7 @@ def train_channel(
         masked_fraction=settings.masked_fraction,
         roi_size=settings.roi_size,
         replacement=settings.replacement,
-        struct_mask=settings.struct_mask,
+        region=settings.struct_mask,
     )
     # The validation patches and their masks are fixed once, so epochs are compared on the same pixels.
     val_targets = torch.from_numpy(sampler.validation).to(device)
