@@ -1,0 +1,492 @@
+"""A camera noise model learned from the raw images alone: Poisson-Gaussian variance plus spatial correlation.
+
+What the model describes is the noise of the data *as they are*: ``variance(signal)`` is the per-pixel
+marginal variance, ``correlation`` its normalised 5 x 5 autocorrelation. When the acquisition mixed
+neighbouring pixels after the camera (a 2 x 2 box, a half-pixel bilinear shift), both differ from the
+camera's own: a 2 x 2 box divides the per-pixel variance by 4 and gives lag-1 correlations of 0.5. The
+camera's gain is recovered as ``camera_gain = gain * correlation_sum`` (a mixing kernel that sums to 1
+keeps the variance of large-area sums, which is what ``correlation_sum`` restores).
+
+Method (flat-block statistics):
+
+1. Every image is cut into 16 x 16 blocks; a least-squares plane is removed from each block.
+2. Blocks holding a pixel at the dtype minimum or maximum are left out (clipping biases the variance).
+3. Blocks are binned by their mean; in each bin the noise variance is a low quantile of the block
+   variances divided by the same quantile of the variance of pure-noise blocks (a Gamma law with the
+   Satterthwaite degrees of freedom of the plane-fit residual under the current correlation). Blocks that
+   hold texture only raise variances, so the lower quantile ignores them.
+4. The correlation is pooled over the blocks consistent with pure noise, and corrected for the plane
+   removal (which makes residuals anti-correlated) by a fixed-point iteration on the exact expectation.
+5. A weighted line ``variance = slope * mean + intercept`` is fitted to the bins; bins far above it
+   (texture) are dropped and the line refitted.
+
+Identifiability: the variance line gives only the slope (``gain``) and the intercept
+(``read_variance - gain * offset``). The offset (black level) is taken as the *dark level*: the mean of
+the darkest flat blocks, assuming they hold no photons; ``read_variance`` is the model variance there.
+When the background does hold photons the offset comes out too high and ``read_variance`` too high by
+``gain**2 * background_photons``; the intercept, all the variance-stabilising transform needs, is
+unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+BLOCK = 16
+MAX_LAG = 2
+# Lags (dy, dx) with dy > 0, or dy == 0 and dx > 0: the other half follows by symmetry.
+_HALF_LAGS = tuple((dy, dx) for dy in range(0, MAX_LAG + 1) for dx in range(-MAX_LAG, MAX_LAG + 1) if dy > 0 or dx > 0)
+# Lower quantile of the block variances used per intensity bin, and the upper one that still counts as pure noise.
+_LOW_QUANTILE = 0.25
+_NOISE_ONLY_QUANTILE = 0.9
+_MIN_BLOCKS_PER_BIN = 24
+_MAX_BINS = 16
+_MAX_BLOCKS = 200_000
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Per-pixel noise of one (plate, channel): ``var = gain * (signal - offset) + read_variance``.
+
+    ``gain`` (ADU per electron) and ``read_variance`` (ADU^2) describe the per-pixel *marginal* variance
+    of the data as stored; ``correlation`` is the noise's normalised autocorrelation at lags -2..2 in
+    (y, x) (row ``dy + 2``, column ``dx + 2``; centre 1.0). ``offset`` is the dark level (see the module
+    docstring for the assumption). ``processed`` says the data do not look like raw camera counts; the
+    reason is in ``notes``.
+    """
+
+    gain: float
+    offset: float
+    read_variance: float
+    correlation: tuple[tuple[float, ...], ...]
+    clipped_fraction: float
+    saturated_fraction: float
+    processed: bool
+    notes: tuple[str, ...]
+
+    @property
+    def intercept(self) -> float:
+        """Variance at signal 0: ``read_variance - gain * offset`` (identifiable from the variance line alone)."""
+        return self.read_variance - self.gain * self.offset
+
+    @property
+    def correlation_array(self) -> np.ndarray:
+        return np.asarray(self.correlation, dtype=np.float64)
+
+    @property
+    def correlation_sum(self) -> float:
+        """Sum of the correlation over the 5 x 5 lags: 1 for independent noise, 4 for a 2 x 2 box."""
+        return float(self.correlation_array.sum())
+
+    @property
+    def camera_gain(self) -> float:
+        """The gain before any pixel mixing, assuming a mixing kernel that sums to 1 and fits in 5 x 5."""
+        return self.gain * self.correlation_sum
+
+    def lag(self, dy: int, dx: int) -> float:
+        """Correlation at lag (dy, dx), |dy|, |dx| <= 2."""
+        if max(abs(dy), abs(dx)) > MAX_LAG:
+            raise ValueError(f"lag ({dy}, {dx}) is outside the model's +-{MAX_LAG} neighbourhood")
+        return float(self.correlation[dy + MAX_LAG][dx + MAX_LAG])
+
+    def variance(self, signal: np.ndarray) -> np.ndarray:
+        """Per-pixel noise variance at ``signal`` (ADU), never below a small positive floor."""
+        signal = np.asarray(signal, dtype=np.float64)
+        variance = self.gain * (signal - self.offset) + self.read_variance
+        floor = max(self.read_variance, 1e-12) * 1e-3 if self.read_variance > 0 else 1e-12
+        return np.maximum(variance, floor)
+
+    def correlated_offsets(self, threshold: float = 0.1) -> list[tuple[int, int]]:
+        """Neighbour offsets (dy, dx) whose |correlation| exceeds ``threshold`` (centre excluded)."""
+        return [
+            (dy, dx)
+            for dy in range(-MAX_LAG, MAX_LAG + 1)
+            for dx in range(-MAX_LAG, MAX_LAG + 1)
+            if (dy, dx) != (0, 0) and abs(self.lag(dy, dx)) > threshold
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["correlation"] = [list(row) for row in self.correlation]
+        values["notes"] = list(self.notes)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "NoiseModel":
+        missing = {"gain", "offset", "read_variance", "correlation"} - set(values)
+        if missing:
+            raise ValueError(f"noise model is missing {sorted(missing)}")
+        correlation = tuple(tuple(float(v) for v in row) for row in values["correlation"])
+        if len(correlation) != 2 * MAX_LAG + 1 or any(len(row) != 2 * MAX_LAG + 1 for row in correlation):
+            raise ValueError("noise model correlation must be 5 x 5")
+        return cls(
+            gain=float(values["gain"]),
+            offset=float(values["offset"]),
+            read_variance=float(values["read_variance"]),
+            correlation=correlation,
+            clipped_fraction=float(values.get("clipped_fraction", 0.0)),
+            saturated_fraction=float(values.get("saturated_fraction", 0.0)),
+            processed=bool(values.get("processed", False)),
+            notes=tuple(str(note) for note in values.get("notes", ())),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Variance-stabilising transform (Makitalo & Foi 2013)
+
+
+def generalized_anscombe(x: np.ndarray, model: NoiseModel) -> np.ndarray:
+    """Generalised Anscombe transform: noise of roughly unit variance at every signal level.
+
+    ``f(x) = 2 / g * sqrt(max(g * x + 3/8 g^2 + intercept, 0))`` with ``g = model.gain`` and
+    ``intercept = read_variance - gain * offset``, so only the identifiable part of the model is used.
+    The correlation is untouched: stabilised noise has the model's correlation.
+    """
+    gain = _positive_gain(model)
+    x = np.asarray(x, dtype=np.float64)
+    return 2.0 / gain * np.sqrt(np.maximum(gain * x + 0.375 * gain**2 + model.intercept, 0.0))
+
+
+def inverse_generalized_anscombe(d: np.ndarray, model: NoiseModel) -> np.ndarray:
+    """Exact unbiased inverse of :func:`generalized_anscombe`, in the closed form of Makitalo & Foi (2013).
+
+    Maps E[f(x) | signal] back to the signal (not ``f^-1``, which is biased at low counts). In units of
+    electrons, ``p = D^2/4 + sqrt(3/2)/(4D) - 11/(8D^2) + 5 sqrt(3/2)/(8D^3) - 1/8 - sigma^2`` with
+    ``sigma^2 = read_variance / gain^2``; back to ADU as ``gain * p + offset``.
+    """
+    gain = _positive_gain(model)
+    d = np.maximum(np.asarray(d, dtype=np.float64), 1e-6)
+    root = math.sqrt(1.5)
+    polynomial = 0.25 * d**2 + 0.25 * root / d - 11.0 / 8.0 / d**2 + 0.625 * root / d**3 - 0.125
+    # In electrons p = polynomial - read_variance / gain^2; in ADU x = gain * p + offset, which needs only
+    # the intercept. Zero photons (the offset) is the floor, as max(0, p) in the paper.
+    return np.maximum(gain * (polynomial - model.intercept / gain**2), model.offset)
+
+
+def _positive_gain(model: NoiseModel) -> float:
+    if not model.gain > 0:
+        raise ValueError(f"the generalised Anscombe transform needs a positive gain, the model has {model.gain}")
+    return float(model.gain)
+
+
+# --------------------------------------------------------------------------------------------------
+# Estimation
+
+
+@lru_cache(maxsize=1)
+def _plane_projector() -> np.ndarray:
+    """P = I - H: removes the least-squares quadratic surface (1, y, x, y^2, xy, x^2) from a flattened
+    16 x 16 block (a plane leaves the curvature of cells and blobs, which reads as correlated noise)."""
+    yy, xx = np.mgrid[0:BLOCK, 0:BLOCK].astype(np.float64)
+    yy, xx = yy.ravel() / BLOCK - 0.5, xx.ravel() / BLOCK - 0.5
+    design = np.stack([np.ones(BLOCK * BLOCK), yy, xx, yy * yy, yy * xx, xx * xx], axis=1)
+    q, _ = np.linalg.qr(design)
+    return np.eye(BLOCK * BLOCK) - q @ q.T
+
+
+@lru_cache(maxsize=1)
+def _lag_pairs() -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """Flat indices of the pixel pairs at each lag inside a block."""
+    index = np.arange(BLOCK * BLOCK).reshape(BLOCK, BLOCK)
+    pairs = {}
+    for dy, dx in _HALF_LAGS:
+        first = index[0 : BLOCK - dy, max(0, -dx) : BLOCK - max(0, dx)]
+        second = index[dy:BLOCK, max(0, dx) : BLOCK - max(0, -dx) if dx < 0 else BLOCK]
+        pairs[(dy, dx)] = (first.ravel(), second.ravel())
+    return pairs
+
+
+def _full_correlation(half: Mapping[tuple[int, int], float]) -> np.ndarray:
+    grid = np.zeros((2 * MAX_LAG + 1, 2 * MAX_LAG + 1))
+    grid[MAX_LAG, MAX_LAG] = 1.0
+    for (dy, dx), value in half.items():
+        grid[dy + MAX_LAG, dx + MAX_LAG] = value
+        grid[-dy + MAX_LAG, -dx + MAX_LAG] = value
+    return grid
+
+
+def _block_covariance(correlation: np.ndarray) -> np.ndarray:
+    """The 256 x 256 correlation matrix of a block's pixels under a 5 x 5 stationary correlation."""
+    yy, xx = np.divmod(np.arange(BLOCK * BLOCK), BLOCK)
+    dy = yy[None, :] - yy[:, None]
+    dx = xx[None, :] - xx[:, None]
+    inside = (np.abs(dy) <= MAX_LAG) & (np.abs(dx) <= MAX_LAG)
+    matrix = np.zeros((BLOCK * BLOCK, BLOCK * BLOCK))
+    matrix[inside] = correlation[dy[inside] + MAX_LAG, dx[inside] + MAX_LAG]
+    return matrix
+
+
+def _residual_expectations(correlation: np.ndarray) -> tuple[float, float, dict[tuple[int, int], float]]:
+    """For noise of unit variance and this correlation, after plane removal: E[sum r^2], the Satterthwaite
+    degrees of freedom of sum r^2, and the expected normalised lag products E[mean r_i r_j] / E[mean r^2]."""
+    projector = _plane_projector()
+    covariance = projector @ _block_covariance(correlation) @ projector
+    trace = float(np.trace(covariance))
+    dof = trace**2 / float(np.sum(covariance * covariance))
+    mean_square = trace / (BLOCK * BLOCK)
+    expected = {lag: float(covariance[first, second].mean()) / mean_square for lag, (first, second) in _lag_pairs().items()}
+    return trace, dof, expected
+
+
+def _as_image_list(images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2:
+            return [images]
+        if images.ndim == 3:
+            return list(images)
+        raise ValueError(f"expected a 2-D image or a (images, Y, X) stack, got shape {images.shape}")
+    listed = [np.asarray(image) for image in images]
+    if not listed:
+        raise ValueError("no images to estimate a noise model from")
+    for image in listed:
+        if image.ndim != 2:
+            raise ValueError(f"expected 2-D images, got shape {image.shape}")
+    return listed
+
+
+def _dtype_range(images: list[np.ndarray], dtype_range: tuple[float, float] | None) -> tuple[float, float] | None:
+    if dtype_range is not None:
+        low, high = (float(v) for v in dtype_range)
+        if not low < high:
+            raise ValueError(f"dtype_range must be (min, max) with min < max, got {dtype_range}")
+        return low, high
+    dtype = images[0].dtype
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max)
+    return None
+
+
+def _inspect_values(images: list[np.ndarray], rng: np.random.Generator) -> tuple[bool, list[str]]:
+    """Whether the values look like raw camera counts; findings as notes."""
+    sample = np.concatenate([image.ravel()[rng.integers(0, image.size, size=min(image.size, 200_000))] for image in images])
+    sample = sample.astype(np.float64)
+    notes: list[str] = []
+    processed = False
+    if not np.all(np.isfinite(sample)):
+        return True, ["processed: the data hold NaN or infinite values"]
+    integral = np.all(sample == np.round(sample))
+    if not integral:
+        processed = True
+        if sample.min() >= 0 and sample.max() <= 1.0:
+            notes.append("processed: non-integer floats in 0..1 (intensities already normalised, not camera counts)")
+        else:
+            notes.append("processed: non-integer floats (not camera counts: rescaled, background-subtracted or denoised)")
+        return processed, notes
+    values = sample.astype(np.int64)
+    low, high = np.percentile(values, [1, 99])
+    core = values[(values >= low) & (values <= high)]
+    divisor = int(np.gcd.reduce(np.abs(core - core.min()))) if core.size > 1 else 0
+    if divisor > 1:
+        notes.append(f"integer values step by {divisor}: counts scaled by {divisor} (e.g. 12-bit data shifted to 16 bits)")
+    span = int(high - low) // max(divisor, 1) + 1
+    if 16 <= span <= 1 << 16:
+        occupied = np.unique((core - core.min()) // max(divisor, 1)).size
+        empty = 1.0 - occupied / span
+        expected_empty = max(0.0, 1.0 - core.size / span) ** 1  # a rough bound for a sparse sample
+        if empty > 0.3 and empty > 2 * expected_empty:
+            processed = True
+            notes.append(
+                f"processed: {empty:.0%} of the integer levels between the 1st and 99th percentile never occur "
+                "(values rescaled by a non-integer factor after the camera)"
+            )
+    return processed, notes
+
+
+def _blocks(image: np.ndarray) -> np.ndarray:
+    rows, cols = (image.shape[0] // BLOCK) * BLOCK, (image.shape[1] // BLOCK) * BLOCK
+    if rows == 0 or cols == 0:
+        return np.empty((0, BLOCK * BLOCK))
+    cut = np.asarray(image[:rows, :cols], dtype=np.float64)
+    return cut.reshape(rows // BLOCK, BLOCK, cols // BLOCK, BLOCK).transpose(0, 2, 1, 3).reshape(-1, BLOCK * BLOCK)
+
+
+def _intensity_bins(means: np.ndarray) -> list[np.ndarray]:
+    """Indices of the blocks in each intensity bin.
+
+    Bin edges are uniform in sqrt(mean) (the scale on which shot noise is even), so the bright, rare
+    blocks get bins of their own rather than one wide bin; neighbouring bins are merged until each holds
+    enough blocks.
+    """
+    low, high = np.percentile(means, [0.5, 99.9])
+    if not high > low:
+        return [np.arange(means.size)] if means.size >= _MIN_BLOCKS_PER_BIN else []
+    scale = np.sqrt(np.clip(means - low, 0, None))
+    edges = np.linspace(0.0, math.sqrt(high - low), _MAX_BINS + 1)
+    labels = np.clip(np.searchsorted(edges, scale, side="right") - 1, 0, _MAX_BINS - 1)
+    bins, pending = [], np.empty(0, dtype=np.int64)
+    for label in range(_MAX_BINS):
+        pending = np.concatenate([pending, np.flatnonzero(labels == label)])
+        if pending.size >= _MIN_BLOCKS_PER_BIN:
+            bins.append(pending)
+            pending = np.empty(0, dtype=np.int64)
+    if pending.size:
+        if bins:
+            bins[-1] = np.concatenate([bins[-1], pending])
+        elif pending.size >= _MIN_BLOCKS_PER_BIN // 2:
+            bins.append(pending)
+    return bins
+
+
+def estimate_noise_model(
+    images: Sequence[np.ndarray] | np.ndarray,
+    *,
+    dtype_range: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> NoiseModel:
+    """Fit a :class:`NoiseModel` to raw images (2-D arrays of one channel, or an (images, Y, X) stack).
+
+    ``dtype_range`` is the (min, max) the camera could store (default: the integer dtype's range; none
+    for floats): pixels at either end count as clipped / saturated and their blocks are left out.
+    ``seed`` fixes the subsample of blocks when there are more than 200,000.
+    """
+    listed = _as_image_list(images)
+    rng = np.random.default_rng(seed)
+    limits = _dtype_range(listed, dtype_range)
+    processed, notes = _inspect_values(listed, rng)
+
+    total = sum(image.size for image in listed)
+    clipped = saturated = 0
+    blocks_list, bad_list = [], []
+    for image in listed:
+        values = np.asarray(image)
+        if limits is not None:
+            low_mask = values <= limits[0]
+            high_mask = values >= limits[1]
+        else:
+            low_mask = np.zeros(values.shape, dtype=bool)
+            high_mask = np.zeros(values.shape, dtype=bool)
+        clipped += int(low_mask.sum())
+        saturated += int(high_mask.sum())
+        blocks_list.append(_blocks(values))
+        bad_list.append(_blocks(low_mask | high_mask).any(axis=1))
+    clipped_fraction = clipped / total
+    saturated_fraction = saturated / total
+    if clipped_fraction > 0:
+        notes.append(
+            f"clipped: {clipped_fraction:.2%} of pixels at the dtype minimum {limits[0]:g} "
+            "(noise below the black level was cut off; blocks holding them are left out, so the dark level may read high)"
+        )
+    if saturated_fraction > 0:
+        notes.append(f"saturated: {saturated_fraction:.2%} of pixels at the dtype maximum {limits[1]:g} (left out of the fit)")
+
+    blocks = np.concatenate(blocks_list)
+    usable = ~np.concatenate(bad_list)
+    blocks = blocks[usable]
+    if blocks.shape[0] > _MAX_BLOCKS:
+        blocks = blocks[rng.choice(blocks.shape[0], _MAX_BLOCKS, replace=False)]
+    if blocks.shape[0] < 2 * _MIN_BLOCKS_PER_BIN:
+        raise ValueError(
+            f"only {blocks.shape[0]} usable 16 x 16 blocks (unclipped, unsaturated): "
+            f"at least {2 * _MIN_BLOCKS_PER_BIN} are needed to fit a noise model"
+        )
+
+    means = blocks.mean(axis=1)
+    residuals = blocks @ _plane_projector()  # P is symmetric
+    squares = np.einsum("ij,ij->i", residuals, residuals)
+    products = {lag: np.einsum("ij,ij->i", residuals[:, first], residuals[:, second]) / first.size for lag, (first, second) in _lag_pairs().items()}
+    bins = _intensity_bins(means)
+
+    correlation = _full_correlation({lag: 0.0 for lag in _HALF_LAGS})
+    slope, intercept = 0.0, 1.0  # the first pass treats every block of a bin alike
+    for _ in range(4):
+        trace, dof, _ = _residual_expectations(correlation)
+        block_variance = squares / trace
+        low_factor = stats.gamma.ppf(_LOW_QUANTILE, dof / 2, scale=2 / dof)
+        noise_only_factor = stats.gamma.ppf(_NOISE_ONLY_QUANTILE, dof / 2, scale=2 / dof)
+        bin_means, bin_variances, bin_counts, noise_only = [], [], [], []
+        # Within a bin, block variances are compared relative to the current line, so the spread of
+        # means inside a bin does not widen the distribution whose low quantile is taken.
+        line = np.maximum(slope * means + intercept, 1e-12)
+        for members in bins:
+            bin_mean = float(means[members].mean())
+            relative = block_variance[members] / line[members]
+            ratio = float(np.quantile(relative, _LOW_QUANTILE)) / low_factor
+            variance = ratio * max(slope * bin_mean + intercept, 1e-12)
+            bin_means.append(bin_mean)
+            bin_variances.append(variance)
+            bin_counts.append(members.size)
+            keep = members[relative <= ratio * noise_only_factor]
+            noise_only.append((keep, variance))
+        # Pool normalised lag products over the pure-noise blocks, then undo the plane removal's bias.
+        observed = {}
+        weight = sum(keep.size for keep, _ in noise_only)
+        mean_square = sum(float(np.sum(squares[keep])) / (BLOCK * BLOCK) / v for keep, v in noise_only) / weight
+        for lag in _HALF_LAGS:
+            observed[lag] = sum(float(np.sum(products[lag][keep])) / v for keep, v in noise_only) / weight / mean_square
+        estimate = {lag: correlation[lag[0] + MAX_LAG, lag[1] + MAX_LAG] for lag in _HALF_LAGS}
+        for _ in range(6):
+            _, _, expected = _residual_expectations(_full_correlation(estimate))
+            estimate = {lag: estimate[lag] + observed[lag] - expected[lag] for lag in _HALF_LAGS}
+        correlation = _full_correlation(estimate)
+        slope, intercept, fit_note = _fit_variance_line(np.array(bin_means), np.array(bin_variances), np.array(bin_counts), dof)
+        if not slope * means.min() + intercept > 0 or not slope * means.max() + intercept > 0:
+            # A line that goes negative inside the data cannot serve as a reference: fall back to a constant.
+            slope, intercept = 0.0, float(np.median(bin_variances))
+    notes.append(fit_note)
+    if slope <= 0:
+        notes.append("variance does not grow with the signal: no shot noise visible (processed data, or read noise only)")
+        slope = 0.0
+
+    # Dark level: the darkest usable blocks, assumed to hold no photons.
+    offset = _dark_level(means, slope, intercept, correlation)
+    read_variance = slope * offset + intercept
+    if read_variance <= 0:
+        notes.append(f"the variance line reaches zero above the dark level ({read_variance:.3g} ADU^2 there): read noise not resolved")
+    notes.append(
+        "offset = dark level (mean of the darkest flat blocks, assumed to hold no photons); "
+        "read_variance = model variance there; gain and read_variance are per-pixel marginal values of the data as stored"
+    )
+    offsets = [(dy, dx) for dy in range(-MAX_LAG, MAX_LAG + 1) for dx in range(-MAX_LAG, MAX_LAG + 1) if (dy, dx) != (0, 0) and abs(correlation[dy + MAX_LAG, dx + MAX_LAG]) > 0.1]
+    if offsets:
+        notes.append(
+            f"correlated noise: lag-1 x {correlation[MAX_LAG, MAX_LAG + 1]:.2f}, lag-1 y {correlation[MAX_LAG + 1, MAX_LAG]:.2f}; "
+            f"camera gain before mixing ~ {slope * float(correlation.sum()):.3g}"
+        )
+    return NoiseModel(
+        gain=float(slope),
+        offset=float(offset),
+        read_variance=float(read_variance),
+        correlation=tuple(tuple(round(float(v), 6) for v in row) for row in correlation),
+        clipped_fraction=float(clipped_fraction),
+        saturated_fraction=float(saturated_fraction),
+        processed=bool(processed),
+        notes=tuple(notes),
+    )
+
+
+def _fit_variance_line(means: np.ndarray, variances: np.ndarray, counts: np.ndarray, dof: float) -> tuple[float, float, str]:
+    """Weighted least squares of variance on mean; bins far above the line (texture) are dropped."""
+    keep = np.ones(means.size, dtype=bool)
+    slope, intercept = 0.0, float(np.median(variances))
+    for _ in range(5):
+        # A bin's variance estimate has relative standard error ~ sqrt(2 / (dof * blocks)) (times ~1.5 for the quantile).
+        weights = counts[keep] / np.maximum(variances[keep], 1e-12) ** 2
+        if keep.sum() >= 2 and np.ptp(means[keep]) > 0:
+            design = np.stack([means[keep], np.ones(keep.sum())], axis=1) * np.sqrt(weights)[:, None]
+            slope, intercept = np.linalg.lstsq(design, variances[keep] * np.sqrt(weights), rcond=None)[0]
+        predicted = np.maximum(slope * means + intercept, 1e-12)
+        relative_error = 1.5 * np.sqrt(2.0 / (dof * counts))
+        above = (variances - predicted) / predicted > 4 * relative_error + 0.05
+        new_keep = ~above
+        if new_keep.sum() < 2 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    predicted = np.maximum(slope * means[keep] + intercept, 1e-12)
+    spread = float(np.sqrt(np.mean(((variances[keep] - predicted) / predicted) ** 2)))
+    note = f"variance line fitted to {int(keep.sum())} of {means.size} intensity bins (rms relative misfit {spread:.1%})"
+    return float(slope), float(intercept), note
+
+
+def _dark_level(means: np.ndarray, slope: float, intercept: float, correlation: np.ndarray) -> float:
+    """Centre of the darkest cluster of block means: the 1st percentile lies ~2.3 block-mean SDs below it."""
+    first = float(np.percentile(means, 1))
+    block_mean_sd = math.sqrt(max(slope * first + intercept, 1e-12) * float(correlation.sum()) / (BLOCK * BLOCK))
+    window = means[(means >= first) & (means <= first + 4.6 * block_mean_sd)]
+    return float(np.median(window)) if window.size else first
