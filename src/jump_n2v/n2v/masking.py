@@ -168,15 +168,17 @@ def stratified_positions(
 
     The pixel is drawn in the whole ``cell_size`` square even where the patch border cuts the cell, and
     dropped when it lands outside: every pixel is then a blind spot with probability 1 / cell_size**2
-    (drawing inside the cut part instead would over-sample the last rows and columns).
+    (drawing inside the cut part instead would over-sample the last rows and columns). A patch side
+    shorter than the cell is one cell along that axis, so every plane keeps at least one blind spot.
     """
-    cells_y = math.ceil(height / cell_size)
-    cells_x = math.ceil(width / cell_size)
-    start_y = torch.arange(cells_y, device=device) * cell_size
-    start_x = torch.arange(cells_x, device=device) * cell_size
+    cell_y, cell_x = min(cell_size, height), min(cell_size, width)
+    cells_y = math.ceil(height / cell_y)
+    cells_x = math.ceil(width / cell_x)
+    start_y = torch.arange(cells_y, device=device) * cell_y
+    start_x = torch.arange(cells_x, device=device) * cell_x
     uniform = torch.rand((planes, cells_y, cells_x, 2), generator=generator, device=device)
-    ys = start_y[None, :, None] + (uniform[..., 0] * cell_size).long()
-    xs = start_x[None, None, :] + (uniform[..., 1] * cell_size).long()
+    ys = start_y[None, :, None] + (uniform[..., 0] * cell_y).long()
+    xs = start_x[None, None, :] + (uniform[..., 1] * cell_x).long()
     plane = torch.arange(planes, device=device)[:, None, None].expand(planes, cells_y, cells_x)
     inside = (ys < height) & (xs < width)
     return plane[inside], ys[inside], xs[inside]
