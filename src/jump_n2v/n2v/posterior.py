@@ -2,8 +2,11 @@
 
 A blind-spot network estimates each pixel from its surroundings; the noisy pixel itself still holds
 information about the signal (the idea behind PN2V and Laine et al. 2019). The posterior step combines
-them per pixel, ``out = s_hat + w(s_hat) * (x - s_hat)``, with one weight ``w`` in [0, 1] per intensity
-bin of the network output ``s_hat``.
+them per pixel, ``out = s_hat + w(m) * (x - s_hat)``, with one weight ``w`` in [0, 1] per intensity
+bin of ``m``, the network output smoothed (Gaussian, sigma 2 px). Binning by the smoothed output keeps a
+pixel's bin nearly independent of its own noise: binned by ``s_hat`` itself, the extreme bins collect
+the pixels whose noise pushed ``s_hat`` there, and the per-bin risk estimate is biased (measured with a
+3 x 3 mean on 2 x 2-box-mixed noise: weights 0.08 where the truth is 0).
 
 The weights are fitted once, at the end of training, on the held-out validation patches by minimising
 Stein's unbiased risk estimate (SURE) of the combination's error to the unknown clean signal. For
@@ -35,22 +38,30 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 POSTERIOR_BINS = 8
 PERTURBATION = 0.01  # eps, in units of the noise standard deviation (the net is piecewise linear)
 PERTURBATION_DRAWS = 2
+BINNING_SIGMA = 2.0
+
+
+def binning_signal(denoised: np.ndarray) -> np.ndarray:
+    """What the bins are read from: the network output smoothed over its last two axes."""
+    sigma = (0,) * (denoised.ndim - 2) + (BINNING_SIGMA, BINNING_SIGMA)
+    return ndimage.gaussian_filter(np.asarray(denoised, dtype=np.float32), sigma, mode="reflect")
 
 
 @dataclass(frozen=True)
 class Posterior:
     """Per-bin raw-pixel weights: ``out = s_hat + w(s_hat) (x - s_hat)``; signals in source units."""
 
-    signal: tuple[float, ...]  # bin centres of s_hat, increasing
+    signal: tuple[float, ...]  # bin centres of the smoothed network output, increasing
     weight: tuple[float, ...]
 
     def apply(self, raw: np.ndarray, denoised: np.ndarray) -> np.ndarray:
         """The posterior estimate (float32) from the raw image and the network output (same units)."""
-        weight = np.interp(denoised, self.signal, self.weight).astype(np.float32)
+        weight = np.interp(binning_signal(denoised), self.signal, self.weight).astype(np.float32)
         return (denoised + weight * (np.asarray(raw, dtype=np.float32) - denoised)).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,12 +136,12 @@ def fit_posterior(
         trace += b * (perturbed - estimate) / PERTURBATION
     trace /= PERTURBATION_DRAWS
 
-    s_hat = estimate[keep].flatten().numpy()
+    level = binning_signal(estimate.numpy())[keep].flatten()
     squared = (estimate - x)[keep].flatten().numpy().astype(np.float64) ** 2
     v = variance.float()[keep].flatten().numpy().astype(np.float64)
     t = trace[keep].flatten().numpy().astype(np.float64)
-    edges = np.quantile(s_hat, np.linspace(0, 1, bins + 1))
-    which = np.clip(np.searchsorted(edges, s_hat, side="right") - 1, 0, bins - 1)
+    edges = np.quantile(level, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, bins - 1)
     scale = std**2
     rows, centres, weights = [], [], []
     for index in range(bins):
@@ -141,7 +152,7 @@ def fit_posterior(
         weight = float(np.clip(1.0 - (var - tr) / a, 0.0, 1.0)) if a > 0 else 0.0
         risk_net = a - var + 2 * tr
         risk_posterior = (1 - weight) ** 2 * a - var + 2 * weight * var + 2 * (1 - weight) * tr
-        centre = float(np.median(s_hat[chosen]) * std + mean)
+        centre = float(np.median(level[chosen]) * std + mean)
         centres.append(centre)
         weights.append(weight)
         rows.append({

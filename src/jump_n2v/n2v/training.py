@@ -385,6 +385,15 @@ def _validation_loss(net, inputs, targets, masks, batch_size, autocast_dtype, de
     return float(total / count)
 
 
+def mask_plan_batch(
+    targets: torch.Tensor, rows: np.ndarray, generator: torch.Generator, mask_options: Mapping[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blind-spot mask the patches read for plan ``rows``; the region turns with each patch's
+    flip/rotation, so it covers the pixels that share noise in the image, not in the patch."""
+    transforms = torch.from_numpy(np.asarray(rows)[:, PLAN_COLUMNS.index("transform")]).to(targets.device)
+    return mask_batch(targets, transforms=transforms, generator=generator, **mask_options)
+
+
 def train_channel(
     arrays: Sequence[Any],
     settings: N2VSettings,
@@ -487,9 +496,7 @@ def train_channel(
         plan = sampler.epoch_plan(epoch, steps, settings.batch_size)
         for rows, patches in zip(plan, sampler.batches(plan)):
             targets = torch.from_numpy(patches).to(device, non_blocking=True)
-            # The region turns with each patch's flip/rotation, so it covers the image's correlated pixels.
-            transforms = torch.from_numpy(rows[:, PLAN_COLUMNS.index("transform")]).to(device)
-            inputs, masks = mask_batch(targets, transforms=transforms, generator=generator, **mask_options)
+            inputs, masks = mask_plan_batch(targets, rows, generator, mask_options)
             inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 prediction = net(inputs)
