@@ -9,14 +9,16 @@ keeps the variance of large-area sums, which is what ``correlation_sum`` restore
 
 Method (flat-block statistics):
 
-1. Every image is cut into 16 x 16 blocks; a least-squares plane is removed from each block.
+1. Every image is cut into 16 x 16 blocks; a least-squares quadratic surface is removed from each block.
 2. Blocks holding a pixel at the dtype minimum or maximum are left out (clipping biases the variance).
 3. Blocks are binned by their mean; in each bin the noise variance is a low quantile of the block
    variances divided by the same quantile of the variance of pure-noise blocks (a Gamma law with the
-   Satterthwaite degrees of freedom of the plane-fit residual under the current correlation). Blocks that
-   hold texture only raise variances, so the lower quantile ignores them.
-4. The correlation is pooled over the blocks consistent with pure noise, and corrected for the plane
-   removal (which makes residuals anti-correlated) by a fixed-point iteration on the exact expectation.
+   Satterthwaite degrees of freedom of the detrended residual under the current correlation). Blocks that
+   hold texture only raise variances, so the lower quantile ignores them; bins where every block holds
+   texture (nuclei with chromatin) are recognised by a second-difference (high-pass) estimate, calibrated
+   by the correlation and the rounding noise, that is clearly lower, and take that one instead.
+4. The correlation is pooled over the blocks consistent with pure noise, and corrected for the
+   detrending (which makes residuals anti-correlated) by a fixed-point iteration on the exact expectation.
 5. A weighted line ``variance = slope * mean + intercept`` is fitted to the bins; bins far above it
    (texture) are dropped and the line refitted.
 
@@ -46,6 +48,8 @@ _HALF_LAGS = tuple((dy, dx) for dy in range(0, MAX_LAG + 1) for dx in range(-MAX
 _LOW_QUANTILE = 0.25
 _NOISE_ONLY_QUANTILE = 0.9
 _MIN_BLOCKS_PER_BIN = 24
+# A bin whose detrended variance exceeds the high-pass estimate by more than this holds texture.
+_TEXTURE_MARGIN = 0.25
 _MAX_BINS = 16
 _MAX_BLOCKS = 200_000
 
@@ -222,6 +226,31 @@ def _block_covariance(correlation: np.ndarray) -> np.ndarray:
     return matrix
 
 
+@lru_cache(maxsize=1)
+def _highpass_matrix() -> np.ndarray:
+    """The separable second difference [1, -2, 1] along y and along x, valid part of a 16 x 16 block,
+    as a (14 * 14, 256) matrix. It cancels any surface at most quadratic and passes the noise band
+    that smooth (optically blurred) signal and texture barely reach."""
+    kernel = np.outer([1.0, -2.0, 1.0], [1.0, -2.0, 1.0])
+    inner = BLOCK - 2
+    matrix = np.zeros((inner * inner, BLOCK * BLOCK))
+    for y in range(inner):
+        for x in range(inner):
+            window = np.zeros((BLOCK, BLOCK))
+            window[y : y + 3, x : x + 3] = kernel
+            matrix[y * inner + x] = window.ravel()
+    return matrix
+
+
+def _highpass_expectations(correlation: np.ndarray) -> tuple[float, float]:
+    """For noise of unit variance and this correlation: E[sum (h * n)^2] over a block and its
+    Satterthwaite degrees of freedom."""
+    matrix = _highpass_matrix()
+    covariance = matrix @ _block_covariance(correlation) @ matrix.T
+    trace = float(np.trace(covariance))
+    return trace, trace**2 / float(np.sum(covariance * covariance))
+
+
 def _residual_expectations(correlation: np.ndarray) -> tuple[float, float, dict[tuple[int, int], float]]:
     """For noise of unit variance and this correlation, after plane removal: E[sum r^2], the Satterthwaite
     degrees of freedom of sum r^2, and the expected normalised lag products E[mean r_i r_j] / E[mean r^2]."""
@@ -263,14 +292,15 @@ def _dtype_range(images: list[np.ndarray], dtype_range: tuple[float, float] | No
     return None
 
 
-def _inspect_values(images: list[np.ndarray], rng: np.random.Generator) -> tuple[bool, list[str]]:
-    """Whether the values look like raw camera counts; findings as notes."""
+def _inspect_values(images: list[np.ndarray], rng: np.random.Generator) -> tuple[bool, list[str], float]:
+    """Whether the values look like raw camera counts, findings as notes, and the quantisation step
+    (0 for non-integer data)."""
     sample = np.concatenate([image.ravel()[rng.integers(0, image.size, size=min(image.size, 200_000))] for image in images])
     sample = sample.astype(np.float64)
     notes: list[str] = []
     processed = False
     if not np.all(np.isfinite(sample)):
-        return True, ["processed: the data hold NaN or infinite values"]
+        return True, ["processed: the data hold NaN or infinite values"], 0.0
     integral = np.all(sample == np.round(sample))
     if not integral:
         processed = True
@@ -278,7 +308,7 @@ def _inspect_values(images: list[np.ndarray], rng: np.random.Generator) -> tuple
             notes.append("processed: non-integer floats in 0..1 (intensities already normalised, not camera counts)")
         else:
             notes.append("processed: non-integer floats (not camera counts: rescaled, background-subtracted or denoised)")
-        return processed, notes
+        return processed, notes, 0.0
     values = sample.astype(np.int64)
     low, high = np.percentile(values, [1, 99])
     core = values[(values >= low) & (values <= high)]
@@ -289,14 +319,15 @@ def _inspect_values(images: list[np.ndarray], rng: np.random.Generator) -> tuple
     if 16 <= span <= 1 << 16:
         occupied = np.unique((core - core.min()) // max(divisor, 1)).size
         empty = 1.0 - occupied / span
-        expected_empty = max(0.0, 1.0 - core.size / span) ** 1  # a rough bound for a sparse sample
+        # A sample of n values over `span` levels leaves about exp(-n / span) of them empty by chance.
+        expected_empty = math.exp(-core.size / span)
         if empty > 0.3 and empty > 2 * expected_empty:
             processed = True
             notes.append(
                 f"processed: {empty:.0%} of the integer levels between the 1st and 99th percentile never occur "
                 "(values rescaled by a non-integer factor after the camera)"
             )
-    return processed, notes
+    return processed, notes, float(max(divisor, 1))
 
 
 def _blocks(image: np.ndarray) -> np.ndarray:
@@ -349,7 +380,10 @@ def estimate_noise_model(
     listed = _as_image_list(images)
     rng = np.random.default_rng(seed)
     limits = _dtype_range(listed, dtype_range)
-    processed, notes = _inspect_values(listed, rng)
+    processed, notes, step = _inspect_values(listed, rng)
+    # Rounding to integers adds white noise of variance step^2 / 12 after any pixel mixing, so the
+    # marginal correlation is a mix of the mixed part and this white part (matters for the high-pass).
+    quantisation = step**2 / 12.0
 
     total = sum(image.size for image in listed)
     clipped = saturated = 0
@@ -390,15 +424,26 @@ def estimate_noise_model(
     means = blocks.mean(axis=1)
     residuals = blocks @ _plane_projector()  # P is symmetric
     squares = np.einsum("ij,ij->i", residuals, residuals)
+    highpass = blocks @ _highpass_matrix().T
+    highpass_squares = np.einsum("ij,ij->i", highpass, highpass)
     products = {lag: np.einsum("ij,ij->i", residuals[:, first], residuals[:, second]) / first.size for lag, (first, second) in _lag_pairs().items()}
     bins = _intensity_bins(means)
 
     correlation = _full_correlation({lag: 0.0 for lag in _HALF_LAGS})
+    white = _full_correlation({lag: 0.0 for lag in _HALF_LAGS})
+    white_highpass_trace, _ = _highpass_expectations(white)
     slope, intercept = 0.0, 1.0  # the first pass treats every block of a bin alike
-    for _ in range(4):
+    pooled_variance = math.inf
+    for iteration in range(5):
         trace, dof, _ = _residual_expectations(correlation)
-        block_variance = squares / trace
-        low_factor = stats.gamma.ppf(_LOW_QUANTILE, dof / 2, scale=2 / dof)
+        # Correlation of the noise before rounding, from the marginal one at the pooled variance level.
+        white_share = quantisation / pooled_variance if pooled_variance > 4 * quantisation else 0.0
+        mixed = (correlation - white_share * white) / (1.0 - white_share)
+        highpass_trace, highpass_dof = _highpass_expectations(mixed)
+        detrended_variance = squares / trace
+        highpass_variance = (highpass_squares - quantisation * white_highpass_trace) / highpass_trace + quantisation
+        detrended_factor = stats.gamma.ppf(_LOW_QUANTILE, dof / 2, scale=2 / dof)
+        highpass_factor = stats.gamma.ppf(_LOW_QUANTILE, highpass_dof / 2, scale=2 / highpass_dof)
         noise_only_factor = stats.gamma.ppf(_NOISE_ONLY_QUANTILE, dof / 2, scale=2 / dof)
         bin_means, bin_variances, bin_counts, noise_only = [], [], [], []
         # Within a bin, block variances are compared relative to the current line, so the spread of
@@ -406,17 +451,26 @@ def estimate_noise_model(
         line = np.maximum(slope * means + intercept, 1e-12)
         for members in bins:
             bin_mean = float(means[members].mean())
-            relative = block_variance[members] / line[members]
-            ratio = float(np.quantile(relative, _LOW_QUANTILE)) / low_factor
-            variance = ratio * max(slope * bin_mean + intercept, 1e-12)
+            level = max(slope * bin_mean + intercept, 1e-12)
+            variance = float(np.quantile(detrended_variance[members] / line[members], _LOW_QUANTILE)) / detrended_factor * level
+            if iteration > 0:
+                # The detrended variance is exact for pure noise but texture raises it; the high-pass one
+                # barely sees texture but hangs on the correlation (a 2 x 2 box leaves it 1/9 of the
+                # noise). Where the detrended one is clearly higher, the bin holds texture: use the other.
+                textured = float(np.quantile(highpass_variance[members] / line[members], _LOW_QUANTILE)) / highpass_factor * level
+                if variance > (1.0 + _TEXTURE_MARGIN) * textured:
+                    variance = textured
             bin_means.append(bin_mean)
             bin_variances.append(variance)
             bin_counts.append(members.size)
-            keep = members[relative <= ratio * noise_only_factor]
+            keep = members[detrended_variance[members] <= variance * noise_only_factor]
             noise_only.append((keep, variance))
         # Pool normalised lag products over the pure-noise blocks, then undo the plane removal's bias.
         observed = {}
         weight = sum(keep.size for keep, _ in noise_only)
+        if weight == 0:
+            raise ValueError("no 16 x 16 block looks like pure noise: cannot estimate the noise correlation")
+        pooled_variance = sum(keep.size * v for keep, v in noise_only) / weight
         mean_square = sum(float(np.sum(squares[keep])) / (BLOCK * BLOCK) / v for keep, v in noise_only) / weight
         for lag in _HALF_LAGS:
             observed[lag] = sum(float(np.sum(products[lag][keep])) / v for keep, v in noise_only) / weight / mean_square
@@ -490,3 +544,47 @@ def _dark_level(means: np.ndarray, slope: float, intercept: float, correlation: 
     block_mean_sd = math.sqrt(max(slope * first + intercept, 1e-12) * float(correlation.sum()) / (BLOCK * BLOCK))
     window = means[(means >= first) & (means <= first + 4.6 * block_mean_sd)]
     return float(np.median(window)) if window.size else first
+
+
+# --------------------------------------------------------------------------------------------------
+# How much of its own noise an output carries
+
+
+def noise_only_blocks(image: np.ndarray, model: NoiseModel) -> np.ndarray:
+    """Which 16 x 16 blocks of ``image`` (row-major, as cut by the estimator) hold nothing but noise:
+    their detrended variance is below the 90th percentile of pure-noise blocks under ``model``."""
+    blocks = _blocks(np.asarray(image))
+    if blocks.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    trace, dof, _ = _residual_expectations(model.correlation_array)
+    residuals = blocks @ _plane_projector()
+    relative = np.einsum("ij,ij->i", residuals, residuals) / trace / model.variance(blocks.mean(axis=1))
+    return relative <= stats.gamma.ppf(_NOISE_ONLY_QUANTILE, dof / 2, scale=2 / dof)
+
+
+def noise_leak(raw: np.ndarray, output: np.ndarray, model: NoiseModel) -> float:
+    """``E<n, y> / E<n, n>``: the share of each pixel's own noise ``n`` that the output ``y`` carries.
+
+    0 for an output that does not depend on the noise at its own pixel (a blind-spot network on noise
+    the blind spot covers); the centre weight for a linear filter (0.16 for a Gaussian blur of sigma
+    1, 1 for the identity); for correlated noise also the weight given to neighbours that share the
+    pixel's noise. Estimated on the raw image's pure-noise blocks, where the detrended raw is the noise:
+    ``<P x, P y> / <P x, P x>``, corrected for the detrend (which removes about the 6 smooth components
+    from both, each with the noise's full low-frequency power ``correlation_sum``, assuming the output
+    passes smooth surfaces unchanged). NaN without such blocks.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    output = np.asarray(output, dtype=np.float64)
+    if raw.shape != output.shape:
+        raise ValueError(f"raw shape {raw.shape} differs from output shape {output.shape}")
+    keep = noise_only_blocks(raw, model)
+    if not keep.any():
+        return math.nan
+    projector = _plane_projector()
+    noise = _blocks(raw)[keep] @ projector
+    carried = _blocks(output)[keep] @ projector
+    trace, _, _ = _residual_expectations(model.correlation_array)
+    per_block_noise = trace  # E<Px, Px> / sigma^2 per block
+    ratio = float(np.sum(noise * carried)) / float(np.sum(noise * noise))
+    smooth_components = _plane_projector().shape[0] - round(float(np.trace(projector)))
+    return (ratio * per_block_noise + smooth_components * model.correlation_sum) / (BLOCK * BLOCK)
