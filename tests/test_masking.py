@@ -188,8 +188,19 @@ def test_a_2d_region_is_randomised_and_left_out_of_the_replacement_window():
         assert max(abs(source_y - y), abs(source_x - x)) == 2
     ring = region_pixels & ~mask
     assert ring.any()
-    assert torch.all((masked[ring] >= low) & (masked[ring] <= high))
     assert torch.equal(masked[~ring & ~mask], batch[~ring & ~mask])
+    # Region pixels copy original values from 2 px away (outside the region) of one of their spots.
+    spots = torch.nonzero(mask).tolist()
+    for plane, _, y, x in torch.nonzero(ring).tolist():
+        source = int(masked[plane, 0, y, x].item() - 1000.0) % (height * width)
+        source_y, source_x = divmod(source, width)
+        assert any(
+            p == plane and max(abs(sy - source_y), abs(sx - source_x)) == 2 and max(abs(sy - y), abs(sx - x)) == 1
+            for p, _, sy, sx in spots
+        )
+    random_fill = BlindRegion.from_offsets(region.offsets, fill="random")
+    masked_random, _ = _mask(batch, 4, "uniform", random_fill, roi_size=5)
+    assert torch.all((masked_random[ring] >= low) & (masked_random[ring] <= high))
     offsets_y, offsets_x = replacement_offsets(5, region)
     assert len(offsets_y) == 25 - 9 and torch.all(torch.maximum(offsets_y.abs(), offsets_x.abs()) == 2)
 

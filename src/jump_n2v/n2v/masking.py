@@ -12,9 +12,10 @@ A window offset that would leave the patch is mirrored about the blind spot (``d
 source stays inside the patch and, unlike clamping or reflecting the coordinate at the border, can
 never land on the blind spot itself. With a blind-spot region (:class:`BlindRegion`: any set of
 neighbour offsets, e.g. the 3 x 3 neighbours for pixel-mixed camera noise, or structN2V's line,
-:class:`StructMask`), the region's pixels around each blind spot get random values too and are left out
-of the replacement window, because their noise is correlated with the centre's. The loss stays on the
-blind spots only: :func:`masked_mse`.
+:class:`StructMask`), the region's pixels around each blind spot are replaced too and are left out
+of the replacement window, because their noise is correlated with the centre's: a 2-D region's pixels
+copy values drawn from the blind spot's window outside the region; structN2V's line gets uniform random
+values, as published. The loss stays on the blind spots only: :func:`masked_mse`.
 
 Patches may have been flipped or rotated (:func:`dihedral`, transform ids 0-7) before masking; the
 region is then transformed with them (``transforms``), so it always covers the neighbours that share
@@ -65,8 +66,16 @@ class BlindRegion:
     """
 
     offsets: tuple[tuple[int, int], ...]
+    # How region pixels are filled: "window" (default) copies values drawn from the blind spot's own
+    # replacement window, outside the region, so the patch keeps its local intensities but none of the
+    # noise the centre shares; "random" draws from STRUCT_RANDOM_RANGE, as structN2V's line does.
+    # Measured (benchmarks/bench_noise.py, 2x2-mixed noise, 8-neighbour region, 100 steps): random fill
+    # cost 8-11 dB against window fill, because a bright or dark patch never looks like [-2, 2] noise.
+    fill: Literal["window", "random"] = "window"
 
     def __post_init__(self) -> None:
+        if self.fill not in ("window", "random"):
+            raise ValueError(f"blind-spot region fill must be 'window' or 'random', got {self.fill!r}")
         for offset in self.offsets:
             if (
                 len(offset) != 2
@@ -77,9 +86,9 @@ class BlindRegion:
                 raise ValueError("blind-spot region offsets exclude the centre (0, 0)")
 
     @classmethod
-    def from_offsets(cls, offsets) -> "BlindRegion":
+    def from_offsets(cls, offsets, fill: Literal["window", "random"] = "window") -> "BlindRegion":
         pairs = {(int(dy), int(dx)) for dy, dx in offsets} - {(0, 0)}
-        return cls(tuple(sorted(pairs)))
+        return cls(tuple(sorted(pairs)), fill)
 
     @property
     def radius(self) -> int:
@@ -87,7 +96,11 @@ class BlindRegion:
         return max((max(abs(dy), abs(dx)) for dy, dx in self.offsets), default=0)
 
     def union(self, other: "BlindRegion | None") -> "BlindRegion":
-        return self if other is None else BlindRegion.from_offsets(self.offsets + other.offsets)
+        """Both regions' offsets; filled from the window if either is (a 2-D region joined by a line)."""
+        if other is None:
+            return self
+        fill = "window" if "window" in (self.fill, other.fill) else "random"
+        return BlindRegion.from_offsets(self.offsets + other.offsets, fill)
 
     def transformed(self, transform: int) -> "BlindRegion":
         """The region in a patch transformed by :func:`dihedral` ``transform``.
@@ -102,7 +115,7 @@ class BlindRegion:
         for dy, dx in self.offsets:
             grid[half + dy, half + dx] = True
         ys, xs = np.nonzero(dihedral(grid, transform))
-        return BlindRegion.from_offsets(zip((ys - half).tolist(), (xs - half).tolist()))
+        return BlindRegion.from_offsets(zip((ys - half).tolist(), (xs - half).tolist()), self.fill)
 
     def to_list(self) -> list[list[int]]:
         return [[dy, dx] for dy, dx in self.offsets]
@@ -138,7 +151,7 @@ class StructMask:
         return [(0, step) for step in steps] if self.axis == "row" else [(step, 0) for step in steps]
 
     def region(self) -> BlindRegion:
-        return BlindRegion.from_offsets(self.line_offsets())
+        return BlindRegion.from_offsets(self.line_offsets(), fill="random")
 
 
 def as_region(region: "BlindRegion | StructMask | None") -> BlindRegion | None:
@@ -311,9 +324,18 @@ def mask_batch(
         line_x = xs[:, None] + line[..., 1]
         inside = (line_y >= 0) & (line_y < height) & (line_x >= 0) & (line_x < width)
         line_index = (plane[:, None] * (height * width) + line_y * width + line_x)[inside]
-        low, high = STRUCT_RANDOM_RANGE
-        noise = torch.rand(line_index.numel(), generator=generator, device=device)
-        masked_flat[line_index] = (low + (high - low) * noise).to(batch.dtype)
+        if region.fill == "random":
+            low, high = STRUCT_RANDOM_RANGE
+            noise = torch.rand(line_index.numel(), generator=generator, device=device)
+            masked_flat[line_index] = (low + (high - low) * noise).to(batch.dtype)
+        else:
+            # Each region pixel copies a value from the blind spot's window (outside the region).
+            pick = torch.randint(0, window.shape[1], line.shape[:2], generator=generator, device=device)
+            picked = torch.gather(window, 1, pick[..., None].expand(*pick.shape, 2))
+            source_y = _mirrored(ys[:, None], picked[..., 0], height)
+            source_x = _mirrored(xs[:, None], picked[..., 1], width)
+            sources = flat[plane[:, None] * (height * width) + source_y * width + source_x]
+            masked_flat[line_index] = sources[inside]
     # Blind spots are written last so a neighbouring spot's region never overwrites their replacement.
     masked_flat[centre] = values
 
