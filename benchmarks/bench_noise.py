@@ -29,7 +29,7 @@ When ``blind_spot: auto`` decides for a one-pixel blind spot, its training is id
 
 Run in the benchmark venv (``make bench-env``):
 
-    .venv-bench/bin/python benchmarks/bench_noise.py --steps 300
+    .venv-bench/bin/python benchmarks/bench_noise.py --steps 100 --steps-per-epoch 50 --sites 2 --size 192 --threads 1
 
 Prints markdown tables (PSNR per stain and noise kind; seconds per megapixel and the cost of one
 3,456-site, 5-channel, 1080 x 1080 plate) and writes benchmarks/out/bench_noise.json. Not a test.

@@ -209,3 +209,24 @@ def test_training_on_pixel_mixed_noise_masks_a_region_and_records_why(tmp_path):
     assert on_disk["posterior"]["fitted"] in (True, False) and metadata == on_disk
     trained = load_trained(tmp_path / "model")
     assert (trained.posterior is not None) == on_disk["posterior"]["fitted"]
+
+
+def test_demo_pixel_mixing_gives_the_noise_correlation_of_real_phenix_exports(tmp_path):
+    import tifffile
+
+    from jump_n2v.demo import write_demo_plate
+
+    spec = DemoSpec(wells=("B02",), sites=1, size=128, cells_per_site=4, pixel_mixing="box2x2", seed=2)
+    write_demo_plate(str(tmp_path / "raw_{well}_{site}.tif"), str(tmp_path / "clean_{well}_{site}.tif"), spec)
+    noise = tifffile.imread(tmp_path / "raw_B02_1.tif")[0].astype(float) - tifffile.imread(tmp_path / "clean_B02_1.tif")[0]
+    noise -= noise.mean()
+
+    def lag(dy, dx):
+        a = noise[: noise.shape[0] - dy, : noise.shape[1] - dx]
+        b = noise[dy:, dx:]
+        return float((a * b).mean() / noise.var())
+
+    assert lag(0, 1) == pytest.approx(0.5, abs=0.06) and lag(1, 0) == pytest.approx(0.5, abs=0.06)
+    assert abs(lag(0, 2)) < 0.06
+    with pytest.raises(ValueError, match="pixel_mixing"):
+        DemoSpec(pixel_mixing="blur")
