@@ -6,7 +6,10 @@ import torch
 
 from jump_n2v.n2v.masking import (
     STRUCT_RANDOM_RANGE,
+    BlindRegion,
     StructMask,
+    dihedral,
+    neighbourhood_region,
     mask_batch,
     masked_mse,
     replacement_offsets,
@@ -23,11 +26,11 @@ VARIANTS = [
 ]
 
 
-def _mask(batch, seed, replacement="uniform", struct_mask=None, masked_fraction=0.01, roi_size=5):
+def _mask(batch, seed, replacement="uniform", struct_mask=None, masked_fraction=0.01, roi_size=5, transforms=None):
     generator = torch.Generator().manual_seed(seed)
     return mask_batch(
         batch, masked_fraction=masked_fraction, roi_size=roi_size, replacement=replacement,
-        struct_mask=struct_mask, generator=generator,
+        region=struct_mask, transforms=transforms, generator=generator,
     )
 
 
@@ -64,7 +67,24 @@ def test_every_stratification_cell_holds_exactly_one_blind_spot():
     counts = np.zeros((4, 3, 4), dtype=int)
     for plane, _, y, x in torch.nonzero(mask).tolist():
         counts[plane, y // 22, x // 22] += 1
-    assert (counts == 1).all()
+    # Whole cells hold exactly one; cells cut by the border hold at most one (a spot drawn outside the
+    # patch is dropped, which keeps the per-pixel rate uniform).
+    assert (counts[:, :2, :3] == 1).all()
+    assert (counts <= 1).all()
+
+
+@pytest.mark.parametrize("side", [68, 112])
+def test_every_pixel_is_a_blind_spot_equally_often(side):
+    # 22-pixel cells: 68 = 3 * 22 + 2 and 112 = 5 * 22 + 2 leave 2-pixel strips at the bottom and right.
+    batch = torch.zeros(400, 1, side, side)
+    _, mask = _mask(batch, 8, masked_fraction=0.002)
+    frequency = mask.float().mean(dim=(0, 1)).numpy()
+    expected = 1 / 22**2
+    assert frequency.mean() == pytest.approx(expected, rel=0.05)
+    # Per-row and per-column rates (400 * side draws each): the edge strips are no longer favoured.
+    for profile in (frequency.mean(axis=1), frequency.mean(axis=0)):
+        assert profile.max() < 1.6 * expected
+        assert profile[-2:].mean() < 1.3 * expected
 
 
 def test_masks_are_reproducible_with_the_same_seed_and_differ_with_another():
@@ -150,6 +170,81 @@ def test_struct_line_pixels_are_not_used_as_replacement_sources():
     assert len(offsets_y) == 25 - 3
 
 
+def test_a_2d_region_is_randomised_and_left_out_of_the_replacement_window():
+    region = neighbourhood_region("square")  # the 8 neighbours, as for 2 x 2 box-mixed noise
+    assert len(region.offsets) == 8
+    height, width = 40, 44
+    batch = 1000.0 + torch.arange(2 * height * width, dtype=torch.float32).reshape(2, 1, height, width)
+    masked, mask = _mask(batch, 4, "uniform", region, roi_size=5)
+    low, high = STRUCT_RANDOM_RANGE
+    region_pixels = torch.zeros_like(mask)
+    for plane, _, y, x in torch.nonzero(mask).tolist():
+        for dy, dx in region.offsets:
+            if 0 <= y + dy < height and 0 <= x + dx < width:
+                region_pixels[plane, 0, y + dy, x + dx] = True
+        # The replacement is an original value from outside the region: a ring pixel of the window.
+        source = int(masked[plane, 0, y, x].item() - 1000.0)
+        source_y, source_x = divmod(source % (height * width), width)
+        assert max(abs(source_y - y), abs(source_x - x)) == 2
+    ring = region_pixels & ~mask
+    assert ring.any()
+    assert torch.equal(masked[~ring & ~mask], batch[~ring & ~mask])
+    # Region pixels copy original values from 2 px away (outside the region) of one of their spots.
+    spots = torch.nonzero(mask).tolist()
+    for plane, _, y, x in torch.nonzero(ring).tolist():
+        source = int(masked[plane, 0, y, x].item() - 1000.0) % (height * width)
+        source_y, source_x = divmod(source, width)
+        assert any(
+            p == plane and max(abs(sy - source_y), abs(sx - source_x)) == 2 and max(abs(sy - y), abs(sx - x)) == 1
+            for p, _, sy, sx in spots
+        )
+    random_fill = BlindRegion.from_offsets(region.offsets, fill="random")
+    masked_random, _ = _mask(batch, 4, "uniform", random_fill, roi_size=5)
+    assert torch.all((masked_random[ring] >= low) & (masked_random[ring] <= high))
+    offsets_y, offsets_x = replacement_offsets(5, region)
+    assert len(offsets_y) == 25 - 9 and torch.all(torch.maximum(offsets_y.abs(), offsets_x.abs()) == 2)
+
+
+def _undo(patch: np.ndarray, transform: int) -> np.ndarray:
+    """The inverse of dihedral(., transform)."""
+    patch = np.rot90(patch, -(transform % 4), axes=(-2, -1))
+    return patch[..., ::-1] if transform >= 4 else patch
+
+
+@pytest.mark.parametrize("transform", range(8))
+def test_the_region_turns_with_a_flipped_or_rotated_patch(transform):
+    # Row-correlated (streak) noise in the image: the line mask must cover the image's row through
+    # each blind spot whatever the patch's orientation, else rotated patches show the streak.
+    size = 48
+    image = 1000.0 + np.arange(size * size, dtype=np.float32).reshape(size, size)
+    assert np.array_equal(_undo(dihedral(image, transform), transform), image)
+    patches = torch.from_numpy(np.ascontiguousarray(np.stack([dihedral(image, transform)] * 6)))[:, None]
+    struct = StructMask("row", 5)
+    masked, mask = _mask(patches, 2, "uniform", struct, masked_fraction=0.01,
+                         transforms=torch.full((6,), transform))
+    low, high = STRUCT_RANDOM_RANGE
+    for plane in range(6):
+        back = _undo(masked[plane, 0].numpy(), transform)
+        spots = np.argwhere(_undo(mask[plane, 0].numpy(), transform))
+        assert len(spots)
+        for y, x in spots:
+            for dy, dx in struct.line_offsets():
+                if 0 <= x + dx < size:
+                    assert low <= back[y + dy, x + dx] <= high, (y, x, dy, dx)
+            source_y, source_x = divmod(int(back[y, x] - 1000.0), size)
+            assert source_y != y or abs(source_x - x) > 2  # never drawn from the streak
+
+
+def test_region_offsets_follow_the_patch_transform():
+    row = StructMask("row", 3).region()
+    assert row.transformed(0) == row and row.transformed(4) == row
+    column = StructMask("column", 3).region()
+    assert {row.transformed(t) for t in (1, 3, 5, 7)} == {column}
+    diagonal = BlindRegion.from_offsets([(1, 1)])
+    assert {o for t in range(8) for o in diagonal.transformed(t).offsets} == {(1, 1), (-1, -1), (1, -1), (-1, 1)}
+    assert BlindRegion.from_offsets([(0, 0), (0, 1), (0, 1)]).offsets == ((0, 1),)
+
+
 def test_masked_mse_averages_over_the_blind_spots_only():
     target = torch.zeros(1, 1, 4, 4)
     prediction = torch.full((1, 1, 4, 4), 100.0)
@@ -168,3 +263,9 @@ def test_bad_masking_arguments_are_refused():
         mask_batch(torch.zeros(1, 1, 8, 8), masked_fraction=0.1, roi_size=11)
     with pytest.raises(ValueError, match="replacement"):
         mask_batch(torch.zeros(1, 1, 8, 8), masked_fraction=0.1, roi_size=3, replacement="mean")
+    with pytest.raises(ValueError, match="transforms"):
+        mask_batch(torch.zeros(2, 1, 8, 8), masked_fraction=0.1, roi_size=3, transforms=torch.zeros(3))
+    with pytest.raises(ValueError, match="window"):
+        mask_batch(torch.zeros(1, 1, 8, 8), masked_fraction=0.1, roi_size=3, region=neighbourhood_region("square"))
+    with pytest.raises(ValueError, match="centre"):
+        BlindRegion(((0, 0),))

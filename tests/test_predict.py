@@ -262,8 +262,8 @@ def test_interrupted_prediction_leaves_no_output(tmp_path):
 def test_default_settings_come_from_the_schema():
     settings = PredictSettings.from_dict({})
     assert settings == PredictSettings(
-        tile_size=None, batch_size=4, tta=False, output_dtype="float32", precision="auto", device="auto",
-        export_tiff=False, export_layout="flat", export_dtype="source", export_ome_zarr=False,
+        tile_size=None, batch_size=4, tta=False, posterior="auto", output_dtype="float32", precision="auto",
+        device="auto", export_tiff=False, export_layout="flat", export_dtype="source", export_ome_zarr=False,
     )
 
 
@@ -277,6 +277,7 @@ def test_default_settings_come_from_the_schema():
         ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N"),
         ({"tta": "yes"}, "tta must be true or false"),
         ({"export_ome_zarr": 1}, "export_ome_zarr must be true or false"),
+        ({"posterior": "always"}, "posterior must be one of auto, none"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_field_named(override, message):

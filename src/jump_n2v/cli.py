@@ -68,7 +68,8 @@ def _predict(args) -> int:
     torch.set_num_threads(args.threads)
     trained = load_trained(args.model)
     summary = predict_array(trained.net, trained.mean, trained.std, args.source, args.out,
-                            PredictSettings.from_dict(_parse_assignments(args.set)), log=rule_logger(None))
+                            PredictSettings.from_dict(_parse_assignments(args.set)), log=rule_logger(None),
+                            posterior=trained.posterior)
     print(f"{summary['images']} images denoised at {summary['mpx_per_s']:.2f} Mpx/s into {args.out}")
     return 0
 
@@ -88,7 +89,7 @@ def _denoise(args) -> int:
     if image.ndim != 2:
         raise SystemExit(f"{args.image}: expected one 2-D image, got shape {image.shape}; split hyperstacks with the workflow")
     denoised = denoise_image(trained.net, image.astype(np.float32), trained.mean, trained.std,
-                             PredictSettings.from_dict(_parse_assignments(args.set)))
+                             PredictSettings.from_dict(_parse_assignments(args.set)), posterior=trained.posterior)
     with atomic_output(args.out) as temporary:
         tifffile.imwrite(temporary, denoised, photometric="minisblack")
     print(f"wrote {args.out}")

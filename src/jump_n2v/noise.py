@@ -74,6 +74,7 @@ class NoiseModel:
     saturated_fraction: float
     processed: bool
     notes: tuple[str, ...]
+    blocks: int = 0  # usable 16 x 16 blocks the fit used (0: not recorded)
 
     @property
     def intercept(self) -> float:
@@ -139,6 +140,7 @@ class NoiseModel:
             saturated_fraction=float(values.get("saturated_fraction", 0.0)),
             processed=bool(values.get("processed", False)),
             notes=tuple(str(note) for note in values.get("notes", ())),
+            blocks=int(values.get("blocks", 0)),
         )
 
 
@@ -421,6 +423,7 @@ def estimate_noise_model(
             f"only {blocks.shape[0]} usable 16 x 16 blocks (unclipped, unsaturated): "
             f"at least {_MIN_BLOCKS_PER_BIN // 2} are needed to fit a noise model"
         )
+    usable_blocks = blocks.shape[0]
     if blocks.shape[0] < _FEW_BLOCKS:
         notes.append(f"only {blocks.shape[0]} usable 16 x 16 blocks: a rough model (fit more or larger images)")
 
@@ -515,6 +518,7 @@ def estimate_noise_model(
         saturated_fraction=float(saturated_fraction),
         processed=bool(processed),
         notes=tuple(notes),
+        blocks=int(usable_blocks),
     )
 
 

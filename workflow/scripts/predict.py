@@ -16,4 +16,5 @@ predict_array(
     PredictSettings.from_dict(snakemake.params.predict),
     attrs={"model": snakemake.input.model_json},
     log=log,
+    posterior=trained.posterior,
 )

@@ -23,6 +23,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from jump_n2v.n2v.masking import dihedral
+
 # Independent random streams, all derived from the one seed (numpy SeedSequence entropy lists).
 _SELECTION_STREAM = 1
 _SPLIT_STREAM = 2
@@ -67,13 +69,6 @@ def _check_array(array: Any, name: str, patch_size: int) -> None:
             f"{name}: images are {height}x{width} pixels, smaller than the training patch_size "
             f"{patch_size}; lower n2v.patch_size to at most {min(height, width)} (a multiple of 2**depth)"
         )
-
-
-def _transform(patches: np.ndarray, transform: int) -> np.ndarray:
-    """One of the 8 flips/90-degree rotations (0 = identity) of a stack of square patches (n, P, P)."""
-    if transform >= 4:
-        patches = patches[:, :, ::-1]
-    return np.rot90(patches, transform % 4, axes=(1, 2))
 
 
 class PatchSampler:
@@ -247,7 +242,7 @@ class PatchSampler:
             transforms = plan[rows, 4]
             for transform in np.unique(transforms).tolist():
                 same = transforms == transform
-                out[rows[same], 0] = _transform(windows[same], transform)
+                out[rows[same], 0] = dihedral(windows[same], transform)
         out -= np.float32(self.normalization.mean)
         out *= np.float32(1.0 / self.normalization.std)
         return out

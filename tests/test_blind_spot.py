@@ -1,0 +1,250 @@
+"""N2V on correlated noise: the blind-spot decision, regions that turn with augmented patches, and the
+posterior step (issue 12), plus structN2V under augmentation (issue 11)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from scipy import ndimage
+
+from jump_n2v.demo import DemoSpec, mix_pixels
+from jump_n2v.n2v.masking import STRUCT_RANDOM_RANGE, StructMask, neighbourhood_region
+from jump_n2v.n2v.posterior import Posterior, binning_signal, correlated_unit_noise, fit_posterior
+from jump_n2v.n2v.sampling import PatchSampler
+from jump_n2v.n2v.training import N2VSettings, decide_blind_spot, load_trained, mask_plan_batch, train_channel
+from jump_n2v.noise import NoiseModel
+from jump_n2v.predict import denoise_image
+
+torch.set_num_threads(1)
+
+BOX = np.array([[0, 0, 0, 0, 0], [0, .25, .5, .25, 0], [0, .5, 1, .5, 0], [0, .25, .5, .25, 0], [0, 0, 0, 0, 0]])
+WHITE = np.pad([[1.0]], 2)
+
+
+def _model(correlation, gain=2.0, offset=100.0, read_variance=9.0):
+    return NoiseModel(
+        gain=gain, offset=offset, read_variance=read_variance, correlation=tuple(map(tuple, correlation)),
+        clipped_fraction=0.0, saturated_fraction=0.0, processed=False, notes=(),
+    )
+
+
+# -- the decision ------------------------------------------------------------------------------------
+
+
+def test_auto_masks_the_neighbours_that_share_noise_and_keeps_one_pixel_on_independent_noise():
+    auto = N2VSettings.from_dict({})
+    assert auto.blind_spot == "auto"
+    region, record = decide_blind_spot(auto, _model(BOX))
+    assert region == neighbourhood_region("square")
+    assert record["mode"] == "region" and record["setting"] == "auto"
+    assert sorted(map(tuple, record["offsets"])) == sorted(neighbourhood_region("square").offsets)
+    assert "lag-1 corr x=0.50 y=0.50" in record["evidence"]
+
+    region, record = decide_blind_spot(auto, _model(WHITE))
+    assert region is None and record == {**record, "mode": "pixel", "offsets": []}
+    region, record = decide_blind_spot(auto, None)  # no model could be fitted: classic N2V
+    assert region is None and "no noise model" in record["evidence"]
+
+
+def test_settings_force_the_blind_spot():
+    pixel = N2VSettings.from_dict({"blind_spot": "pixel"})
+    assert decide_blind_spot(pixel, _model(BOX))[0] is None
+    cross = [[0, 1], [0, -1], [1, 0], [-1, 0]]
+    forced = N2VSettings.from_dict({"blind_spot": "region", "blind_spot_offsets": cross})
+    region, record = decide_blind_spot(forced, _model(WHITE))
+    assert region == neighbourhood_region("cross") and record["mode"] == "region"
+    # region without offsets: the model's correlated neighbours, or the 8 neighbours when it finds none.
+    default_region = N2VSettings.from_dict({"blind_spot": "region"})
+    assert decide_blind_spot(default_region, _model(WHITE))[0] == neighbourhood_region("square")
+    with_line = N2VSettings.from_dict({"blind_spot": "pixel", "struct_mask": {"axis": "row", "span": 5}})
+    region, record = decide_blind_spot(with_line, _model(WHITE))
+    assert region == StructMask("row", 5).region() and record["mode"] == "region"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"blind_spot_offsets": [[0, 1]]}, "set blind_spot: region"),
+        ({"blind_spot": "region", "blind_spot_offsets": [[0, 0], [0, 1]]}, "centre"),
+        ({"blind_spot": "region", "blind_spot_offsets": [[0, 1, 2]]}, "blind_spot_offsets"),
+        ({"blind_spot": "region", "roi_size": 3, "blind_spot_offsets": [[dy, dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]}, "whole 3x3 window"),
+        ({"blind_spot": "sometimes"}, "blind_spot"),
+    ],
+)
+def test_bad_blind_spot_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        N2VSettings.from_dict(overrides)
+
+
+# -- structN2V / regions under augmentation (issue 11) -----------------------------------------------
+
+
+def test_training_batches_mask_the_image_row_whatever_the_patch_orientation(tmp_path):
+    # Row streaks in the image become column streaks in a rotated patch; the line mask must follow,
+    # for every one of the 8 transforms the sampler uses.
+    size, patch = 48, 32
+    image = (1000.0 + np.arange(size * size)).reshape(1, size, size).astype(np.float32)
+    array = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=image.shape, chunks=image.shape, dtype="float32")
+    array[:] = image
+    sampler = PatchSampler([array], patch_size=patch, train_images=1, validation_fraction=0.5,
+                           validation_patches=1, augment=True, seed=0)
+    plan = sampler.epoch_plan(0, steps=1, batch_size=64)[0]
+    assert set(plan[:, 4].tolist()) == set(range(8))
+    targets = torch.from_numpy(sampler.read_patches(plan))
+    struct = StructMask("row", 5)
+    options = dict(masked_fraction=0.01, roi_size=5, replacement="uniform", region=struct)
+    masked, mask = mask_plan_batch(targets, plan, torch.Generator().manual_seed(1), options)
+    low, high = STRUCT_RANDOM_RANGE
+    raw = (image[0] - sampler.normalization.mean) / sampler.normalization.std
+    for index, (_, _, y0, x0, transform) in enumerate(plan.tolist()):
+        back = np.rot90(masked[index, 0].numpy(), -(transform % 4))
+        spots = np.rot90(mask[index, 0].numpy(), -(transform % 4))
+        if transform >= 4:
+            back, spots = back[:, ::-1], spots[:, ::-1]
+        for y, x in np.argwhere(spots):
+            for _, dx in struct.line_offsets():
+                if 0 <= x + dx < patch:
+                    value = back[y, x + dx]
+                    assert low <= value <= high and value != pytest.approx(raw[y0 + y, x0 + x + dx]), transform
+
+
+# -- posterior step ----------------------------------------------------------------------------------
+
+
+def _fixed_filter_net(kernel):
+    net = torch.nn.Conv2d(1, 1, kernel.shape[0], padding=kernel.shape[0] // 2, bias=False, padding_mode="reflect")
+    with torch.no_grad():
+        net.weight.copy_(torch.from_numpy(kernel.astype(np.float32))[None, None])
+    return net
+
+
+@pytest.mark.parametrize("correlation", [WHITE, BOX], ids=["independent", "box2x2"])
+def test_posterior_weights_match_the_oracle_and_never_hurt(correlation):
+    # A blurring "network" on a textured signal: SURE under the true noise model must pick the
+    # weights the ground truth would, per bin; and with box-mixed noise, where a 3x3 mean copies the
+    # noise the centre shares with its neighbours, too.
+    rng = np.random.default_rng(0)
+    generator = torch.Generator().manual_seed(0)
+    clean = 2.0 + np.clip(ndimage.gaussian_filter(rng.standard_normal((64, 96, 96)), 1.2) * 4, -1.5, 3)
+    sd = 0.5
+    noise = sd * correlated_unit_noise((64, 1, 96, 96), correlation, generator).numpy()
+    noisy = clean[:, None] + noise
+    net = _fixed_filter_net(np.full((3, 3), 1 / 9))
+    model = _model(correlation, gain=1e-9, offset=0.0, read_variance=sd**2)  # signal-independent variance
+    posterior, evidence = fit_posterior(net, torch.from_numpy(noisy).float(), 0.0, 1.0, model, batch_size=16, seed=1)
+    assert evidence["fitted"] and posterior is not None
+    with torch.no_grad():
+        estimate = net(torch.from_numpy(noisy).float()).numpy()[:, 0, 8:-8, 8:-8].astype(np.float64)
+    level = binning_signal(net(torch.from_numpy(noisy).float()).detach().numpy())[:, 0, 8:-8, 8:-8]
+    x, s = noisy[:, 0, 8:-8, 8:-8], clean[:, 8:-8, 8:-8]
+    for row in evidence["bins"]:
+        chosen = np.abs(level - row["signal"]) < 0.05
+        if chosen.sum() < 500:
+            continue
+        e, d = (estimate - s)[chosen], (x - estimate)[chosen]
+        oracle = float(np.clip(-np.mean(e * d) / np.mean(d * d), 0, 1))
+        assert row["weight"] == pytest.approx(oracle, abs=0.08)
+    with torch.no_grad():
+        full = net(torch.from_numpy(noisy).float()).numpy()[:, 0]
+    combined = np.stack([posterior.apply(n, f) for n, f in zip(noisy[:, 0], full)])[:, 8:-8, 8:-8]
+    assert np.mean((combined - s) ** 2) <= np.mean((estimate - s) ** 2) * 1.01
+    estimated_gain = evidence["estimated_mse_network"] - evidence["estimated_mse_posterior"]
+    true_gain = np.mean((estimate - s) ** 2) - np.mean((combined - s) ** 2)
+    assert estimated_gain == pytest.approx(true_gain, abs=0.2 * np.mean((estimate - s) ** 2) + 1e-4)
+
+
+def test_no_posterior_without_a_usable_noise_model():
+    net = _fixed_filter_net(np.ones((1, 1)))
+    patches = torch.randn(2, 1, 32, 32)
+    assert fit_posterior(net, patches, 0.0, 1.0, None, batch_size=2, seed=0)[0] is None
+    processed = NoiseModel(**{**_model(WHITE).__dict__, "processed": True, "notes": ("float data in [0, 1]",)})
+    posterior, evidence = fit_posterior(net, patches, 0.0, 1.0, processed, batch_size=2, seed=0)
+    assert posterior is None and "processed" in evidence["reason"]
+
+
+def test_posterior_apply_and_the_predict_setting():
+    posterior = Posterior(signal=(0.0, 10.0), weight=(0.0, 0.5))
+    raw = np.full((8, 8), 20.0, dtype=np.float32)
+    for level, weight in ((0.0, 0.0), (5.0, 0.25), (10.0, 0.5), (40.0, 0.5)):
+        denoised = np.full((8, 8), level, dtype=np.float32)
+        np.testing.assert_allclose(posterior.apply(raw, denoised), level + weight * (20.0 - level), rtol=1e-6)
+    assert Posterior.from_dict(posterior.to_dict()) == posterior
+
+    net = _fixed_filter_net(np.full((3, 3), 1 / 9))
+    image = np.random.default_rng(0).normal(100, 5, (40, 40)).astype(np.float32)
+    everything = Posterior(signal=(0.0,), weight=(1.0,))  # weight 1 gives the raw image back
+    kept = denoise_image(net, image, 100.0, 5.0, {"device": "cpu"}, posterior=everything)
+    np.testing.assert_allclose(kept, image, atol=1e-3)
+    network_only = denoise_image(net, image, 100.0, 5.0, {"device": "cpu", "posterior": "none"}, posterior=everything)
+    assert np.std(network_only) < 0.6 * np.std(image)
+
+
+# -- end to end: the decision and the model land in model.json -----------------------------------------
+
+
+def test_training_on_pixel_mixed_noise_masks_a_region_and_records_why(tmp_path):
+    spec = DemoSpec()
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:128, 0:128]
+    photons = 5.0 + 40.0 * np.exp(-((yy - 64) ** 2 + (xx - 40) ** 2) / 200.0)
+    images = np.stack([
+        mix_pixels(spec.gain * rng.poisson(photons) + spec.offset + rng.normal(0, spec.read_noise, photons.shape), "box2x2")
+        for _ in range(4)
+    ])
+    data = np.rint(images).astype(np.uint16)
+    array = zarr.create_array(store=str(tmp_path / "p.zarr"), shape=data.shape, chunks=(1, 128, 128), dtype="uint16")
+    array[:] = data
+    settings = N2VSettings.from_dict(dict(
+        patch_size=32, batch_size=4, base_filters=4, epochs=1, steps_per_epoch=2, validation_patches=8,
+        device="cpu",
+    ))
+    metadata = train_channel([str(tmp_path / "p.zarr")], settings, tmp_path / "model")
+    on_disk = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert on_disk["blind_spot"]["mode"] == "region" and on_disk["blind_spot"]["setting"] == "auto"
+    assert {(0, 1), (0, -1), (1, 0), (-1, 0)} <= set(map(tuple, on_disk["blind_spot"]["offsets"]))
+    assert "lag-1 corr x=0.4" in on_disk["blind_spot"]["evidence"] or "lag-1 corr x=0.5" in on_disk["blind_spot"]["evidence"]
+    assert NoiseModel.from_dict(on_disk["noise_model"]).lag(0, 1) > 0.3
+    assert on_disk["posterior"]["fitted"] in (True, False) and metadata == on_disk
+    trained = load_trained(tmp_path / "model")
+    assert (trained.posterior is not None) == on_disk["posterior"]["fitted"]
+
+
+def test_demo_pixel_mixing_gives_the_noise_correlation_of_real_phenix_exports(tmp_path):
+    import tifffile
+
+    from jump_n2v.demo import write_demo_plate
+
+    spec = DemoSpec(wells=("B02",), sites=1, size=128, cells_per_site=4, pixel_mixing="box2x2", seed=2)
+    write_demo_plate(str(tmp_path / "raw_{well}_{site}.tif"), str(tmp_path / "clean_{well}_{site}.tif"), spec)
+    noise = tifffile.imread(tmp_path / "raw_B02_1.tif")[0].astype(float) - tifffile.imread(tmp_path / "clean_B02_1.tif")[0]
+    noise -= noise.mean()
+
+    def lag(dy, dx):
+        a = noise[: noise.shape[0] - dy, : noise.shape[1] - dx]
+        b = noise[dy:, dx:]
+        return float((a * b).mean() / noise.var())
+
+    assert lag(0, 1) == pytest.approx(0.5, abs=0.06) and lag(1, 0) == pytest.approx(0.5, abs=0.06)
+    assert abs(lag(0, 2)) < 0.06
+    with pytest.raises(ValueError, match="pixel_mixing"):
+        DemoSpec(pixel_mixing="blur")
+
+
+def test_a_noise_model_from_too_few_flat_blocks_does_not_decide_the_blind_spot(tmp_path, caplog):
+    # Four 48 x 48 sites of smooth stripes: 27 training blocks read neighbour correlations of ~0.3 on
+    # independent noise, which once masked a 5 x 5 region and left the network denoising nothing.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:48]
+    clean = np.sin(xx / 3.0) + np.cos(yy / 4.0)
+    data = np.stack([clean + rng.normal(0, 0.3, clean.shape) for _ in range(4)]).astype("float32")
+    array = zarr.create_array(store=str(tmp_path / "p.zarr"), shape=data.shape, chunks=(1, 48, 48), dtype="float32")
+    array[:] = data
+    settings = N2VSettings.from_dict(dict(
+        patch_size=32, batch_size=4, base_filters=4, epochs=1, steps_per_epoch=2, validation_patches=8, device="cpu",
+    ))
+    with caplog.at_level("WARNING"):
+        metadata = train_channel([str(tmp_path / "p.zarr")], settings, tmp_path / "model")
+    assert metadata["blind_spot"]["mode"] == "pixel" and "no noise model" in metadata["blind_spot"]["evidence"]
+    assert "flat 16 x 16 blocks" in caplog.text
