@@ -21,6 +21,7 @@ from jump_n2v.predict import (
     plan_axis,
     predict_array,
     receptive_field,
+    to_output_dtype,
 )
 
 torch.set_num_threads(1)
@@ -204,6 +205,20 @@ def test_output_dtype_input_gives_clipped_uint16(tmp_path):
     assert as_input.dtype == np.uint16 and as_input.attrs["output_dtype"] == "input"
     assert as_float.min() < 0 and as_float.max() > 65535
     np.testing.assert_array_equal(as_input[:], np.clip(np.rint(as_float), 0, 65535).astype(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
+def test_integer_output_saturates_at_the_dtype_range_instead_of_wrapping(dtype):
+    # float32 rounds 2**31 - 1 up to 2**31, which wrapped to -2**31 (and 2**32 - 1 to 0) when cast.
+    info = np.iinfo(dtype)
+    far = np.array([-1e30, 1e30, float(info.max) * 4, float(info.min) * 4 - 10, 7.4], dtype=np.float32)
+    cast = to_output_dtype(far, dtype)
+    assert cast.dtype == dtype
+    low, high, above, below, middle = cast.tolist()
+    # 64-bit maxima are not floats: they saturate at the largest float64 below the maximum.
+    slack = 2048 if np.dtype(dtype).itemsize == 8 else 0
+    assert (low, below, middle) == (info.min, info.min, 7)
+    assert info.max - slack <= high == above <= info.max
 
 
 def _peak_numpy_bytes(tmp_path, name: str, count: int) -> int:
