@@ -16,6 +16,7 @@ from jump_n2v.config import ConfigError
 from jump_n2v.n2v.model import build_unet
 from jump_n2v.predict import (
     PredictSettings,
+    _Runner,
     denoise_image,
     halo_size,
     plan_axis,
@@ -219,6 +220,27 @@ def test_integer_output_saturates_at_the_dtype_range_instead_of_wrapping(dtype):
     slack = 2048 if np.dtype(dtype).itemsize == 8 else 0
     assert (low, below, middle) == (info.min, info.min, 7)
     assert info.max - slack <= high == above <= info.max
+
+
+def test_bf16_autocast_keeps_the_output_layer_and_denormalisation_in_fp32():
+    # A bright pixel (~38,000 counts, normalisation std 400) comes out of a bf16 head with 8
+    # significant bits: ~50 counts off. The head runs in fp32, so only the features' rounding is left.
+    # Prediction's own runner under CPU autocast rounds as CUDA's bf16 does.
+    torch.manual_seed(0)
+    net = build_unet(2, 16, "n2v").eval()
+    mean, std = 2000.0, 400.0
+    with torch.no_grad():
+        net.head.bias += (38000 - mean) / std
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(torch.zeros(1, 1, 32, 32)).dtype == torch.float32
+    image = np.random.default_rng(0).normal(38000, 300, size=(96, 96)).astype(np.float32)
+    settings = PredictSettings.from_dict({"device": "cpu", "tile_size": 96})
+    fp32 = _Runner(net, settings).denoise(image, mean, std)
+    runner = _Runner(net, settings)
+    runner.autocast_dtype = torch.bfloat16
+    mixed = runner.denoise(image, mean, std)
+    assert mixed.dtype == np.float32
+    assert np.abs(mixed - fp32).max() < 15.0  # counts; 52 with a bf16 head (benchmarks/bench_precision.py)
 
 
 def _peak_numpy_bytes(tmp_path, name: str, count: int) -> int:
