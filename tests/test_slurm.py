@@ -27,8 +27,10 @@ CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 CLUSTER_STATE = Path(os.environ.get("JUMP_N2V_SLURM_STATE", "/tmp/jump-n2v-slurm"))
 GPU_RULES = {"train", "predict"}
-# What the tiny plate runs through SLURM: every rule of the workflow that does work.
-EXPECTED_SLURM_RULES = {"plate_index", "split_raw", "split_ground_truth", "train", "predict", "qc"}
+# What the tiny plate runs through SLURM: every rule of the workflow that does work; the cheap
+# bookkeeping rules (localrules) run on the submit host.
+EXPECTED_SLURM_RULES = {"split_raw", "split_ground_truth", "train", "predict", "qc"}
+LOCAL_RULES = {"plate_index", "export_load_data"}
 # Copied into the temporary working copy the cluster run uses.
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "config", "slurm", "profiles"]
 # Test-node memory request per job: small enough for two jobs on any CI machine. Nothing enforces
@@ -59,11 +61,16 @@ def test_profile_submits_to_slurm_with_retries_kept_logs_and_conda():
     profile = load_profile()
     assert profile["executor"] == "slurm"
     assert profile["retries"] >= 1
-    assert profile["rerun-incomplete"] is True
     assert profile["slurm-keep-successful-logs"] is True
     assert profile["software-deployment-method"] == "conda"
     assert profile["default-resources"]["slurm_partition"] == "cpu"
-    assert {"runtime", "mem_mb"} <= set(profile["default-resources"])
+    # Memory and runtime are the rules' (growing with each attempt): a fixed value here would stop that.
+    for resources in [profile["default-resources"], *profile["set-resources"].values()]:
+        assert not {"runtime", "mem_mb"} & set(resources), resources
+    # Recovery keys live in the workflow profile, which every run (local or --profile slurm) loads.
+    with open(WORKFLOW_PROFILE) as handle:
+        workflow_profile = yaml.safe_load(handle)
+    assert workflow_profile["rerun-incomplete"] is True and workflow_profile["show-failed-logs"] is True
 
 
 def test_profile_sends_training_and_prediction_to_one_gpu_each():
@@ -81,7 +88,7 @@ def test_profile_names_only_rules_the_workflow_has():
     assert set(load_profile()["set-resources"]) <= rules, set(load_profile()["set-resources"]) - rules
     with open(WORKFLOW_PROFILE) as handle:
         workflow_profile = yaml.safe_load(handle)
-    assert set(workflow_profile["set-threads"]) <= rules
+    assert set(workflow_profile.get("set-threads", {})) <= rules
 
 
 def test_profile_and_workflow_profile_set_disjoint_keys():
@@ -150,7 +157,7 @@ def make_test_profile(path: Path) -> Path:
     * no conda: channels are unreachable offline, and the test venv already holds every package;
     * squeue for job states (no slurmdbd, so no sacct) and no account (no accounting);
     * status checks after 2 s instead of 40 s, 4 jobs at a time;
-    * memory requests capped at TEST_MEM_MB so that jobs fit any CI machine.
+    * memory requests of every rule fixed at TEST_MEM_MB so that jobs fit any CI machine.
     """
     profile = load_profile()
     for key in ("software-deployment-method", "conda-prefix"):
@@ -161,9 +168,8 @@ def make_test_profile(path: Path) -> Path:
         "slurm-no-account": True,
         "slurm-init-seconds-before-status-checks": 2,
     })
-    for resources in [profile["default-resources"], *profile["set-resources"].values()]:
-        if "mem_mb" in resources:
-            resources["mem_mb"] = min(resources["mem_mb"], TEST_MEM_MB)
+    for rule in list_rules() - LOCAL_RULES - {"all"}:
+        profile["set-resources"].setdefault(rule, {})["mem_mb"] = TEST_MEM_MB
     path.mkdir(parents=True)
     with open(path / "config.yaml", "w") as handle:
         yaml.safe_dump(profile, handle, sort_keys=False)
@@ -208,6 +214,7 @@ def test_every_rule_ran_as_a_completed_slurm_job(slurm_run):
     for job in jobs:
         counts[rule_of(job)] = counts.get(rule_of(job), 0) + 1
     assert EXPECTED_SLURM_RULES <= set(counts), counts
+    assert not LOCAL_RULES & set(counts), counts
     # Two channels on one plate: one job per channel for each per-channel rule.
     for rule in ("split_raw", "split_ground_truth", "train", "predict", "qc"):
         assert counts[rule] == 2, counts

@@ -23,6 +23,19 @@ wildcard_constraints:
     channel=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
+def grows_with_attempt(base):
+    """A resource request that grows with each retry (base, 2x base, ...), so a job killed for
+    memory or time asks for more; a profile's set-resources replaces it with a fixed value."""
+    return lambda wildcards, attempt: base * attempt
+
+
+# Cheap bookkeeping runs on the submit host, not as cluster jobs.
+localrules:
+    all,
+    plate_index,
+    export_load_data,
+
+
 def experiment_cfg(experiment):
     return config["experiments"][experiment]
 

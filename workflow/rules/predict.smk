@@ -6,10 +6,13 @@ rule predict:
         model_json=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.json",
     output:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr"),
-    resources:
-        gpu=1,
     params:
         predict=lambda w: settings_for(w, "predict"),
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=grows_with_attempt(16000),
+        runtime=grows_with_attempt(240),
     log:
         f"{RESULTS}/{{experiment}}/logs/predict/{{plate}}/{{channel}}.log",
     benchmark:
@@ -29,6 +32,10 @@ rule export_tiff:
         tiffs=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/{{channel}}"),
     params:
         layout=lambda w: settings_for(w, "predict")["export_layout"],
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_tiff/{{plate}}/{{channel}}.log",
     benchmark:
@@ -47,6 +54,9 @@ rule export_load_data:
         load_data=f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/load_data.csv",
     params:
         layouts=lambda w: {c: channel_settings(config, w.experiment, c)["predict"]["export_layout"] for c in exported_channels(w.experiment)},
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_load_data/{{plate}}.log",
     conda:

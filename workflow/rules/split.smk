@@ -8,6 +8,9 @@ checkpoint plate_index:
         plate=plate_cfg,
         channels=lambda w: experiment_cfg(w.experiment)["channels"],
         ingest=lambda w: experiment_settings(config, w.experiment, "ingest"),
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
     log:
         f"{RESULTS}/{{experiment}}/logs/plate_index/{{plate}}.log",
     conda:
@@ -29,6 +32,10 @@ rule split_raw:
         channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
         ingest=lambda w: settings_for(w, "ingest"),
         ground_truth=False,
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/split_raw/{{plate}}/{{channel}}.log",
     benchmark:
@@ -51,6 +58,10 @@ rule split_ground_truth:
         channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
         ingest=lambda w: settings_for(w, "ingest"),
         ground_truth=True,
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/split_ground_truth/{{plate}}/{{channel}}.log",
     benchmark:

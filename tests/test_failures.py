@@ -1,0 +1,97 @@
+"""The workflow under failure: what a failed job shows, what a retried job asks for, recovery.
+
+Each test runs the real workflow (a private copy, so locks and metadata stay in a temporary folder).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_copy import copy_workflow
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "profiles"]
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+
+
+def workflow_copy(workdir: Path, config: dict | None = None) -> Path:
+    copy_workflow(workdir, WORKFLOW_PATHS)
+    (workdir / "config").mkdir()
+    if config is None:
+        shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
+    else:
+        (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return workdir
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def job_blocks(output: str) -> list[tuple[str, dict]]:
+    """(rule, {field: value}) for each job block snakemake printed."""
+    blocks, rule, fields = [], None, {}
+    for line in output.splitlines() + [""]:
+        header = JOB_HEADER.match(line)
+        if header or not line.startswith("    "):
+            if rule is not None:
+                blocks.append((rule, fields))
+            rule, fields = (header.group("rule") if header else None), {}
+            continue
+        field, _, value = line.strip().partition(": ")
+        fields[field] = value
+    return blocks
+
+
+def resources(block: dict) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in block.get("resources", "").split(", ") if "=" in item)
+
+
+# Threads, memory (MB) and runtime (minutes) each rule asks for on its first attempt.
+RULE_DEFAULTS = {
+    "demo_plate": (1, 2000, 15), "plate_index": (1, 2000, 15), "split_raw": (2, 8000, 120),
+    "split_ground_truth": (2, 8000, 120), "train": (4, 32000, 720), "predict": (4, 16000, 240),
+    "export_tiff": (2, 4000, 120), "export_load_data": (1, 2000, 15), "qc": (2, 8000, 60), "report": (1, 4000, 30),
+}
+
+
+def test_every_rule_carries_threads_memory_and_runtime(tmp_path):
+    # The profile used to define them (set-threads, set-resources), so a plain or --workflow-profile
+    # none run asked for nothing and a retry asked for the same again.
+    workdir = workflow_copy(tmp_path)
+    result = snakemake(workdir, "--dry-run", "--cores", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = {}
+    for rule, block in job_blocks(result.stdout + result.stderr):
+        if rule == "all":
+            continue
+        asked = resources(block)
+        seen[rule] = (int(block.get("threads", 1)), int(asked["mem_mb"]), int(asked["runtime"]))
+    assert seen == RULE_DEFAULTS
+
+
+def test_a_failed_job_shows_its_error_and_a_retry_asks_for_more(tmp_path):
+    # A plate whose pattern matches no file: plate_index fails at once, twice with --retries 1.
+    with open(TINY_CONFIG) as handle:
+        config = yaml.safe_load(handle)
+    plate = config["experiments"]["tiny"]["plates"]["TinyPlate"]
+    plate.pop("demo")
+    plate.pop("ground_truth")
+    plate["pattern"] = "nowhere/{well}_s{site}.tif"
+    workdir = workflow_copy(tmp_path, config)
+    result = snakemake(workdir, "--retries", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    # The job's own error (from its log file), not only "check log file(s) for error details".
+    assert "DiscoveryError: plate TinyPlate: pattern 'nowhere/{well}_s{site}.tif'" in output, output[-4000:]
+    attempts = [resources(block) for rule, block in job_blocks(output) if rule == "plate_index" and "resources" in block]
+    asked = sorted({(int(r["mem_mb"]), int(r["runtime"])) for r in attempts})
+    assert asked == [(2000, 15), (4000, 30)], output[-4000:]
