@@ -95,3 +95,40 @@ def test_a_failed_job_shows_its_error_and_a_retry_asks_for_more(tmp_path):
     attempts = [resources(block) for rule, block in job_blocks(output) if rule == "plate_index" and "resources" in block]
     asked = sorted({(int(r["mem_mb"]), int(r["runtime"])) for r in attempts})
     assert asked == [(2000, 15), (4000, 30)], output[-4000:]
+
+
+def write_hyperstack_site(path: Path, seed: int) -> None:
+    import numpy as np
+    import tifffile
+
+    planes = np.random.default_rng(seed).poisson(200, size=(2, 32, 32)).astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, planes, imagej=True, metadata={"axes": "CYX", "Labels": ["DNA", "Mito"]})
+
+
+def test_a_site_file_added_to_a_hyperstack_plate_reruns_only_that_plates_index_and_splits(tmp_path):
+    # plate_index had no inputs for hyperstack and Phenix plates: a new site file was never seen.
+    plates = {}
+    for number, plate in enumerate(["P1", "P2"]):
+        for site in (1, 2):
+            write_hyperstack_site(tmp_path / "images" / plate / f"B02_s{site}.tif", seed=10 * number + site)
+        plates[plate] = {"format": "hyperstack", "pattern": f"images/{plate}/{{well}}_s{{site}}.tif"}
+    config = {"results": "results", "experiments": {"files": {"channels": ["DNA", "Mito"], "plates": plates}}}
+    workdir = workflow_copy(tmp_path, config)
+    targets = [f"results/files/{plate}/raw/{channel}.zarr" for plate in plates for channel in ("DNA", "Mito")]
+    first = snakemake(workdir, "--cores", "2", *targets)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = snakemake(workdir, "--dry-run", *targets)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    write_hyperstack_site(tmp_path / "images" / "P1" / "C03_s1.tif", seed=99)
+    planned = snakemake(workdir, "--dry-run", *targets)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    jobs = {(rule, block.get("wildcards")) for rule, block in job_blocks(planned.stdout + planned.stderr)}
+    assert jobs == {
+        ("plate_index", "experiment=files, plate=P1"),
+        ("split_raw", "experiment=files, plate=P1, channel=DNA"),
+        ("split_raw", "experiment=files, plate=P1, channel=Mito"),
+    }, planned.stdout[-3000:]
+    rerun = snakemake(workdir, "--cores", "2", *targets)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "C03" in (workdir / "results" / "files" / "P1" / "index.csv").read_text()

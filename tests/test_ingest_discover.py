@@ -282,3 +282,25 @@ def test_phenix_rows_past_z_use_two_letters():
     assert well_from_row_column(1, 1) == "A01"
     assert well_from_row_column(26, 48) == "Z48"
     assert well_from_row_column(32, 2) == "AF02"
+
+
+def test_listing_digest_changes_when_a_site_file_is_added_or_removed(tmp_path):
+    from jump_n2v.ingest import listing_digest
+
+    images = tmp_path / "Images"
+    images.mkdir()
+    (images / "r02c02f01p01-ch1sk1fk1fl1.tiff").touch()
+    phenix = {"format": "phenix", "directory": str(tmp_path), "channel_numbers": {"DNA": 1}}
+    before = listing_digest("P1", phenix)
+    (images / "notes.txt").touch()  # not an image name: the index would not change
+    assert listing_digest("P1", phenix) == before
+    (images / "r02c02f02p01-ch1sk1fk1fl1.tiff").touch()
+    added = listing_digest("P1", phenix)
+    assert added != before
+    (images / "r02c02f02p01-ch1sk1fk1fl1.tiff").unlink()
+    assert listing_digest("P1", phenix) == before
+    hyperstack = {"format": "hyperstack", "pattern": str(tmp_path / "{well}_s{site}.tif")}
+    empty = listing_digest("P1", hyperstack)
+    (tmp_path / "B02_s1.tif").touch()
+    assert listing_digest("P1", hyperstack) != empty
+    assert listing_digest("P1", {"format": "loaddata", "load_data": "x.csv"}) is None

@@ -8,7 +8,7 @@ sys.path.insert(0, PACKAGE_SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_SRC, os.getenv("PYTHONPATH")) if p))
 
 from jump_n2v.config import channel_settings, demo_settings, experiment_settings, validate_config
-from jump_n2v.ingest import channel_sources, read_index
+from jump_n2v.ingest import channel_sources, listing_digest, read_index
 
 validate_config(config)
 
@@ -76,6 +76,14 @@ def plate_index_inputs(wildcards):
     if demo_settings(plate) is not None:
         inputs["demo"] = f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/demo_manifest.json"
     return inputs
+
+
+def plate_listing(wildcards):
+    """Digest of a hyperstack or Phenix plate's file names, computed at planning time (a glob): a site
+    file added or removed changes this param, which reruns the index (and what follows from it).
+    Demo plates are left out: their files appear during the run, and their manifest is an input."""
+    plate = plate_cfg(wildcards)
+    return None if demo_settings(plate) is not None else listing_digest(wildcards.plate, plate)
 
 
 def channel_source_files(wildcards):

@@ -8,6 +8,7 @@ checkpoint plate_index:
         plate=plate_cfg,
         channels=lambda w: experiment_cfg(w.experiment)["channels"],
         ingest=lambda w: experiment_settings(config, w.experiment, "ingest"),
+        files=plate_listing,
     resources:
         mem_mb=grows_with_attempt(2000),
         runtime=grows_with_attempt(15),

@@ -12,6 +12,7 @@ LoadData row names no file). Rows are sorted by well row, well column, then site
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import urllib.parse
@@ -408,3 +409,31 @@ def ground_truth_index(raw_index: pd.DataFrame, plate: str, plate_cfg: Mapping, 
         raise DiscoveryError(f"plate {plate}: ground truth {plate_cfg.get('ground_truth')} has sites the raw plate lacks: {examples}")
     paired["image"] = paired["image"].astype(int)
     return paired[["image", *(c for c in paired.columns if c != "image")]].sort_values("image").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- which files a plate has
+
+
+def listing_digest(plate: str, plate_cfg: Mapping) -> str | None:
+    """A digest of the sorted names of the files a hyperstack or Phenix plate (and its ground truth)
+    would be indexed from, or None for a LoadData plate (its table is a file the index depends on).
+
+    It only globs or lists folders, so it is cheap enough to compute every time the workflow is
+    planned; a site file added or removed changes it, which reruns the plate's index.
+    """
+    fmt = plate_cfg.get("format")
+    if fmt not in ("hyperstack", "phenix"):
+        return None
+    names: list[str] = []
+    for location in (plate_cfg.get("pattern" if fmt == "hyperstack" else "directory"), plate_cfg.get("ground_truth")):
+        if not location:
+            continue
+        if fmt == "hyperstack":
+            glob_pattern, _ = _compile_pattern(str(location), plate)
+            names += sorted(glob.glob(glob_pattern))
+        else:
+            for folder in (str(location), os.path.join(str(location), "Images")):
+                if os.path.isdir(folder):
+                    names += sorted(os.path.join(folder, name) for name in os.listdir(folder) if PHENIX_NAME.match(name))
+        names.append("")  # separates the raw listing from the ground truth's
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
