@@ -10,6 +10,7 @@ Works for files and directories (Zarr stores) alike.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -38,12 +39,18 @@ def atomic_output(final: str | os.PathLike) -> Iterator[Path]:
     remove_leftovers(final)
     temporary = final.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{final.name}")
     guard = _guard(temporary)
-    writing = try_lock(guard)  # a fresh name: nobody else holds it
+    try:
+        writing = try_lock(guard)  # a fresh name: nobody else holds it
+    except OSError:
+        writing = None  # e.g. no inode left: the write itself will say why
     try:
         try:
             yield temporary
-        except BaseException:
+        except BaseException as error:
+            full = _disk_full(error, final.parent)  # before the removal frees the space
             _remove(temporary)
+            if full:
+                raise DiskFullError(final, error) from error
             raise
         if not temporary.exists():
             raise FileNotFoundError(f"atomic_output: nothing was written to {temporary} for {final}")
@@ -59,6 +66,50 @@ def atomic_output(final: str | os.PathLike) -> Iterator[Path]:
         guard.unlink(missing_ok=True)
         if writing is not None:
             release(writing)
+
+
+# Below this many free bytes a failed write is taken for a full disk (torch's checkpoint writer
+# reports ENOSPC as "unexpected pos", without an errno).
+FULL_DISK_FREE_BYTES = 1 << 20
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left while writing an output; names the output and its filesystem."""
+
+    def __init__(self, final: Path, cause: BaseException) -> None:
+        free = _free_bytes(final.parent)
+        super().__init__(
+            errno.ENOSPC,
+            f"No space left on device while writing {final} ({free if free is not None else '?'} bytes free "
+            f"in {final.parent}; the partial output was removed, nothing there looks finished). Free "
+            f"space there (or point the config's results folder elsewhere) and rerun. Cause: "
+            f"{type(cause).__name__}: {cause}",
+        )
+        self.filename = str(final)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False  # e.g. KeyboardInterrupt: not a write failure
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    free = _free_bytes(folder)
+    return free is not None and free < FULL_DISK_FREE_BYTES
 
 
 def _guard(temporary: Path) -> Path:
