@@ -85,3 +85,28 @@ def test_config_file_errors_name_the_file(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=str(path)):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        # Each used to pass validation and fail only in the job that uses it (after training).
+        ({"predict": {"tile_size": 64}}, "predict tile_size 64 leaves no room for the halo of the n2v network of depth 2; use at least 68"),
+        ({"n2v": {"depth": 3}, "predict": {"tile_size": 128}}, "use at least 136"),
+        ({"predict": {"device": "gpu"}}, "predict/device: 'gpu' does not match"),
+        ({"n2v": {"device": "cuda0"}}, "n2v/device: 'cuda0' does not match"),
+    ],
+)
+def test_settings_that_would_fail_after_training_are_rejected_when_the_config_is_read(settings, message):
+    config = minimal_config()
+    config["experiments"]["exp"]["channel_settings"] = {"ER": copy.deepcopy(settings)}
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert message in str(error.value)
+
+
+def test_tile_size_at_the_halo_minimum_and_known_devices_are_accepted():
+    config = minimal_config()
+    config["settings"] = {"predict": {"tile_size": 68, "device": "cuda:1"}, "n2v": {"device": "cpu"}}
+    config["experiments"]["exp"]["channel_settings"] = {"ER": {"n2v": {"variant": "n2v2"}, "predict": {"tile_size": 76}}}
+    validate_config(config)

@@ -332,3 +332,17 @@ def test_odd_axis_lengths_are_cut_into_few_grid_aligned_tiles():
     assert plan.count * plan.core >= 1080 and plan.core % 4 == 0
     small = plan_axis(21, 512, 32, 4)
     assert (small.count, small.core, small.pad_after) == (1, 24, 35)
+
+
+@pytest.mark.parametrize("variant, depth", [("n2v", 1), ("n2v2", 1), ("n2v", 2), ("n2v2", 2)])
+def test_config_minimum_tile_size_is_what_the_network_needs(variant, depth):
+    # Config validation checks tile_size against this table without torch; it must match the halo
+    # that prediction measures (deeper networks: benchmarks would take minutes here).
+    from jump_n2v.config import MIN_TILE_SIZE
+
+    net = build_unet(depth, 32, variant)
+    smallest = MIN_TILE_SIZE[(variant, depth)]
+    assert smallest == 2 * halo_size(net) + 2**depth
+    plan_axis(1000, smallest, halo_size(net), 2**depth)
+    with pytest.raises(ConfigError):
+        plan_axis(1000, smallest - 1, halo_size(net), 2**depth)

@@ -20,6 +20,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
+# The smallest predict tile_size per (variant, depth): twice the network's halo plus one pooling grid
+# step (predict.plan_axis). The halo is measured from the architecture by predict.halo_size, which
+# does not depend on base_filters; tests/test_predict.py checks these against it. Kept here so the
+# configuration is checked when the workflow is parsed, without importing torch.
+MIN_TILE_SIZE = {
+    ("n2v", 1): 26, ("n2v", 2): 68, ("n2v", 3): 136, ("n2v", 4): 272, ("n2v", 5): 544,
+    ("n2v2", 1): 30, ("n2v2", 2): 76, ("n2v2", 3): 152, ("n2v2", 4): 304, ("n2v2", 5): 608,
+}
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message says where and why."""
 
@@ -114,7 +124,15 @@ def _check_experiment(config: dict, name: str) -> None:
                 raise ConfigError(f"{where}/channel_numbers: no ch number for channel(s) {missing}")
     # Per-channel settings must resolve cleanly (catches e.g. a patch size off the U-Net grid).
     for channel in channels:
-        n2v = channel_settings(config, name, channel)["n2v"]
+        resolved = channel_settings(config, name, channel)
+        n2v, predict = resolved["n2v"], resolved["predict"]
+        smallest = MIN_TILE_SIZE[(n2v["variant"], n2v["depth"])]
+        if predict["tile_size"] is not None and predict["tile_size"] < smallest:
+            raise ConfigError(
+                f"experiments/{name}: channel {channel}: predict tile_size {predict['tile_size']} leaves no room "
+                f"for the halo of the {n2v['variant']} network of depth {n2v['depth']}; use at least "
+                f"{smallest} (better 2-4x that, so most of each tile is kept), or null for the default"
+            )
         if n2v["patch_size"] % 2 ** n2v["depth"]:
             raise ConfigError(
                 f"experiments/{name}: channel {channel}: n2v patch_size {n2v['patch_size']} is not a "
