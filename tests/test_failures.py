@@ -132,3 +132,21 @@ def test_a_site_file_added_to_a_hyperstack_plate_reruns_only_that_plates_index_a
     rerun = snakemake(workdir, "--cores", "2", *targets)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "C03" in (workdir / "results" / "files" / "P1" / "index.csv").read_text()
+
+
+def test_images_smaller_than_the_patch_size_stop_the_run_before_any_split_or_training(tmp_path):
+    for site in (1, 2):
+        write_hyperstack_site(tmp_path / "images" / f"B02_s{site}.tif", seed=site)  # 32 x 32 pixels
+    config = {"results": "results", "experiments": {"small": {
+        "channels": ["DNA", "Mito"],
+        "plates": {"P1": {"format": "hyperstack", "pattern": "images/{well}_s{site}.tif"}},
+        "settings": {"n2v": {"patch_size": 64}},
+    }}}
+    workdir = workflow_copy(tmp_path, config)
+    result = snakemake(workdir, "--cores", "2")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "images are 32x32 pixels" in output and "smaller than the n2v patch_size 64" in output, output[-3000:]
+    assert (workdir / "results" / "small" / "P1" / "index.csv").exists()
+    assert not (workdir / "results" / "small" / "P1" / "raw").exists()
+    assert not (workdir / "results" / "small" / "logs" / "train").exists()

@@ -8,7 +8,7 @@ sys.path.insert(0, PACKAGE_SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_SRC, os.getenv("PYTHONPATH")) if p))
 
 from jump_n2v.config import channel_settings, demo_settings, experiment_settings, validate_config
-from jump_n2v.ingest import channel_sources, listing_digest, read_index
+from jump_n2v.ingest import channel_sources, check_patch_fits, listing_digest, read_index
 
 validate_config(config)
 
@@ -93,7 +93,11 @@ def channel_source_files(wildcards):
     the rejects table (skip), rather than Snakemake refusing to start the job.
     """
     index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
-    return channel_sources(read_index(index_csv), wildcards.channel, existing_only=True)
+    sources = channel_sources(read_index(index_csv), wildcards.channel, existing_only=True)
+    # Images smaller than the training patches stop the run here, before any split or training.
+    where = f"experiment {wildcards.experiment}, plate {wildcards.plate}, channel {wildcards.channel}"
+    check_patch_fits(sources, settings_for(wildcards, "n2v")["patch_size"], where)
+    return sources
 
 
 def ground_truth_inputs(wildcards):

@@ -8,6 +8,7 @@ planned); ``split_channel`` reads one channel of every image, checks it and writ
 from jump_n2v.ingest.discover import (
     DiscoveryError,
     channel_sources,
+    check_patch_fits,
     discover_plate,
     ground_truth_index,
     index_channels,
@@ -26,6 +27,7 @@ __all__ = [
     "ChannelImage",
     "DiscoveryError",
     "channel_sources",
+    "check_patch_fits",
     "discover_plate",
     "ground_truth_index",
     "index_channels",

@@ -437,3 +437,23 @@ def listing_digest(plate: str, plate_cfg: Mapping) -> str | None:
                     names += sorted(os.path.join(folder, name) for name in os.listdir(folder) if PHENIX_NAME.match(name))
         names.append("")  # separates the raw listing from the ground truth's
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def check_patch_fits(sources: Sequence[str], patch_size: int, where: str) -> None:
+    """Raise DiscoveryError when the first readable source image is smaller than the training
+    ``patch_size``, so the workflow stops once the index exists instead of after the split.
+
+    Only a TIFF header is read; files that cannot be read are left to the split to report."""
+    import tifffile
+
+    for path in sources[:1]:
+        try:
+            with tifffile.TiffFile(path) as tiff:
+                height, width = tiff.series[0].shape[-2:] if tiff.series else tiff.pages[0].shape[:2]
+        except Exception:
+            return
+        if height < patch_size or width < patch_size:
+            raise DiscoveryError(
+                f"{where}: images are {height}x{width} pixels ({path}), smaller than the n2v patch_size "
+                f"{patch_size}; lower n2v.patch_size to at most {min(height, width)} (a multiple of 2**depth)"
+            )
