@@ -113,7 +113,8 @@ def test_a_site_file_added_to_a_hyperstack_plate_reruns_only_that_plates_index_a
         for site in (1, 2):
             write_hyperstack_site(tmp_path / "images" / plate / f"B02_s{site}.tif", seed=10 * number + site)
         plates[plate] = {"format": "hyperstack", "pattern": f"images/{plate}/{{well}}_s{{site}}.tif"}
-    config = {"results": "results", "experiments": {"files": {"channels": ["DNA", "Mito"], "plates": plates}}}
+    config = {"results": "results", "experiments": {"files": {
+        "channels": ["DNA", "Mito"], "plates": plates, "settings": {"n2v": {"patch_size": 32}}}}}
     workdir = workflow_copy(tmp_path, config)
     targets = [f"results/files/{plate}/raw/{channel}.zarr" for plate in plates for channel in ("DNA", "Mito")]
     first = snakemake(workdir, "--cores", "2", *targets)
