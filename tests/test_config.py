@@ -110,3 +110,19 @@ def test_tile_size_at_the_halo_minimum_and_known_devices_are_accepted():
     config["settings"] = {"predict": {"tile_size": 68, "device": "cuda:1"}, "n2v": {"device": "cpu"}}
     config["experiments"]["exp"]["channel_settings"] = {"ER": {"n2v": {"variant": "n2v2"}, "predict": {"tile_size": 76}}}
     validate_config(config)
+
+
+def test_channel_names_in_settings_match_ignoring_case_when_unambiguous():
+    config = minimal_config()
+    config["experiments"]["exp"]["channel_settings"] = {"dna": {"n2v": {"epochs": 3}}}
+    config["experiments"]["exp"]["plates"]["P2"] = {"format": "phenix", "directory": "d", "channel_numbers": {"dna": 1, "Er": 2}}
+    validate_config(config)
+    assert channel_settings(config, "exp", "DNA")["n2v"]["epochs"] == 3
+    assert config["experiments"]["exp"]["plates"]["P2"]["channel_numbers"] == {"DNA": 1, "ER": 2}
+
+
+def test_channel_names_differing_only_in_case_are_refused():
+    config = minimal_config()
+    config["experiments"]["exp"]["channels"] = ["DNA", "dna"]
+    with pytest.raises(ConfigError, match="channels: DNA and dna differ only in case"):
+        validate_config(config)

@@ -304,3 +304,14 @@ def test_listing_digest_changes_when_a_site_file_is_added_or_removed(tmp_path):
     (tmp_path / "B02_s1.tif").touch()
     assert listing_digest("P1", hyperstack) != empty
     assert listing_digest("P1", {"format": "loaddata", "load_data": "x.csv"}) is None
+
+
+def test_loaddata_columns_differing_only_in_case_are_ambiguous_and_named(tmp_path):
+    rows = loaddata_rows(str(tmp_path / "images"), "P1", [("C03", 4)], ["DNA"])
+    for row in rows:
+        row["FileName_OrigDna"], row["PathName_OrigDna"] = row["FileName_OrigDNA"], row["PathName_OrigDNA"]
+    csv = tmp_path / "load_data.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    with pytest.raises(DiscoveryError, match="column FileName_OrigdNA is ambiguous: FileName_OrigDNA and FileName_OrigDna"):
+        discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["dNA"])
+    assert discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["DNA"])["source_DNA"].str.endswith("_DNA.tiff").all()

@@ -98,15 +98,45 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def _channel_spelling(key: str, channels: list[str], where: str) -> str | None:
+    """The experiment's channel ``key`` names: itself, else its unique case-insensitive match."""
+    if key in channels:
+        return key
+    folded = [channel for channel in channels if channel.casefold() == key.casefold()]
+    if len(folded) > 1:
+        raise ConfigError(f"{where}: {key!r} is ambiguous: channels {' and '.join(folded)} differ only in case")
+    return folded[0] if folded else None
+
+
+def _respell_keys(mapping: dict, channels: list[str], where: str, *, required: bool) -> None:
+    """Rename ``mapping``'s channel keys (in place) to the spelling in ``channels`` ("dna" -> "DNA")."""
+    for key in list(mapping):
+        spelling = _channel_spelling(key, channels, where)
+        if spelling is None:
+            if required:
+                raise ConfigError(f"{where}: {key!r} is not one of the experiment's channels {channels}")
+            continue
+        if spelling != key:
+            if spelling in mapping:
+                raise ConfigError(f"{where}: {key!r} and {spelling!r} name the same channel")
+            mapping[spelling] = mapping.pop(key)
+
+
 def _check_experiment(config: dict, name: str) -> None:
     experiment = config["experiments"][name]
     channels = experiment["channels"]
-    for channel in experiment.get("channel_settings", {}):
-        if channel not in channels:
+    for index, channel in enumerate(channels):
+        twins = [other for other in channels[index + 1:] if other.casefold() == channel.casefold()]
+        if twins:
             raise ConfigError(
-                f"experiments/{name}/channel_settings: {channel!r} is not one of the experiment's "
-                f"channels {channels}"
+                f"experiments/{name}/channels: {channel} and {twins[0]} differ only in case; channel names "
+                "match file labels and LoadData columns without regard to case, so they would be ambiguous"
             )
+    _respell_keys(experiment.get("channel_settings", {}), channels, f"experiments/{name}/channel_settings", required=True)
+    for plate_name, plate in experiment["plates"].items():
+        if "channel_numbers" in plate:
+            _respell_keys(plate["channel_numbers"], channels, f"experiments/{name}/plates/{plate_name}/channel_numbers",
+                          required=False)
     for plate_name, plate in experiment["plates"].items():
         where = f"experiments/{name}/plates/{plate_name}"
         required = {"hyperstack": "pattern", "loaddata": "load_data", "phenix": "directory"}[plate["format"]]

@@ -269,19 +269,24 @@ def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str]) -> list[
     return [dict(zip(sites, values)) for values in zip(*sites.values())]
 
 
-def _find_column(columns: Iterable[str], wanted: str) -> str | None:
-    """Exact column name, else a unique case-insensitive match (OrigBrightField vs OrigBrightfield)."""
+def _find_column(columns: Iterable[str], wanted: str, csv_path: str = "") -> str | None:
+    """Exact column name, else a unique case-insensitive match (OrigBrightField vs OrigBrightfield);
+    several case-insensitive matches are an error naming them."""
     columns = list(columns)
     if wanted in columns:
         return wanted
-    folded = [column for column in columns if column.lower() == wanted.lower()]
-    return folded[0] if len(folded) == 1 else None
+    folded = [column for column in columns if column.casefold() == wanted.casefold()]
+    if len(folded) > 1:
+        raise DiscoveryError(
+            f"LoadData table {csv_path}: column {wanted} is ambiguous: {' and '.join(folded)} differ only in case"
+        )
+    return folded[0] if folded else None
 
 
 def _channel_paths(table: pd.DataFrame, channel: str, csv_path: str, base: str) -> list[str]:
-    file_column = _find_column(table.columns, f"FileName_Orig{channel}")
-    path_column = _find_column(table.columns, f"PathName_Orig{channel}")
-    url_column = _find_column(table.columns, f"URL_Orig{channel}")
+    file_column = _find_column(table.columns, f"FileName_Orig{channel}", csv_path)
+    path_column = _find_column(table.columns, f"PathName_Orig{channel}", csv_path)
+    url_column = _find_column(table.columns, f"URL_Orig{channel}", csv_path)
     if file_column and path_column:
         return [
             _resolve(os.path.join(folder.strip(), name.strip()), base, csv_path) if name.strip() else ""
