@@ -151,3 +151,37 @@ def test_images_smaller_than_the_patch_size_stop_the_run_before_any_split_or_tra
     assert (workdir / "results" / "small" / "P1" / "index.csv").exists()
     assert not (workdir / "results" / "small" / "P1" / "raw").exists()
     assert not (workdir / "results" / "small" / "logs" / "train").exists()
+
+
+@pytest.mark.slow
+def test_after_kill_9_mid_run_the_readmes_recovery_finishes_the_run(tmp_path):
+    # README, "Logs, failures, preemption": if snakemake itself was killed, run
+    # `snakemake --unlock` and then the same command again.
+    import signal
+    import time
+
+    workdir = workflow_copy(tmp_path)
+    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    run = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    train_logs = workdir / "results" / "tiny" / "logs" / "train"
+    deadline = time.monotonic() + 600
+    while not (train_logs.exists() and any(train_logs.rglob("*.log"))):
+        assert run.poll() is None, "the run ended before training started"
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)  # snakemake and its running job, as when the session dies
+    run.wait()
+    assert not (workdir / "results" / "tiny" / "report" / "report.html").exists()
+
+    again = snakemake(workdir, "--cores", "2")
+    assert again.returncode != 0 and "cannot be locked" in again.stdout + again.stderr  # why --unlock is needed
+    unlock = snakemake(workdir, "--unlock")
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    recovered = snakemake(workdir, "--cores", "2")
+    assert recovered.returncode == 0, (recovered.stdout + recovered.stderr)[-6000:]
+    results = workdir / "results" / "tiny"
+    assert (results / "report" / "report.html").exists()
+    leftovers = [str(path) for path in results.rglob("*") if path.name.startswith((".tmp-", ".old-"))]
+    assert leftovers == []
+    assert "Nothing to be done" in (snakemake(workdir, "--dry-run").stdout)
