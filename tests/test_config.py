@@ -93,8 +93,8 @@ def test_config_file_errors_name_the_file(tmp_path):
         # Each used to pass validation and fail only in the job that uses it (after training).
         ({"predict": {"tile_size": 64}}, "predict tile_size 64 leaves no room for the halo of the n2v network of depth 2; use at least 68"),
         ({"n2v": {"depth": 3}, "predict": {"tile_size": 128}}, "use at least 136"),
-        ({"predict": {"device": "gpu"}}, "predict/device: 'gpu' does not match"),
-        ({"n2v": {"device": "cuda0"}}, "n2v/device: 'cuda0' does not match"),
+        ({"predict": {"device": "gpu"}}, "channel ER: predict device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ({"n2v": {"device": "cuda0"}}, "channel ER: n2v device must be auto, cpu, cuda or cuda:N, got 'cuda0'"),
     ],
 )
 def test_settings_that_would_fail_after_training_are_rejected_when_the_config_is_read(settings, message):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,6 +29,9 @@ MIN_TILE_SIZE = {
     ("n2v", 1): 26, ("n2v", 2): 68, ("n2v", 3): 136, ("n2v", 4): 272, ("n2v", 5): 544,
     ("n2v2", 1): 30, ("n2v2", 2): 76, ("n2v2", 3): 152, ("n2v2", 4): 304, ("n2v2", 5): 608,
 }
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -156,6 +160,12 @@ def _check_experiment(config: dict, name: str) -> None:
     for channel in channels:
         resolved = channel_settings(config, name, channel)
         n2v, predict = resolved["n2v"], resolved["predict"]
+        for section, settings in (("n2v", n2v), ("predict", predict)):
+            if not DEVICE_PATTERN.match(str(settings["device"])):
+                raise ConfigError(
+                    f"experiments/{name}: channel {channel}: {section} device must be auto, cpu, cuda or cuda:N, "
+                    f"got {settings['device']!r}"
+                )
         smallest = MIN_TILE_SIZE[(n2v["variant"], n2v["depth"])]
         if predict["tile_size"] is not None and predict["tile_size"] < smallest:
             raise ConfigError(
