@@ -85,3 +85,44 @@ def test_config_file_errors_name_the_file(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=str(path)):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        # Each used to pass validation and fail only in the job that uses it (after training).
+        ({"predict": {"tile_size": 64}}, "predict tile_size 64 leaves no room for the halo of the n2v network of depth 2; use at least 68"),
+        ({"n2v": {"depth": 3}, "predict": {"tile_size": 128}}, "use at least 136"),
+        ({"predict": {"device": "gpu"}}, "channel ER: predict device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ({"n2v": {"device": "cuda0"}}, "channel ER: n2v device must be auto, cpu, cuda or cuda:N, got 'cuda0'"),
+    ],
+)
+def test_settings_that_would_fail_after_training_are_rejected_when_the_config_is_read(settings, message):
+    config = minimal_config()
+    config["experiments"]["exp"]["channel_settings"] = {"ER": copy.deepcopy(settings)}
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert message in str(error.value)
+
+
+def test_tile_size_at_the_halo_minimum_and_known_devices_are_accepted():
+    config = minimal_config()
+    config["settings"] = {"predict": {"tile_size": 68, "device": "cuda:1"}, "n2v": {"device": "cpu"}}
+    config["experiments"]["exp"]["channel_settings"] = {"ER": {"n2v": {"variant": "n2v2"}, "predict": {"tile_size": 76}}}
+    validate_config(config)
+
+
+def test_channel_names_in_settings_match_ignoring_case_when_unambiguous():
+    config = minimal_config()
+    config["experiments"]["exp"]["channel_settings"] = {"dna": {"n2v": {"epochs": 3}}}
+    config["experiments"]["exp"]["plates"]["P2"] = {"format": "phenix", "directory": "d", "channel_numbers": {"dna": 1, "Er": 2}}
+    validate_config(config)
+    assert channel_settings(config, "exp", "DNA")["n2v"]["epochs"] == 3
+    assert config["experiments"]["exp"]["plates"]["P2"]["channel_numbers"] == {"DNA": 1, "ER": 2}
+
+
+def test_channel_names_differing_only_in_case_are_refused():
+    config = minimal_config()
+    config["experiments"]["exp"]["channels"] = ["DNA", "dna"]
+    with pytest.raises(ConfigError, match="channels: DNA and dna differ only in case"):
+        validate_config(config)

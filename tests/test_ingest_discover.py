@@ -297,3 +297,36 @@ def test_loaddata_index_records_each_sites_row_in_the_table(tmp_path):
     assert list(zip(table.well, table.site, table.load_data_row)) == [("A01", 2, 2), ("B02", 1, 0)]
     write_index(table, tmp_path / "index.csv")
     assert read_index(tmp_path / "index.csv").load_data_row.tolist() == [2, 0]
+
+
+def test_listing_digest_changes_when_a_site_file_is_added_or_removed(tmp_path):
+    from jump_n2v.ingest import listing_digest
+
+    images = tmp_path / "Images"
+    images.mkdir()
+    (images / "r02c02f01p01-ch1sk1fk1fl1.tiff").touch()
+    phenix = {"format": "phenix", "directory": str(tmp_path), "channel_numbers": {"DNA": 1}}
+    before = listing_digest("P1", phenix)
+    (images / "notes.txt").touch()  # not an image name: the index would not change
+    assert listing_digest("P1", phenix) == before
+    (images / "r02c02f02p01-ch1sk1fk1fl1.tiff").touch()
+    added = listing_digest("P1", phenix)
+    assert added != before
+    (images / "r02c02f02p01-ch1sk1fk1fl1.tiff").unlink()
+    assert listing_digest("P1", phenix) == before
+    hyperstack = {"format": "hyperstack", "pattern": str(tmp_path / "{well}_s{site}.tif")}
+    empty = listing_digest("P1", hyperstack)
+    (tmp_path / "B02_s1.tif").touch()
+    assert listing_digest("P1", hyperstack) != empty
+    assert listing_digest("P1", {"format": "loaddata", "load_data": "x.csv"}) is None
+
+
+def test_loaddata_columns_differing_only_in_case_are_ambiguous_and_named(tmp_path):
+    rows = loaddata_rows(str(tmp_path / "images"), "P1", [("C03", 4)], ["DNA"])
+    for row in rows:
+        row["FileName_OrigDna"], row["PathName_OrigDna"] = row["FileName_OrigDNA"], row["PathName_OrigDNA"]
+    csv = tmp_path / "load_data.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    with pytest.raises(DiscoveryError, match="column FileName_OrigdNA is ambiguous: FileName_OrigDNA and FileName_OrigDna"):
+        discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["dNA"])
+    assert discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["DNA"])["source_DNA"].str.endswith("_DNA.tiff").all()

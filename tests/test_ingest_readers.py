@@ -239,3 +239,19 @@ def test_single_plane_file_where_channel_order_expects_several_is_refused(tmp_pa
     tifffile.imwrite(path, planes(1)[0])
     with pytest.raises(BadImageError, match="1 channel plane .* channel_order names 3"):
         read_channel(path, "DNA", channel_order=CHANNELS)
+
+
+def test_labels_match_the_channel_ignoring_case_when_unambiguous(tmp_path):
+    data = planes(3)
+    path = imagej(tmp_path / "site.tif", data, "CYX", labels=["rna", "dna", "Er"])
+    np.testing.assert_array_equal(read_channel(path, "DNA").pixels, data[1])
+    np.testing.assert_array_equal(read_channel(path, "ER").pixels, data[2])
+    unlabelled = imagej(tmp_path / "plain.tif", data, "CYX")
+    np.testing.assert_array_equal(read_channel(unlabelled, "DNA", channel_order=["rna", "dna", "er"]).pixels, data[1])
+
+
+def test_labels_differing_only_in_case_are_ambiguous_and_named(tmp_path):
+    path = imagej(tmp_path / "site.tif", planes(3), "CYX", labels=["DNA", "dna", "ER"])
+    np.testing.assert_array_equal(read_channel(path, "DNA").pixels, planes(3)[0])  # an exact match wins
+    with pytest.raises(BadImageError, match=r"channel 'Dna' is ambiguous: .* hold \['DNA', 'dna'\]"):
+        read_channel(path, "Dna")

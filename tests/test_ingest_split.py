@@ -39,12 +39,15 @@ def hyperstack_plate(folder, count: int, *, labels=True) -> pd.DataFrame:
     return discover_plate("P1", {"format": "hyperstack", "pattern": str(folder / "{well}_s{site}.tif")}, CHANNELS)
 
 
-def run_split(index, tmp_path, *, channel="ER", skip=False, channel_order=None, fmt="hyperstack", **kwargs):
+def run_split(index, tmp_path, *, channel="ER", skip=False, channel_order=None, fmt="hyperstack",
+              max_rejected_fraction=1.0, **kwargs):
+    """The split of ``channel``; by default any number of rejects is allowed (these plates are tiny)."""
     out = tmp_path / "results" / "raw" / f"{channel}.zarr"
     rejects = tmp_path / "results" / "rejects" / f"{channel}.csv"
+    ingest = {"on_bad_image": "skip" if skip else "fail", "max_rejected_fraction": max_rejected_fraction}
     summary = split_channel(
         index, channel, experiment="exp", plate="P1", plate_cfg={"format": fmt}, channel_order=channel_order,
-        ingest={"on_bad_image": "skip" if skip else "fail"}, out_zarr=out, rejects_csv=rejects, **kwargs,
+        ingest=ingest, out_zarr=out, rejects_csv=rejects, **kwargs,
     )
     return summary, out, rejects
 
@@ -131,12 +134,12 @@ def _missing_channel(folder, index):
 
 def _shape_differs(folder, index):
     tifffile.imwrite(folder / "A03_s1.tif", site_planes(2, shape=(24, 30)), imagej=True, metadata={"axes": "CYX", "Labels": CHANNELS})
-    return "differs from the plate's first good image"
+    return "differs from the plate's majority"
 
 
 def _dtype_differs(folder, index):
     tifffile.imwrite(folder / "A03_s1.tif", site_planes(2, dtype=np.float32), imagej=True, metadata={"axes": "CYX", "Labels": CHANNELS})
-    return "float32 differs from the plate's first good image"
+    return "float32 differs from the plate's majority"
 
 
 def _missing_file(folder, index):
@@ -317,3 +320,51 @@ def test_stored_pixels_read_back_exactly_for_each_dtype_and_writer(tmp_path, mon
     array = zarr.open_array(out)
     assert array.dtype == np.dtype(dtype).newbyteorder("=")
     np.testing.assert_array_equal(array[:], np.stack(expected))
+
+
+def test_an_odd_first_site_is_judged_against_the_plates_majority(tmp_path):
+    # The first site used to be the reference: every good image was rejected and the run trained on one.
+    folder = tmp_path / "raw"
+    index = hyperstack_plate(folder, 5)
+    tifffile.imwrite(folder / "A01_s1.tif", site_planes(0, shape=(24, 30)), imagej=True, metadata={"axes": "CYX", "Labels": CHANNELS})
+    summary, out, rejects = run_split(index, tmp_path, skip=True)
+    array = zarr.open_array(out, mode="r")
+    assert array.shape == (4, *SHAPE) and array.attrs["image_ids"] == [1, 2, 3, 4]
+    for row, image in enumerate([1, 2, 3, 4]):
+        np.testing.assert_array_equal(array[row], site_planes(image)[1])
+    table = pd.read_csv(rejects)
+    assert table.file.tolist() == [str(folder / "A01_s1.tif")]
+    assert "differs from the plate's majority (24, 32) uint16 (4 of 5 images" in table.problem[0]
+    assert summary["kept"] == 4
+    assert sorted(path.name for path in out.iterdir()) == ["c", "zarr.json"]  # no group arrays left inside
+
+
+def test_with_fail_an_odd_first_site_is_the_file_named(tmp_path):
+    folder = tmp_path / "raw"
+    index = hyperstack_plate(folder, 5)
+    tifffile.imwrite(folder / "A01_s1.tif", site_planes(0, dtype=np.float32), imagej=True, metadata={"axes": "CYX", "Labels": CHANNELS})
+    with pytest.raises(BadImageError) as caught:
+        run_split(index, tmp_path)
+    assert caught.value.path == str(folder / "A01_s1.tif")
+    assert "well A01 site 1" in str(caught.value) and "float32 differs from the plate's majority" in str(caught.value)
+    assert not (tmp_path / "results" / "raw" / "ER.zarr").exists()
+    assert list((tmp_path / "results" / "raw").iterdir()) == []
+
+
+def test_rejecting_more_than_max_rejected_fraction_fails_the_split(tmp_path):
+    folder = tmp_path / "raw"
+    index = hyperstack_plate(folder, 5)
+    (folder / "A04_s1.tif").write_bytes(b"broken")
+    with pytest.raises(BadImageError, match=r"1 of 5 images of channel ER of plate P1 were rejected \(20.0%\), "
+                                            r"more than ingest max_rejected_fraction 0.05 allows"):
+        run_split(index, tmp_path, skip=True, max_rejected_fraction=0.05)  # the schema default
+    assert not (tmp_path / "results" / "raw" / "ER.zarr").exists()
+    assert pd.read_csv(tmp_path / "results" / "rejects" / "ER.csv").file.tolist() == [str(folder / "A04_s1.tif")]
+    summary, _, _ = run_split(index, tmp_path, skip=True, max_rejected_fraction=0.2)
+    assert summary["rejected"] == 1
+
+
+def test_max_rejected_fraction_defaults_to_five_percent():
+    from jump_n2v.config import resolve_section
+
+    assert resolve_section("ingest")["max_rejected_fraction"] == 0.05

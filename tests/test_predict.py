@@ -16,11 +16,13 @@ from jump_n2v.config import ConfigError
 from jump_n2v.n2v.model import build_unet
 from jump_n2v.predict import (
     PredictSettings,
+    _Runner,
     denoise_image,
     halo_size,
     plan_axis,
     predict_array,
     receptive_field,
+    to_output_dtype,
 )
 
 torch.set_num_threads(1)
@@ -206,6 +208,41 @@ def test_output_dtype_input_gives_clipped_uint16(tmp_path):
     np.testing.assert_array_equal(as_input[:], np.clip(np.rint(as_float), 0, 65535).astype(np.uint16))
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
+def test_integer_output_saturates_at_the_dtype_range_instead_of_wrapping(dtype):
+    # float32 rounds 2**31 - 1 up to 2**31, which wrapped to -2**31 (and 2**32 - 1 to 0) when cast.
+    info = np.iinfo(dtype)
+    far = np.array([-1e30, 1e30, float(info.max) * 4, float(info.min) * 4 - 10, 7.4], dtype=np.float32)
+    cast = to_output_dtype(far, dtype)
+    assert cast.dtype == dtype
+    low, high, above, below, middle = cast.tolist()
+    # 64-bit maxima are not floats: they saturate at the largest float64 below the maximum.
+    slack = 2048 if np.dtype(dtype).itemsize == 8 else 0
+    assert (low, below, middle) == (info.min, info.min, 7)
+    assert info.max - slack <= high == above <= info.max
+
+
+def test_bf16_autocast_keeps_the_output_layer_and_denormalisation_in_fp32():
+    # A bright pixel (~38,000 counts, normalisation std 400) comes out of a bf16 head with 8
+    # significant bits: ~50 counts off. The head runs in fp32, so only the features' rounding is left.
+    # Prediction's own runner under CPU autocast rounds as CUDA's bf16 does.
+    torch.manual_seed(0)
+    net = build_unet(2, 16, "n2v").eval()
+    mean, std = 2000.0, 400.0
+    with torch.no_grad():
+        net.head.bias += (38000 - mean) / std
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(torch.zeros(1, 1, 32, 32)).dtype == torch.float32
+    image = np.random.default_rng(0).normal(38000, 300, size=(96, 96)).astype(np.float32)
+    settings = PredictSettings.from_dict({"device": "cpu", "tile_size": 96})
+    fp32 = _Runner(net, settings).denoise(image, mean, std)
+    runner = _Runner(net, settings)
+    runner.autocast_dtype = torch.bfloat16
+    mixed = runner.denoise(image, mean, std)
+    assert mixed.dtype == np.float32
+    assert np.abs(mixed - fp32).max() < 15.0  # counts; 52 with a bf16 head (benchmarks/bench_precision.py)
+
+
 def _peak_numpy_bytes(tmp_path, name: str, count: int) -> int:
     images = np.stack([noisy_image((256, 256), seed=s) for s in range(count)]).astype(np.uint16)
     write_source(tmp_path / f"{name}.zarr", images)
@@ -297,3 +334,17 @@ def test_odd_axis_lengths_are_cut_into_few_grid_aligned_tiles():
     assert plan.count * plan.core >= 1080 and plan.core % 4 == 0
     small = plan_axis(21, 512, 32, 4)
     assert (small.count, small.core, small.pad_after) == (1, 24, 35)
+
+
+@pytest.mark.parametrize("variant, depth", [("n2v", 1), ("n2v2", 1), ("n2v", 2), ("n2v2", 2)])
+def test_config_minimum_tile_size_is_what_the_network_needs(variant, depth):
+    # Config validation checks tile_size against this table without torch; it must match the halo
+    # that prediction measures (deeper networks: benchmarks would take minutes here).
+    from jump_n2v.config import MIN_TILE_SIZE
+
+    net = build_unet(depth, 32, variant)
+    smallest = MIN_TILE_SIZE[(variant, depth)]
+    assert smallest == 2 * halo_size(net) + 2**depth
+    plan_axis(1000, smallest, halo_size(net), 2**depth)
+    with pytest.raises(ConfigError):
+        plan_axis(1000, smallest - 1, halo_size(net), 2**depth)

@@ -241,3 +241,28 @@ def test_write_experiment_report_builds_tables_and_report_from_the_qc_folders(go
     assert summary["noise_gain"].notna().all() and summary["noise_read_sd"].notna().all()
     assert (summary["blind_spot_mode"] == "not recorded").all()
     assert "not recorded" in out.read_text(encoding="utf-8")
+
+
+def test_rejected_images_raise_a_flag_for_their_plate_and_channel(good_and_bad_report):
+    # A split that left images out (on_bad_image: skip) used to pass the report without a flag.
+    first_report, _ = good_and_bad_report
+    root = first_report.parents[1]
+    model_dir = root / "models" / "all-plates" / "DNA"
+    out = root / "flagged" / "report.html"
+    summary = write_experiment_report(
+        "E1",
+        [root / plate / "qc" / "DNA" / "metrics.csv" for plate in ("P1", "P2")],
+        {("P1", "DNA"): model_dir, ("P2", "DNA"): model_dir},
+        {"DNA": {"qc": resolve_section("qc")}},
+        [root / "P1" / "rejects" / "DNA.csv"],  # one image of P1 / DNA left out
+        root / "flagged" / "summary.csv",
+        root / "flagged" / "summary.parquet",
+        out,
+        versions={"jump-n2v": "0.1.0"},
+    )
+    flags = dict(zip(summary["plate"], summary["flags"]))
+    assert "rejected_images" in flags["P1"] and "rejected_images" not in flags["P2"]
+    assert summary.set_index("plate")["n_rejected"].to_dict() == {"P1": 1, "P2": 0}
+    text = out.read_text(encoding="utf-8")
+    flags_section = text[text.index('id="flags-section"'):text.index('id="summary-section"')]
+    assert "<b>P1 / DNA</b>: <span class=\"flag\">rejected_images</span>" in flags_section

@@ -27,8 +27,10 @@ CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 CLUSTER_STATE = Path(os.environ.get("JUMP_N2V_SLURM_STATE", "/tmp/jump-n2v-slurm"))
 GPU_RULES = {"train", "predict"}
-# What the tiny plate runs through SLURM: every rule of the workflow that does work.
-EXPECTED_SLURM_RULES = {"plate_index", "split_raw", "split_ground_truth", "train", "predict", "qc"}
+# What the tiny plate runs through SLURM: every rule of the workflow that does work; the cheap
+# bookkeeping rules (localrules) run on the submit host.
+EXPECTED_SLURM_RULES = {"split_raw", "split_ground_truth", "train", "predict", "qc"}
+LOCAL_RULES = {"plate_index", "export_load_data"}
 # Copied into the temporary working copy the cluster run uses.
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "config", "slurm", "profiles"]
 # Test-node memory request per job: small enough for two jobs on any CI machine. Nothing enforces
@@ -59,11 +61,16 @@ def test_profile_submits_to_slurm_with_retries_kept_logs_and_conda():
     profile = load_profile()
     assert profile["executor"] == "slurm"
     assert profile["retries"] >= 1
-    assert profile["rerun-incomplete"] is True
     assert profile["slurm-keep-successful-logs"] is True
     assert profile["software-deployment-method"] == "conda"
     assert profile["default-resources"]["slurm_partition"] == "cpu"
-    assert {"runtime", "mem_mb"} <= set(profile["default-resources"])
+    # Memory and runtime are the rules' (growing with each attempt): a fixed value here would stop that.
+    for resources in [profile["default-resources"], *profile["set-resources"].values()]:
+        assert not {"runtime", "mem_mb"} & set(resources), resources
+    # Recovery keys live in the workflow profile, which every run (local or --profile slurm) loads.
+    with open(WORKFLOW_PROFILE) as handle:
+        workflow_profile = yaml.safe_load(handle)
+    assert workflow_profile["rerun-incomplete"] is True and workflow_profile["show-failed-logs"] is True
 
 
 def test_profile_sends_training_and_prediction_to_one_gpu_each():
@@ -81,7 +88,7 @@ def test_profile_names_only_rules_the_workflow_has():
     assert set(load_profile()["set-resources"]) <= rules, set(load_profile()["set-resources"]) - rules
     with open(WORKFLOW_PROFILE) as handle:
         workflow_profile = yaml.safe_load(handle)
-    assert set(workflow_profile["set-threads"]) <= rules
+    assert set(workflow_profile.get("set-threads", {})) <= rules
 
 
 def test_profile_and_workflow_profile_set_disjoint_keys():
@@ -150,7 +157,7 @@ def make_test_profile(path: Path) -> Path:
     * no conda: channels are unreachable offline, and the test venv already holds every package;
     * squeue for job states (no slurmdbd, so no sacct) and no account (no accounting);
     * status checks after 2 s instead of 40 s, 4 jobs at a time;
-    * memory requests capped at TEST_MEM_MB so that jobs fit any CI machine.
+    * memory requests of every rule fixed at TEST_MEM_MB so that jobs fit any CI machine.
     """
     profile = load_profile()
     for key in ("software-deployment-method", "conda-prefix"):
@@ -161,9 +168,8 @@ def make_test_profile(path: Path) -> Path:
         "slurm-no-account": True,
         "slurm-init-seconds-before-status-checks": 2,
     })
-    for resources in [profile["default-resources"], *profile["set-resources"].values()]:
-        if "mem_mb" in resources:
-            resources["mem_mb"] = min(resources["mem_mb"], TEST_MEM_MB)
+    for rule in list_rules() - LOCAL_RULES - {"all"}:
+        profile["set-resources"].setdefault(rule, {})["mem_mb"] = TEST_MEM_MB
     path.mkdir(parents=True)
     with open(path / "config.yaml", "w") as handle:
         yaml.safe_dump(profile, handle, sort_keys=False)
@@ -208,6 +214,7 @@ def test_every_rule_ran_as_a_completed_slurm_job(slurm_run):
     for job in jobs:
         counts[rule_of(job)] = counts.get(rule_of(job), 0) + 1
     assert EXPECTED_SLURM_RULES <= set(counts), counts
+    assert not LOCAL_RULES & set(counts), counts
     # Two channels on one plate: one job per channel for each per-channel rule.
     for rule in ("split_raw", "split_ground_truth", "train", "predict", "qc"):
         assert counts[rule] == 2, counts
@@ -254,3 +261,69 @@ def test_cluster_rerun_has_nothing_to_do(slurm_run):
     )
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU requests the README documents, as sbatch lines the plugin builds and the cluster takes
+
+GPU_REQUESTS = {
+    "gpus": {"gpu": 1},
+    "gres": {"gres": "gpu:1", "gpu": 0},
+    "gpu_model": {"gpu": 1, "gpu_model": "a100"},
+    "slurm_extra": {"slurm_extra": "--gres=gpu:1"},
+}
+
+
+def gpu_request_run(slurm_cluster, workdir: Path, request: dict) -> subprocess.CompletedProcess:
+    """A one-rule workflow whose rule `train` asks for a GPU as the shipped profile's train does,
+    with the GPU keys replaced by ``request``; run with --verbose so the sbatch line is printed."""
+    workdir.mkdir(parents=True)
+    (workdir / "Snakefile").write_text(
+        'rule train:\n    output: "gpu.txt"\n    resources:\n        gpu=1,\n'
+        '    shell: "echo visible=$CUDA_VISIBLE_DEVICES > {output}"\n'
+    )
+    profile_dir = make_test_profile(workdir / "profile")
+    profile = yaml.safe_load((profile_dir / "config.yaml").read_text())
+    train = {key: value for key, value in profile["set-resources"]["train"].items() if key != "gpu"}
+    profile["set-resources"] = {"train": {**train, **request}}
+    profile.pop("retries", None)
+    (profile_dir / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "--profile", str(profile_dir), "--workflow-profile", "none",
+               "--verbose", "--jobs", "1"]
+    return subprocess.run(command, cwd=workdir, env=slurm_cluster, capture_output=True, text=True, timeout=600)
+
+
+def sbatch_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if "sbatch call:" in line or line.strip().startswith("sbatch ")]
+    return lines[0] if lines else ""
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("name", ["gpus", "gres"])
+def test_documented_gpu_requests_submit_and_get_a_gpu(slurm_cluster, tmp_path, name):
+    result = gpu_request_run(slurm_cluster, tmp_path / name, GPU_REQUESTS[name])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    line = sbatch_line(output)
+    assert {"gpus": " --gpus=1", "gres": " --gres=gpu:1"}[name] in line, line or output[-3000:]
+    assert "--gpus" not in line if name == "gres" else "--gres" not in line
+    assert (tmp_path / name / "gpu.txt").read_text().startswith("visible=0")
+
+
+@pytest.mark.slurm
+def test_gpu_model_becomes_a_typed_gpus_request(slurm_cluster, tmp_path):
+    # The test cluster's GPUs have no type, so it rejects the a100 request at submission, as a site
+    # without that model would; the line shows what the plugin asks SLURM for.
+    result = gpu_request_run(slurm_cluster, tmp_path / "model", GPU_REQUESTS["gpu_model"])
+    output = result.stdout + result.stderr
+    assert " --gpus=a100:1" in sbatch_line(output) or "--gpus=a100:1" in output, output[-5000:]
+
+
+@pytest.mark.slurm
+def test_gres_in_slurm_extra_is_refused_by_the_plugin(slurm_cluster, tmp_path):
+    # The README used to recommend this; the plugin refuses it before anything is submitted.
+    result = gpu_request_run(slurm_cluster, tmp_path / "extra", GPU_REQUESTS["slurm_extra"])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "--gres" in output and "slurm_extra" in output, output[-3000:]
+    assert not (tmp_path / "extra" / "gpu.txt").exists()

@@ -49,11 +49,13 @@ def _demo(args) -> int:
 def _train(args) -> int:
     import torch
 
+    from jump_n2v.locks import model_folder_lock
     from jump_n2v.logs import rule_logger
     from jump_n2v.n2v import N2VSettings, train_channel
 
     torch.set_num_threads(args.threads)
-    summary = train_channel(args.arrays, N2VSettings.from_dict(_parse_assignments(args.set)), Path(args.out), log=rule_logger(None))
+    with model_folder_lock(args.out):
+        summary = train_channel(args.arrays, N2VSettings.from_dict(_parse_assignments(args.set)), Path(args.out), log=rule_logger(None))
     print(f"model written to {args.out}: best validation loss {summary['best_val_loss']:.4g}")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +19,19 @@ import yaml
 SECTIONS = ("ingest", "n2v", "predict", "qc")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+# The smallest predict tile_size per (variant, depth): twice the network's halo plus one pooling grid
+# step (predict.plan_axis). The halo is measured from the architecture by predict.halo_size, which
+# does not depend on base_filters; tests/test_predict.py checks these against it. Kept here so the
+# configuration is checked when the workflow is parsed, without importing torch.
+MIN_TILE_SIZE = {
+    ("n2v", 1): 26, ("n2v", 2): 68, ("n2v", 3): 136, ("n2v", 4): 272, ("n2v", 5): 544,
+    ("n2v2", 1): 30, ("n2v2", 2): 76, ("n2v2", 3): 152, ("n2v2", 4): 304, ("n2v2", 5): 608,
+}
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -88,15 +102,45 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def _channel_spelling(key: str, channels: list[str], where: str) -> str | None:
+    """The experiment's channel ``key`` names: itself, else its unique case-insensitive match."""
+    if key in channels:
+        return key
+    folded = [channel for channel in channels if channel.casefold() == key.casefold()]
+    if len(folded) > 1:
+        raise ConfigError(f"{where}: {key!r} is ambiguous: channels {' and '.join(folded)} differ only in case")
+    return folded[0] if folded else None
+
+
+def _respell_keys(mapping: dict, channels: list[str], where: str, *, required: bool) -> None:
+    """Rename ``mapping``'s channel keys (in place) to the spelling in ``channels`` ("dna" -> "DNA")."""
+    for key in list(mapping):
+        spelling = _channel_spelling(key, channels, where)
+        if spelling is None:
+            if required:
+                raise ConfigError(f"{where}: {key!r} is not one of the experiment's channels {channels}")
+            continue
+        if spelling != key:
+            if spelling in mapping:
+                raise ConfigError(f"{where}: {key!r} and {spelling!r} name the same channel")
+            mapping[spelling] = mapping.pop(key)
+
+
 def _check_experiment(config: dict, name: str) -> None:
     experiment = config["experiments"][name]
     channels = experiment["channels"]
-    for channel in experiment.get("channel_settings", {}):
-        if channel not in channels:
+    for index, channel in enumerate(channels):
+        twins = [other for other in channels[index + 1:] if other.casefold() == channel.casefold()]
+        if twins:
             raise ConfigError(
-                f"experiments/{name}/channel_settings: {channel!r} is not one of the experiment's "
-                f"channels {channels}"
+                f"experiments/{name}/channels: {channel} and {twins[0]} differ only in case; channel names "
+                "match file labels and LoadData columns without regard to case, so they would be ambiguous"
             )
+    _respell_keys(experiment.get("channel_settings", {}), channels, f"experiments/{name}/channel_settings", required=True)
+    for plate_name, plate in experiment["plates"].items():
+        if "channel_numbers" in plate:
+            _respell_keys(plate["channel_numbers"], channels, f"experiments/{name}/plates/{plate_name}/channel_numbers",
+                          required=False)
     for plate_name, plate in experiment["plates"].items():
         where = f"experiments/{name}/plates/{plate_name}"
         required = {"hyperstack": "pattern", "loaddata": "load_data", "phenix": "directory"}[plate["format"]]
@@ -119,7 +163,21 @@ def _check_experiment(config: dict, name: str) -> None:
                 raise ConfigError(f"{where}/channel_numbers: no ch number for channel(s) {missing}")
     # Per-channel settings must resolve cleanly (catches e.g. a patch size off the U-Net grid).
     for channel in channels:
-        n2v = channel_settings(config, name, channel)["n2v"]
+        resolved = channel_settings(config, name, channel)
+        n2v, predict = resolved["n2v"], resolved["predict"]
+        for section, settings in (("n2v", n2v), ("predict", predict)):
+            if not DEVICE_PATTERN.match(str(settings["device"])):
+                raise ConfigError(
+                    f"experiments/{name}: channel {channel}: {section} device must be auto, cpu, cuda or cuda:N, "
+                    f"got {settings['device']!r}"
+                )
+        smallest = MIN_TILE_SIZE[(n2v["variant"], n2v["depth"])]
+        if predict["tile_size"] is not None and predict["tile_size"] < smallest:
+            raise ConfigError(
+                f"experiments/{name}: channel {channel}: predict tile_size {predict['tile_size']} leaves no room "
+                f"for the halo of the {n2v['variant']} network of depth {n2v['depth']}; use at least "
+                f"{smallest} (better 2-4x that, so most of each tile is kept), or null for the default"
+            )
         if n2v["patch_size"] % 2 ** n2v["depth"]:
             raise ConfigError(
                 f"experiments/{name}: channel {channel}: n2v patch_size {n2v['patch_size']} is not a "

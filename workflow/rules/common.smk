@@ -8,7 +8,7 @@ sys.path.insert(0, PACKAGE_SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_SRC, os.getenv("PYTHONPATH")) if p))
 
 from jump_n2v.config import channel_settings, demo_settings, experiment_settings, validate_config
-from jump_n2v.ingest import channel_sources, read_index, remote_source_fingerprints
+from jump_n2v.ingest import channel_sources, check_patch_fits, listing_digest, read_index, remote_source_fingerprints
 from jump_n2v.storage import is_remote, map_path, object_fingerprint, storage_settings
 
 validate_config(config)
@@ -22,6 +22,19 @@ wildcard_constraints:
     plate=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     group=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     channel=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+
+
+def grows_with_attempt(base):
+    """A resource request that grows with each retry (base, 2x base, ...), so a job killed for
+    memory or time asks for more; a profile's set-resources replaces it with a fixed value."""
+    return lambda wildcards, attempt: base * attempt
+
+
+# Cheap bookkeeping runs on the submit host, not as cluster jobs.
+localrules:
+    all,
+    plate_index,
+    export_load_data,
 
 
 def experiment_cfg(experiment):
@@ -79,6 +92,14 @@ def remote_table_fingerprint(wildcards, key="load_data"):
     return object_fingerprint(plate_table(plate, key), storage_settings(plate))
 
 
+def plate_listing(wildcards):
+    """Digest of a hyperstack or Phenix plate's file names, computed at planning time (a glob): a site
+    file added or removed changes this param, which reruns the index (and what follows from it).
+    Demo plates are left out: their files appear during the run, and their manifest is an input."""
+    plate = plate_cfg(wildcards)
+    return None if demo_settings(plate) is not None else listing_digest(wildcards.plate, plate)
+
+
 def channel_source_files(wildcards):
     """The existing local source files of one channel, read from the plate index (a checkpoint).
 
@@ -86,7 +107,11 @@ def channel_source_files(wildcards):
     the rejects table (skip), rather than Snakemake refusing to start the job.
     """
     index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
-    return channel_sources(read_index(index_csv), wildcards.channel, existing_only=True)
+    sources = channel_sources(read_index(index_csv), wildcards.channel, existing_only=True)
+    # Images smaller than the training patches stop the run here, before any split or training.
+    where = f"experiment {wildcards.experiment}, plate {wildcards.plate}, channel {wildcards.channel}"
+    check_patch_fits(sources, settings_for(wildcards, "n2v")["patch_size"], where)
+    return sources
 
 
 _REMOTE_FINGERPRINTS = {}

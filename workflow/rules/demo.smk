@@ -6,6 +6,9 @@ rule demo_plate:
         pattern=lambda w: plate_cfg(w)["pattern"],
         ground_truth=lambda w: plate_cfg(w)["ground_truth"],
         demo=lambda w: demo_settings(plate_cfg(w)),
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
     log:
         f"{RESULTS}/{{experiment}}/logs/demo_plate/{{plate}}.log",
     conda:

@@ -6,10 +6,13 @@ rule predict:
         model_json=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.json",
     output:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr"),
-    resources:
-        gpu=1,
     params:
         predict=lambda w: settings_for(w, "predict"),
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=grows_with_attempt(16000),
+        runtime=grows_with_attempt(240),
     log:
         f"{RESULTS}/{{experiment}}/logs/predict/{{plate}}/{{channel}}.log",
     benchmark:
@@ -31,6 +34,10 @@ rule export_tiff:
     params:
         layout=lambda w: settings_for(w, "predict")["export_layout"],
         export_dtype=lambda w: settings_for(w, "predict")["export_dtype"],
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_tiff/{{plate}}/{{channel}}.log",
     benchmark:
@@ -53,6 +60,9 @@ rule export_load_data:
         source_table=export_source_table,
         storage=lambda w: plate_cfg(w).get("storage"),
         remote_table=remote_table_fingerprint,
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_load_data/{{plate}}.log",
     conda:

@@ -22,6 +22,10 @@ rule qc:
         ),
     params:
         qc=lambda w: settings_for(w, "qc"),
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(60),
     log:
         f"{RESULTS}/{{experiment}}/logs/qc/{{plate}}/{{channel}}.log",
     benchmark:

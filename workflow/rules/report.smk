@@ -28,6 +28,9 @@ rule report:
             channel: channel_settings(config, w.experiment, channel)
             for channel in experiment_cfg(w.experiment)["channels"]
         },
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(30),
     log:
         f"{RESULTS}/{{experiment}}/logs/report.log",
     conda:

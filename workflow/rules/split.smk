@@ -9,6 +9,10 @@ checkpoint plate_index:
         channels=lambda w: experiment_cfg(w.experiment)["channels"],
         ingest=lambda w: experiment_settings(config, w.experiment, "ingest"),
         remote_table=remote_table_fingerprint,
+        files=plate_listing,
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
     log:
         f"{RESULTS}/{{experiment}}/logs/plate_index/{{plate}}.log",
     conda:
@@ -31,6 +35,10 @@ rule split_raw:
         ingest=lambda w: settings_for(w, "ingest"),
         ground_truth=False,
         remote_sources=channel_remote_sources,
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/split_raw/{{plate}}/{{channel}}.log",
     benchmark:
@@ -54,6 +62,10 @@ rule split_ground_truth:
         ingest=lambda w: settings_for(w, "ingest"),
         ground_truth=True,
         remote_table=lambda w: remote_table_fingerprint(w, "ground_truth"),
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/split_ground_truth/{{plate}}/{{channel}}.log",
     benchmark:

@@ -16,10 +16,13 @@ rule train:
             subcategory="Training",
             labels={"model": "{group}", "channel": "{channel}", "figure": "loss curves"},
         ),
-    resources:
-        gpu=1,
     params:
         n2v=lambda w: settings_for(w, "n2v"),
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=grows_with_attempt(32000),
+        runtime=grows_with_attempt(720),
     log:
         f"{RESULTS}/{{experiment}}/logs/train/{{group}}/{{channel}}.log",
     benchmark:

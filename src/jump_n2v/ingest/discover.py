@@ -14,6 +14,7 @@ rows), which the export uses to write that same row back with the denoised chann
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import os
 import posixpath
@@ -315,19 +316,24 @@ def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str], plate_cf
     return [dict(zip(sites, values)) for values in zip(*sites.values())]
 
 
-def _find_column(columns: Iterable[str], wanted: str) -> str | None:
-    """Exact column name, else a unique case-insensitive match (OrigBrightField vs OrigBrightfield)."""
+def _find_column(columns: Iterable[str], wanted: str, csv_path: str = "") -> str | None:
+    """Exact column name, else a unique case-insensitive match (OrigBrightField vs OrigBrightfield);
+    several case-insensitive matches are an error naming them."""
     columns = list(columns)
     if wanted in columns:
         return wanted
-    folded = [column for column in columns if column.lower() == wanted.lower()]
-    return folded[0] if len(folded) == 1 else None
+    folded = [column for column in columns if column.casefold() == wanted.casefold()]
+    if len(folded) > 1:
+        raise DiscoveryError(
+            f"LoadData table {csv_path}: column {wanted} is ambiguous: {' and '.join(folded)} differ only in case"
+        )
+    return folded[0] if folded else None
 
 
 def _channel_paths(table: pd.DataFrame, channel: str, csv_path: str, base: str) -> list[str]:
-    file_column = _find_column(table.columns, f"FileName_Orig{channel}")
-    path_column = _find_column(table.columns, f"PathName_Orig{channel}")
-    url_column = _find_column(table.columns, f"URL_Orig{channel}")
+    file_column = _find_column(table.columns, f"FileName_Orig{channel}", csv_path)
+    path_column = _find_column(table.columns, f"PathName_Orig{channel}", csv_path)
+    url_column = _find_column(table.columns, f"URL_Orig{channel}", csv_path)
     if file_column and path_column:
         return [
             _resolve(join(folder.strip(), name.strip()), base, csv_path) if name.strip() else ""
@@ -463,3 +469,51 @@ def ground_truth_index(raw_index: pd.DataFrame, plate: str, plate_cfg: Mapping, 
         raise DiscoveryError(f"plate {plate}: ground truth {plate_cfg.get('ground_truth')} has sites the raw plate lacks: {examples}")
     paired["image"] = paired["image"].astype(int)
     return paired[["image", *(c for c in paired.columns if c != "image")]].sort_values("image").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- which files a plate has
+
+
+def listing_digest(plate: str, plate_cfg: Mapping) -> str | None:
+    """A digest of the sorted names of the files a hyperstack or Phenix plate (and its ground truth)
+    would be indexed from, or None for a LoadData plate (its table is a file the index depends on).
+
+    It only globs or lists folders, so it is cheap enough to compute every time the workflow is
+    planned; a site file added or removed changes it, which reruns the plate's index.
+    """
+    fmt = plate_cfg.get("format")
+    if fmt not in ("hyperstack", "phenix"):
+        return None
+    names: list[str] = []
+    for location in (plate_cfg.get("pattern" if fmt == "hyperstack" else "directory"), plate_cfg.get("ground_truth")):
+        if not location:
+            continue
+        if fmt == "hyperstack":
+            glob_pattern, _ = _compile_pattern(str(location), plate)
+            names += sorted(glob.glob(glob_pattern))
+        else:
+            for folder in (str(location), os.path.join(str(location), "Images")):
+                if os.path.isdir(folder):
+                    names += sorted(os.path.join(folder, name) for name in os.listdir(folder) if PHENIX_NAME.match(name))
+        names.append("")  # separates the raw listing from the ground truth's
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def check_patch_fits(sources: Sequence[str], patch_size: int, where: str) -> None:
+    """Raise DiscoveryError when the first readable source image is smaller than the training
+    ``patch_size``, so the workflow stops once the index exists instead of after the split.
+
+    Only a TIFF header is read; files that cannot be read are left to the split to report."""
+    import tifffile
+
+    for path in sources[:1]:
+        try:
+            with tifffile.TiffFile(path) as tiff:
+                height, width = tiff.series[0].shape[-2:] if tiff.series else tiff.pages[0].shape[:2]
+        except Exception:
+            return
+        if height < patch_size or width < patch_size:
+            raise DiscoveryError(
+                f"{where}: images are {height}x{width} pixels ({path}), smaller than the n2v patch_size "
+                f"{patch_size}; lower n2v.patch_size to at most {min(height, width)} (a multiple of 2**depth)"
+            )

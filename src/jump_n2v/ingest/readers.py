@@ -216,11 +216,20 @@ def _channel_index(path, tif, series, count, channel, channel_order) -> int:
         source = "channel_order"
     if channel is None:
         raise BadImageError(path, f"the file has {count} channels {names}; say which one to read")
-    if channel not in names:
-        raise BadImageError(path, f"missing channel {channel!r}: {source} are {names}")
     if names.count(channel) > 1:
         raise BadImageError(path, f"channel {channel!r} appears {names.count(channel)} times in {source} {names}")
-    return names.index(channel)
+    if channel in names:
+        return names.index(channel)
+    # Labels are often typed by hand ("dna", "Mito"): a unique match ignoring case is the channel.
+    folded = [index for index, name in enumerate(names) if str(name).casefold() == channel.casefold()]
+    if len(folded) > 1:
+        raise BadImageError(
+            path, f"channel {channel!r} is ambiguous: {source} {names} hold {[names[i] for i in folded]}, "
+            "which differ only in case",
+        )
+    if not folded:
+        raise BadImageError(path, f"missing channel {channel!r}: {source} are {names}")
+    return folded[0]
 
 
 def _read_selection(series, selection: tuple, z_count: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import concurrent.futures
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -82,8 +83,11 @@ def split_channel(
     ``ingest`` is the resolved ingest settings (missing keys take the schema defaults). With
     on_bad_image "fail" the first bad image raises BadImageError naming the file and the problem;
     with "skip" it is left out and listed in the rejects table (written always, maybe empty).
-    Shape and dtype must match the first good image. Progress lines go to ``log`` (a logging.Logger
-    or any callable taking a string). Returns a summary (counts, shape, throughput).
+    Shape and dtype must match the plate's majority (shape, dtype) among its readable images, so an
+    odd first image cannot make every good one look wrong. Rejecting more than ``max_rejected_fraction``
+    of the images fails the split (after writing the rejects table) rather than train on what is left.
+    Progress lines go to ``log`` (a logging.Logger or any callable taking a string). Returns a summary
+    (counts, shape, throughput).
     """
     settings = resolve_section("ingest", ingest)
     log = log.info if isinstance(log, logging.Logger) else (log or logger.info)
@@ -124,9 +128,9 @@ def split_channel(
             return error
 
     rejects: list[dict] = []
-    kept_ids: list[int] = []
-    reference: dict[str, Any] = {}
-    array = None
+    # Good images are written as they arrive, one array per (shape, dtype) seen, inside the temporary
+    # store; the majority's array becomes the output and the other groups' images are rejected.
+    groups: dict[tuple, _Group] = {}
     started = last_report = time.monotonic()
     bytes_done = 0
 
@@ -145,7 +149,17 @@ def split_channel(
              "file": error.path or path, "problem": error.problem}
         )
 
+    def fail_on_certain_minority() -> None:
+        """With on_bad_image fail, stop as soon as some group holds most of the plate's images."""
+        if skip or len(groups) < 2:
+            return
+        majority = max(groups.values(), key=len)
+        if len(majority) * 2 > len(rows):
+            odd = next(group for group in groups.values() if group is not majority)
+            reject(odd.rows[0], BadImageError(odd.rows[0][3], _mismatch(odd, majority, len(rows))))
+
     with atomic_output(out_zarr) as temporary:
+        temporary.mkdir()
         pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"split-{channel}")
         try:
             reads: collections.deque = collections.deque()
@@ -166,18 +180,17 @@ def split_channel(
                     reject(row, result)
                 else:
                     pixels = result.pixels
-                    if array is None:
-                        reference = {"row": row, "shape": pixels.shape, "dtype": pixels.dtype,
-                                     "pixel_size_um": result.pixel_size_um}
-                        array = _create_array(temporary, len(rows), pixels.shape, pixels.dtype)
-                        write_row = _row_writer(array)
-                    problem = _mismatch(pixels, reference)
-                    if problem:
-                        reject(row, BadImageError(row[3], problem))
-                    else:
-                        writes.add(pool.submit(write_row, len(kept_ids), pixels))
-                        kept_ids.append(int(row[0]))
-                        bytes_done += pixels.nbytes
+                    key = (pixels.shape, pixels.dtype.str)
+                    group = groups.get(key)
+                    if group is None:
+                        group = groups[key] = _Group(
+                            temporary / f"group-{len(groups)}", len(rows), pixels.shape, pixels.dtype,
+                            result.pixel_size_um,
+                        )
+                    writes.add(pool.submit(group.write, len(group), pixels))
+                    group.rows.append(row)
+                    bytes_done += pixels.nbytes
+                    fail_on_certain_minority()
                 del result
                 _collect(writes, block=False)
                 now = time.monotonic()
@@ -193,7 +206,7 @@ def split_channel(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        if array is None:
+        if not groups:
             _write_rejects(rejects, rejects_csv)
             first = rejects[0]
             raise BadImageError(
@@ -201,6 +214,31 @@ def split_channel(
                 f"no usable image for channel {channel} of plate {plate}: all {len(rows)} rejected "
                 f"(listed in {rejects_csv}); the first problem: {first['problem']}",
             )
+        # Ties go to the group seen first (index order).
+        majority = max(groups.values(), key=len)
+        for group in groups.values():
+            if group is not majority:
+                for row in group.rows:
+                    reject(row, BadImageError(row[3], _mismatch(group, majority, len(rows))))
+        rejects.sort(key=lambda record: record["image"])
+        kept_ids = [int(row[0]) for row in majority.rows]
+        reference = {"shape": majority.shape, "dtype": majority.dtype, "pixel_size_um": majority.pixel_size_um}
+        allowed = settings["max_rejected_fraction"]
+        if len(rejects) > allowed * len(rows):
+            _write_rejects(rejects, rejects_csv)
+            examples = "; ".join(f"{record['file'] or '<no file>'}: {record['problem']}" for record in rejects[:3])
+            raise BadImageError(
+                rejects[0]["file"],
+                f"{len(rejects)} of {len(rows)} images of channel {channel} of plate {plate} were rejected "
+                f"({len(rejects) / len(rows):.1%}), more than ingest max_rejected_fraction {allowed:g} allows; "
+                f"they are listed in {rejects_csv}. First: {examples}",
+            )
+        # The majority's array becomes the store itself; the other groups' arrays go.
+        for entry in list(majority.path.iterdir()):
+            os.replace(entry, temporary / entry.name)
+        for group in groups.values():
+            shutil.rmtree(group.path)
+        array = zarr.open_array(str(temporary), mode="r+")
         if len(kept_ids) < len(rows):
             array.resize((len(kept_ids), *reference["shape"]))
         array.attrs.update(
@@ -250,13 +288,23 @@ def _create_array(path, count: int, shape: tuple[int, int], dtype: np.dtype):
     )
 
 
-def _mismatch(pixels: np.ndarray, reference: dict) -> str | None:
-    if pixels.shape == reference["shape"] and pixels.dtype == reference["dtype"]:
-        return None
-    image, well, site, path = reference["row"]
+class _Group:
+    """The images of one (shape, dtype), written as they arrive into their own array at ``path``."""
+
+    def __init__(self, path: Path, count: int, shape: tuple[int, int], dtype: np.dtype, pixel_size_um) -> None:
+        self.path, self.shape, self.dtype, self.pixel_size_um = path, shape, np.dtype(dtype), pixel_size_um
+        self.write = _row_writer(_create_array(path, count, shape, dtype))
+        self.rows: list[tuple] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _mismatch(group: _Group, majority: _Group, total: int) -> str:
+    image, well, site, path = majority.rows[0]
     return (
-        f"shape {pixels.shape} {pixels.dtype} differs from the plate's first good image "
-        f"{reference['shape']} {reference['dtype']} (image {image}, well {well} site {site}, {path})"
+        f"shape {group.shape} {group.dtype} differs from the plate's majority {majority.shape} {majority.dtype} "
+        f"({len(majority)} of {total} images, e.g. image {image}, well {well} site {site}, {path})"
     )
 
 

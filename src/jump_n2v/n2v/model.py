@@ -98,7 +98,10 @@ class UNet(nn.Module):
             if not (self.n2v2 and level == 0):
                 x = torch.cat([x, skips[level]], dim=1)
             x = decoder(x)
-        return self.head(x)
+        # The 1x1 output layer runs in fp32 even under autocast: in bf16 the output keeps 8
+        # significant bits, i.e. tens of counts at 38,000 once de-normalised.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.head(x.to(torch.promote_types(x.dtype, torch.float32)))
 
 
 def build_unet(depth: int, base_filters: int, variant: str) -> UNet:

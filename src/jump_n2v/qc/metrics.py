@@ -100,6 +100,8 @@ FLAG_DESCRIPTIONS = {
     "psnr_drop": "mean PSNR of denoised vs clean is below that of raw vs clean: denoising made the image "
     "worse against the ground truth.",
     "no_snr_gain": "median implied SNR gain is not above 0 dB: the estimated noise level did not go down.",
+    "rejected_images": "ingest left images of this channel out (on_bad_image: skip): unreadable, or their "
+    "shape or dtype differs from the plate's majority; the Rejects section lists each file and why.",
 }
 
 
@@ -546,6 +548,7 @@ def summarize(
     models: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     qc_settings: Mapping[str, Mapping[str, Any]] | None = None,
     noise_models: Mapping[tuple[str, str], NoiseModel] | None = None,
+    rejected: Mapping[tuple[str, str], int] | None = None,
 ) -> pd.DataFrame:
     """One row per (plate, channel): ``n_images``, ``<metric>_mean`` / ``<metric>_median`` of every
     metric present, the fitted noise model (NOISE_MODEL_COLUMNS, from ``noise_models``), the model's
@@ -554,8 +557,9 @@ def summarize(
 
     ``tables`` are :func:`channel_metrics` results. ``models`` maps (plate, channel) to the model's
     info (:func:`load_model_info`); ``qc_settings`` maps channel to its resolved ``qc`` settings
-    (schema defaults for channels not given). Reference-metric columns appear only when some table has
-    them.
+    (schema defaults for channels not given). ``rejected`` maps (plate, channel) to the number of
+    images ingest left out (``n_rejected``; any makes a ``rejected_images`` flag). Reference-metric
+    columns appear only when some table has them.
     """
     combined = pd.concat(list(tables), ignore_index=True)
     if combined.empty:
@@ -592,7 +596,10 @@ def summarize(
         row["stopped_early"] = training.get("stopped_early")
         row.update(noise_model_columns(noise_models.get((plate, channel))))
         row.update(blind_spot_columns(info))
+        row["n_rejected"] = int((rejected or {}).get((plate, channel), 0))
         row["flags"] = _flags(row, resolve_section("qc", qc_settings.get(channel)))
+        if row["n_rejected"]:
+            row["flags"].append("rejected_images")
         rows.append(row)
     return pd.DataFrame.from_records(rows)
 

@@ -50,6 +50,7 @@ SUMMARY_COLUMNS = (
     ("best_val_loss", "best validation loss"),
     ("best_epoch", "best epoch"),
     ("epochs_run", "epochs run"),
+    ("n_rejected", "images rejected"),
     ("flags", "flags"),
 )
 
@@ -62,6 +63,7 @@ FLAG_COLUMNS = {
     "bias": ("bias_relative_median",),
     "psnr_drop": ("psnr_gain_db_mean", "psnr_denoised_db_mean"),
     "no_snr_gain": ("snr_gain_db_median",),
+    "rejected_images": ("n_rejected",),
 }
 
 FLAG_THRESHOLDS = {
@@ -559,11 +561,14 @@ def write_experiment_report(
             artifact["model_json"] = Path(model_dir) / "model.json"
         artifacts.append(artifact)
     models = {key: load_model_info(directory) for key, directory in model_dirs.items()}
+    rejects = read_rejects(rejects_csvs)
     summary = summarize(
-        tables, models=models, qc_settings={channel: sections.get("qc") for channel, sections in settings.items()}, noise_models=noise_models
+        tables,
+        models=models,
+        qc_settings={channel: sections.get("qc") for channel, sections in settings.items()},
+        noise_models=noise_models,
+        rejected=rejects.groupby(["plate", "channel"]).size().to_dict(),
     )
     write_table(summary, summary_csv, summary_parquet)
-    build_report(
-        experiment, summary, artifacts, settings, versions or software_versions(), read_rejects(rejects_csvs), out_html
-    )
+    build_report(experiment, summary, artifacts, settings, versions or software_versions(), rejects, out_html)
     return summary

@@ -1,0 +1,96 @@
+"""Exclusive writer locks: a second writer of the same output fails at once, naming the first.
+
+The lock is ``flock`` on a small file beside what is written, holding the writer's host, pid,
+working directory and start time. The kernel releases it when the holder exits for any reason
+(``kill -9`` and node loss included, once the file server notices), so a lock is never stale; a
+leftover lock file is only a name. Works across hosts on NFS (Linux maps flock to POSIX locks there)
+and on local filesystems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Iterator
+
+
+class WriterLockedError(RuntimeError):
+    """Another process holds the writer lock; the message names it."""
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "another process (it has not written its name yet)"
+    return (f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('started')}, "
+            f"working directory {info.get('cwd')}")
+
+
+def try_lock(path: str | os.PathLike) -> int | None:
+    """Open ``path`` (created if missing) and lock it without waiting: its descriptor, or None when
+    another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold the exclusive writer lock ``path`` while the block runs; raise WriterLockedError at once
+    (naming the holder's host, pid, start time and working directory) when another process has it.
+    ``what`` names the output for the message (e.g. "model folder results/e/models/P1/DNA")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = try_lock(path)
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            holder = _holder(fd)
+        finally:
+            os.close(fd)
+        raise WriterLockedError(
+            f"{what} is being written by another run: {holder} (lock {path}). Two runs must not write "
+            "the same results folder at once; wait for that run or stop it."
+        )
+    try:
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "cwd": os.getcwd(),
+            "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        release(fd)
+
+
+MODEL_LOCK_NAME = ".writer.lock"
+
+
+def model_folder_lock(model_dir: str | os.PathLike) -> contextlib.AbstractContextManager:
+    """The writer lock of a model folder (training writes checkpoint.pt and the outputs there)."""
+    return writer_lock(Path(model_dir) / MODEL_LOCK_NAME, f"model folder {model_dir}")

@@ -1,0 +1,190 @@
+"""The workflow under failure: what a failed job shows, what a retried job asks for, recovery.
+
+Each test runs the real workflow (a private copy, so locks and metadata stay in a temporary folder).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_copy import copy_workflow
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "profiles"]
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+
+
+def workflow_copy(workdir: Path, config: dict | None = None) -> Path:
+    copy_workflow(workdir, WORKFLOW_PATHS)
+    (workdir / "config").mkdir()
+    if config is None:
+        shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
+    else:
+        (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return workdir
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def job_blocks(output: str) -> list[tuple[str, dict]]:
+    """(rule, {field: value}) for each job block snakemake printed."""
+    blocks, rule, fields = [], None, {}
+    for line in output.splitlines() + [""]:
+        header = JOB_HEADER.match(line)
+        if header or not line.startswith("    "):
+            if rule is not None:
+                blocks.append((rule, fields))
+            rule, fields = (header.group("rule") if header else None), {}
+            continue
+        field, _, value = line.strip().partition(": ")
+        fields[field] = value
+    return blocks
+
+
+def resources(block: dict) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in block.get("resources", "").split(", ") if "=" in item)
+
+
+# Threads, memory (MB) and runtime (minutes) each rule asks for on its first attempt.
+RULE_DEFAULTS = {
+    "demo_plate": (1, 2000, 15), "plate_index": (1, 2000, 15), "split_raw": (2, 8000, 120),
+    "split_ground_truth": (2, 8000, 120), "train": (4, 32000, 720), "predict": (4, 16000, 240),
+    "export_tiff": (2, 4000, 120), "export_load_data": (1, 2000, 15), "qc": (2, 8000, 60), "report": (1, 4000, 30),
+}
+
+
+def test_every_rule_carries_threads_memory_and_runtime(tmp_path):
+    # The profile used to define them (set-threads, set-resources), so a plain or --workflow-profile
+    # none run asked for nothing and a retry asked for the same again.
+    workdir = workflow_copy(tmp_path)
+    result = snakemake(workdir, "--dry-run", "--cores", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = {}
+    for rule, block in job_blocks(result.stdout + result.stderr):
+        if rule == "all":
+            continue
+        asked = resources(block)
+        seen[rule] = (int(block.get("threads", 1)), int(asked["mem_mb"]), int(asked["runtime"]))
+    assert seen == RULE_DEFAULTS
+
+
+def test_a_failed_job_shows_its_error_and_a_retry_asks_for_more(tmp_path):
+    # A plate whose pattern matches no file: plate_index fails at once, twice with --retries 1.
+    with open(TINY_CONFIG) as handle:
+        config = yaml.safe_load(handle)
+    plate = config["experiments"]["tiny"]["plates"]["TinyPlate"]
+    plate.pop("demo")
+    plate.pop("ground_truth")
+    plate["pattern"] = "nowhere/{well}_s{site}.tif"
+    workdir = workflow_copy(tmp_path, config)
+    result = snakemake(workdir, "--retries", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    # The job's own error (from its log file), not only "check log file(s) for error details".
+    assert "DiscoveryError: plate TinyPlate: pattern 'nowhere/{well}_s{site}.tif'" in output, output[-4000:]
+    attempts = [resources(block) for rule, block in job_blocks(output) if rule == "plate_index" and "resources" in block]
+    asked = sorted({(int(r["mem_mb"]), int(r["runtime"])) for r in attempts})
+    assert asked == [(2000, 15), (4000, 30)], output[-4000:]
+
+
+def write_hyperstack_site(path: Path, seed: int) -> None:
+    import numpy as np
+    import tifffile
+
+    planes = np.random.default_rng(seed).poisson(200, size=(2, 32, 32)).astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, planes, imagej=True, metadata={"axes": "CYX", "Labels": ["DNA", "Mito"]})
+
+
+def test_a_site_file_added_to_a_hyperstack_plate_reruns_only_that_plates_index_and_splits(tmp_path):
+    # plate_index had no inputs for hyperstack and Phenix plates: a new site file was never seen.
+    plates = {}
+    for number, plate in enumerate(["P1", "P2"]):
+        for site in (1, 2):
+            write_hyperstack_site(tmp_path / "images" / plate / f"B02_s{site}.tif", seed=10 * number + site)
+        plates[plate] = {"format": "hyperstack", "pattern": f"images/{plate}/{{well}}_s{{site}}.tif"}
+    config = {"results": "results", "experiments": {"files": {
+        "channels": ["DNA", "Mito"], "plates": plates, "settings": {"n2v": {"patch_size": 32}}}}}
+    workdir = workflow_copy(tmp_path, config)
+    targets = [f"results/files/{plate}/raw/{channel}.zarr" for plate in plates for channel in ("DNA", "Mito")]
+    first = snakemake(workdir, "--cores", "2", *targets)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = snakemake(workdir, "--dry-run", *targets)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    write_hyperstack_site(tmp_path / "images" / "P1" / "C03_s1.tif", seed=99)
+    planned = snakemake(workdir, "--dry-run", *targets)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    jobs = {(rule, block.get("wildcards")) for rule, block in job_blocks(planned.stdout + planned.stderr)}
+    assert jobs == {
+        ("plate_index", "experiment=files, plate=P1"),
+        ("split_raw", "experiment=files, plate=P1, channel=DNA"),
+        ("split_raw", "experiment=files, plate=P1, channel=Mito"),
+    }, planned.stdout[-3000:]
+    rerun = snakemake(workdir, "--cores", "2", *targets)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "C03" in (workdir / "results" / "files" / "P1" / "index.csv").read_text()
+
+
+def test_images_smaller_than_the_patch_size_stop_the_run_before_any_split_or_training(tmp_path):
+    for site in (1, 2):
+        write_hyperstack_site(tmp_path / "images" / f"B02_s{site}.tif", seed=site)  # 32 x 32 pixels
+    config = {"results": "results", "experiments": {"small": {
+        "channels": ["DNA", "Mito"],
+        "plates": {"P1": {"format": "hyperstack", "pattern": "images/{well}_s{site}.tif"}},
+        "settings": {"n2v": {"patch_size": 64}},
+    }}}
+    workdir = workflow_copy(tmp_path, config)
+    result = snakemake(workdir, "--cores", "2")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "images are 32x32 pixels" in output and "smaller than the n2v patch_size 64" in output, output[-3000:]
+    assert (workdir / "results" / "small" / "P1" / "index.csv").exists()
+    assert not (workdir / "results" / "small" / "P1" / "raw").exists()
+    assert not (workdir / "results" / "small" / "logs" / "train").exists()
+
+
+@pytest.mark.slow
+def test_after_kill_9_mid_run_the_readmes_recovery_finishes_the_run(tmp_path):
+    # README, "Logs, failures, preemption": if snakemake itself was killed, run
+    # `snakemake --unlock` and then the same command again.
+    import signal
+    import time
+
+    workdir = workflow_copy(tmp_path)
+    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    run = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    # Kill inside the multi-output train rule: model.pt written, model.json (its last output) not yet,
+    # so Snakemake finds an incomplete job's outputs on the rerun.
+    models = workdir / "results" / "tiny" / "models"
+    deadline = time.monotonic() + 600
+    while not (models.exists() and any(models.rglob("model.pt"))):
+        assert run.poll() is None, "the run ended before training wrote a model"
+        assert time.monotonic() < deadline, "training did not write a model"
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGKILL)  # snakemake and its running job, as when the session dies
+    run.wait()
+    written = next(models.rglob("model.pt")).parent
+    assert not (written / "model.json").exists(), "killed after the job finished: no incomplete outputs"
+
+    again = snakemake(workdir, "--cores", "2")
+    assert again.returncode != 0 and "cannot be locked" in again.stdout + again.stderr  # why --unlock is needed
+    unlock = snakemake(workdir, "--unlock")
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    recovered = snakemake(workdir, "--cores", "2")
+    assert recovered.returncode == 0, (recovered.stdout + recovered.stderr)[-6000:]
+    results = workdir / "results" / "tiny"
+    assert (results / "report" / "report.html").exists()
+    leftovers = [str(path) for path in results.rglob("*") if path.name.startswith((".tmp-", ".old-"))]
+    assert leftovers == []
+    assert "Nothing to be done" in (snakemake(workdir, "--dry-run").stdout)
