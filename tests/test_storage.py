@@ -164,7 +164,8 @@ def bad_plate(request, gallery_copy, tmp_path):
 def split_dna(plate_cfg, tmp_path, on_bad_image):
     index = discover_plate("P", plate_cfg, ["DNA"])
     return split_channel(index, "DNA", experiment="e", plate="P", plate_cfg=plate_cfg, channel_order=None,
-                         ingest={"on_bad_image": on_bad_image}, out_zarr=tmp_path / "DNA.zarr",
+                         # one bad site of two: past any sensible rejection ceiling, which is not under test here
+                         ingest={"on_bad_image": on_bad_image, "max_rejected_fraction": 1.0}, out_zarr=tmp_path / "DNA.zarr",
                          rejects_csv=tmp_path / "rejects" / "DNA.csv")
 
 

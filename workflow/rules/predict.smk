@@ -80,6 +80,10 @@ rule export_ome_zarr:
         plate=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised_plate.ome.zarr"),
     params:
         channels=lambda w: ome_zarr_channels(w.experiment),
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(4000),  # one field of every channel at a time
+        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_ome_zarr/{{plate}}.log",
     benchmark:

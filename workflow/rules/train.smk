@@ -50,6 +50,10 @@ rule export_bmz:
         ),
     output:
         package=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/model.bmz.zip",
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(30),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_bmz/{{group}}/{{channel}}.log",
     conda:
