@@ -266,3 +266,29 @@ def test_rejected_images_raise_a_flag_for_their_plate_and_channel(good_and_bad_r
     text = out.read_text(encoding="utf-8")
     flags_section = text[text.index('id="flags-section"'):text.index('id="summary-section"')]
     assert "<b>P1 / DNA</b>: <span class=\"flag\">rejected_images</span>" in flags_section
+
+
+def test_the_tiff_exports_clipping_is_counted_in_the_summary(good_and_bad_report):
+    first_report, _ = good_and_bad_report
+    root = first_report.parents[1]
+    model_dir = root / "models" / "all-plates" / "DNA"
+    exported = root / "P1" / "denoised_tiff" / "DNA"
+    exported.mkdir(parents=True)
+    pd.DataFrame({"image": [0, 1], "well": ["A01", "A01"], "site": [1, 2], "file": ["a.tiff", "b.tiff"],
+                  "pixels": [100, 100], "clipped_low": [3, 0], "clipped_high": [0, 1]}).to_csv(exported / "clipping.csv", index=False)
+    summary = write_experiment_report(
+        "E1",
+        [root / plate / "qc" / "DNA" / "metrics.csv" for plate in ("P1", "P2")],
+        {("P1", "DNA"): model_dir, ("P2", "DNA"): model_dir},
+        {"DNA": {"qc": resolve_section("qc")}},
+        [],
+        root / "clipping" / "summary.csv",
+        root / "clipping" / "summary.parquet",
+        root / "clipping" / "report.html",
+        versions={"jump-n2v": "0.1.0"},
+        export_dirs={("P1", "DNA"): exported},  # P2 was not exported
+    ).set_index("plate")
+    assert (summary.loc["P1", "export_clipped_low"], summary.loc["P1", "export_clipped_high"]) == (3, 1)
+    assert summary.loc["P1", "export_clipped_fraction"] == 4 / 200
+    assert np.isnan(summary.loc["P2", "export_clipped_fraction"])
+    assert "share of pixels clipped" in (root / "clipping" / "report.html").read_text(encoding="utf-8")

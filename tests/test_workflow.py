@@ -66,6 +66,12 @@ def test_export_writes_denoised_tiffs_and_a_loaddata_csv_pointing_at_them(tiny_r
         assert exported.dtype == np.uint16
         assert np.array_equal(exported, np.clip(np.rint(denoised[row]), 0, 65535))
     assert load_data["FileName_OrigMito"].str.contains("Mito").all()
+    # The pixels the export clipped into uint16 are counted in the QC summary, exported channel by channel.
+    summary = pd.read_csv(tiny_run / "report" / "summary.csv").set_index("channel")
+    for channel in CHANNELS:
+        clipping = pd.read_csv(tiny_run / "TinyPlate" / "denoised_tiff" / channel / "clipping.csv")
+        clipped = int(clipping["clipped_low"].sum() + clipping["clipped_high"].sum())
+        assert summary.loc[channel, "export_clipped_fraction"] == clipped / clipping["pixels"].sum()
 
 
 def test_ome_zarr_export_opens_with_the_standard_reader_as_an_hcs_plate(tiny_run):

@@ -173,7 +173,13 @@ def report_inputs(wildcards):
         "model_json": [f"{m}/model.json" for m in models],
         "training_curves": [f"{m}/training_curve.png" for m in models],
         "rejects": expand(f"{RESULTS}/{e}/{{plate}}/rejects/{{channel}}.csv", plate=plates, channel=channels),
+        # their clipping.csv: pixels the TIFF export clipped into the source dtype
+        "exports": [export_dir(e, p, c) for p in plates for c in exported_channels(e)],
     }
+
+
+def export_dir(experiment, plate, channel):
+    return f"{RESULTS}/{experiment}/{plate}/denoised_tiff/{channel}"
 
 
 def exported_channels(experiment):
@@ -187,7 +193,7 @@ def export_load_data_inputs(wildcards):
     inputs = {
         "index": f"{RESULTS}/{e}/{p}/index.csv",
         "zarrs": [f"{RESULTS}/{e}/{p}/denoised/{c}.zarr" for c in channels],
-        "tiffs": [f"{RESULTS}/{e}/{p}/denoised_tiff/{c}" for c in channels],
+        "tiffs": [export_dir(e, p, c) for c in channels],
     }
     plate = experiment_cfg(e)["plates"][p]
     if plate["format"] == "loaddata" and not is_remote(plate_table(plate)):

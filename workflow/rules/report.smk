@@ -24,6 +24,11 @@ rule report:
             for plate in experiment_cfg(w.experiment)["plates"]
             for channel in experiment_cfg(w.experiment)["channels"]
         ],
+        export_dirs=lambda w: [
+            [plate, channel, export_dir(w.experiment, plate, channel)]
+            for plate in experiment_cfg(w.experiment)["plates"]
+            for channel in exported_channels(w.experiment)
+        ],
         settings=lambda w: {
             channel: channel_settings(config, w.experiment, channel)
             for channel in experiment_cfg(w.experiment)["channels"]

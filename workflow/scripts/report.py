@@ -11,5 +11,6 @@ summary = write_experiment_report(
     snakemake.output.summary,
     snakemake.output.summary_parquet,
     snakemake.output.html,
+    export_dirs={(plate, channel): folder for plate, channel, folder in snakemake.params.export_dirs},
 )
 log.info("report of %d plate x channel rows written to %s", len(summary), snakemake.output.html)

@@ -543,12 +543,41 @@ def write_noise_model(model: NoiseModel, path: str | os.PathLike) -> None:
         Path(temporary).write_text(json.dumps(model.to_dict(), indent=2))
 
 
+EXPORT_CLIPPING_COLUMNS = ("export_clipped_low", "export_clipped_high", "export_clipped_fraction")
+
+
+def read_export_clipping(clipping_csv: str | os.PathLike) -> dict[str, int]:
+    """Totals of a TIFF export's per-image clipping table (``denoised_tiff/<channel>/clipping.csv``)."""
+    try:
+        table = pd.read_csv(clipping_csv)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise QCInputError(f"cannot read the export's clipping table {clipping_csv}: {error}") from error
+    missing = {"pixels", "clipped_low", "clipped_high"} - set(table.columns)
+    if missing:
+        raise QCInputError(f"{clipping_csv}: not an export clipping table, missing {sorted(missing)}")
+    return {column: int(table[column].sum()) for column in ("pixels", "clipped_low", "clipped_high")}
+
+
+def export_clipping_columns(totals: Mapping[str, int] | None) -> dict[str, float]:
+    """Pixels the export rounded into the source dtype's range: below its minimum, above its maximum,
+    and their share of all exported pixels; NaN for a channel that was not exported."""
+    if not totals:
+        return dict.fromkeys(EXPORT_CLIPPING_COLUMNS, math.nan)
+    pixels = totals["pixels"]
+    return {
+        "export_clipped_low": totals["clipped_low"],
+        "export_clipped_high": totals["clipped_high"],
+        "export_clipped_fraction": (totals["clipped_low"] + totals["clipped_high"]) / pixels if pixels else math.nan,
+    }
+
+
 def summarize(
     tables: Iterable[pd.DataFrame],
     models: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     qc_settings: Mapping[str, Mapping[str, Any]] | None = None,
     noise_models: Mapping[tuple[str, str], NoiseModel] | None = None,
     rejected: Mapping[tuple[str, str], int] | None = None,
+    clipping: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
 ) -> pd.DataFrame:
     """One row per (plate, channel): ``n_images``, ``<metric>_mean`` / ``<metric>_median`` of every
     metric present, the fitted noise model (NOISE_MODEL_COLUMNS, from ``noise_models``), the model's
@@ -558,8 +587,10 @@ def summarize(
     ``tables`` are :func:`channel_metrics` results. ``models`` maps (plate, channel) to the model's
     info (:func:`load_model_info`); ``qc_settings`` maps channel to its resolved ``qc`` settings
     (schema defaults for channels not given). ``rejected`` maps (plate, channel) to the number of
-    images ingest left out (``n_rejected``; any makes a ``rejected_images`` flag). Reference-metric
-    columns appear only when some table has them.
+    images ingest left out (``n_rejected``; any makes a ``rejected_images`` flag). ``clipping`` maps
+    (plate, channel) to the TIFF export's clipped pixel counts (``pixels``, ``clipped_low``,
+    ``clipped_high``: :func:`read_export_clipping`); channels not exported get NaN in the
+    EXPORT_CLIPPING_COLUMNS. Reference-metric columns appear only when some table has them.
     """
     combined = pd.concat(list(tables), ignore_index=True)
     if combined.empty:
@@ -597,6 +628,7 @@ def summarize(
         row.update(noise_model_columns(noise_models.get((plate, channel))))
         row.update(blind_spot_columns(info))
         row["n_rejected"] = int((rejected or {}).get((plate, channel), 0))
+        row.update(export_clipping_columns((clipping or {}).get((plate, channel))))
         row["flags"] = _flags(row, resolve_section("qc", qc_settings.get(channel)))
         if row["n_rejected"]:
             row["flags"].append("rejected_images")

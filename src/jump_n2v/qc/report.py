@@ -21,7 +21,15 @@ import pandas as pd
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.qc.figures import noise_model_trends
-from jump_n2v.qc.metrics import FLAG_DESCRIPTIONS, QCInputError, load_model_info, read_noise_model, summarize, write_table
+from jump_n2v.qc.metrics import (
+    FLAG_DESCRIPTIONS,
+    QCInputError,
+    load_model_info,
+    read_export_clipping,
+    read_noise_model,
+    summarize,
+    write_table,
+)
 
 # (column, header) of the summary table, in order; absent columns are left out (reference metrics
 # exist only when the plate has a clean reference).
@@ -51,6 +59,7 @@ SUMMARY_COLUMNS = (
     ("best_epoch", "best epoch"),
     ("epochs_run", "epochs run"),
     ("n_rejected", "images rejected"),
+    ("export_clipped_fraction", "export: share of pixels clipped"),
     ("flags", "flags"),
 )
 
@@ -532,14 +541,16 @@ def write_experiment_report(
     summary_parquet: str | os.PathLike,
     out_html: str | os.PathLike,
     versions: Mapping[str, str] | None = None,
+    export_dirs: Mapping[tuple[str, str], str | os.PathLike] | None = None,
 ) -> pd.DataFrame:
     """Summary tables and the HTML report of one experiment from the per-channel QC outputs.
 
     ``metrics_csvs`` are :func:`jump_n2v.qc.run_channel_qc` ``metrics.csv`` files; the noise_model.json
     beside each goes into the summary, the panels.png and plate_map.png are embedded. ``model_dirs`` maps (plate, channel) to the model folder
     (model.json and the training_curve.png that training drew). ``settings`` maps channel
-    to its resolved settings sections (flag thresholds come from ``qc``). ``versions`` defaults to
-    :func:`software_versions`. Returns the summary table.
+    to its resolved settings sections (flag thresholds come from ``qc``). ``export_dirs`` maps
+    (plate, channel) to the folder its TIFFs were exported to, whose clipping.csv gives the summary's
+    export clipping columns. ``versions`` defaults to :func:`software_versions`. Returns the summary table.
     """
     tables, artifacts, noise_models = [], [], {}
     for path in map(Path, metrics_csvs):
@@ -568,6 +579,7 @@ def write_experiment_report(
         qc_settings={channel: sections.get("qc") for channel, sections in settings.items()},
         noise_models=noise_models,
         rejected=rejects.groupby(["plate", "channel"]).size().to_dict(),
+        clipping={key: read_export_clipping(Path(folder) / "clipping.csv") for key, folder in (export_dirs or {}).items()},
     )
     write_table(summary, summary_csv, summary_parquet)
     build_report(experiment, summary, artifacts, settings, versions or software_versions(), rejects, out_html)
