@@ -52,6 +52,7 @@ import tifffile
 import zarr
 
 from jump_n2v.atomic import atomic_output
+from jump_n2v.dtypes import integer_bounds
 from jump_n2v.ingest.discover import LOAD_DATA_ROW, _find_column, normalise_well, read_index, read_table
 
 LAYOUTS = ("flat", "mirror")
@@ -157,17 +158,6 @@ def source_dtype(array: zarr.Array) -> np.dtype:
     raise ValueError(f"dtype_range {dtype_range} is the range of no integer dtype")
 
 
-def _float_at_least(bound: int) -> float:
-    """The smallest float64 >= ``bound`` (float(2**63 - 1) rounds up past int64's maximum)."""
-    value = float(bound)
-    return value if int(value) >= bound else float(np.nextafter(value, np.inf))
-
-
-def _float_at_most(bound: int) -> float:
-    value = float(bound)
-    return value if int(value) <= bound else float(np.nextafter(value, -np.inf))
-
-
 def convert_for_export(image: np.ndarray, source: np.dtype, export_dtype: str = "source") -> tuple[np.ndarray, int, int]:
     """``image`` as written to the TIFF, and how many pixels were clipped below and above the range.
 
@@ -191,7 +181,8 @@ def convert_for_export(image: np.ndarray, source: np.dtype, export_dtype: str = 
         raise ValueError(f"{np.count_nonzero(~np.isfinite(values))} pixel(s) are not finite numbers")
     if export_dtype == "source":
         np.rint(values, out=values)
-        low, high, target = _float_at_least(info.min), _float_at_most(info.max), source
+        low, high = integer_bounds(source)
+        target = source
     else:  # CellProfiler's scale for integer images: (value - dtype min) / (dtype max - dtype min)
         values -= info.min
         values /= float(info.max) - float(info.min)

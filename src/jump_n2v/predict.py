@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from jump_n2v.atomic import atomic_output
+from jump_n2v.dtypes import integer_bounds
 from jump_n2v.config import ConfigError, resolve_section
 from jump_n2v.devices import resolve_device, resolve_precision
 
@@ -382,21 +383,6 @@ def to_output_dtype(denoised: np.ndarray, dtype: np.dtype) -> np.ndarray:
         np.clip(rounded, low, high, out=rounded)
         return rounded.astype(dtype)
     return denoised.astype(dtype, copy=False)
-
-
-def integer_bounds(dtype: np.dtype) -> tuple[float, float]:
-    """The integer dtype's range as floats that cast back inside it.
-
-    float32 cannot hold 2**31 - 1 (it rounds up to 2**31, which wraps to the minimum of int32), so
-    32-bit outputs are clipped in float64; for 64-bit integers even float64 rounds the maximum up, so
-    the bound steps down to the largest float64 below it.
-    """
-    info = np.iinfo(dtype)
-    work = np.float64 if np.dtype(dtype).itemsize >= 4 else np.float32
-    low, high = work(info.min), work(info.max)
-    if int(high) > info.max:
-        high = np.nextafter(high, work(-np.inf))
-    return float(low), float(high)
 
 
 class _Progress:
