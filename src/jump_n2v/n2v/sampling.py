@@ -160,6 +160,13 @@ class PatchSampler:
             held[array_index] = (stack, rows)
         return held
 
+    def image(self, array_index: int, image: int) -> np.ndarray:
+        """One whole image in its source dtype: the held copy in memory mode, else read from its array."""
+        if self.in_memory:
+            stack, rows = self._held[array_index]
+            return stack[rows[image]]
+        return np.asarray(self.arrays[array_index][image])
+
     # -- statistics ---------------------------------------------------------------------------------
 
     def _row_blocks(self, array_index: int, image: int) -> Iterator[np.ndarray]:

@@ -225,7 +225,7 @@ def _estimate_noise(sampler: PatchSampler, seed: int, log: logging.Logger):
     from jump_n2v.noise import estimate_noise_model
 
     chosen = sampler.train_images[:NOISE_SAMPLE_IMAGES]
-    images = [np.asarray(sampler.arrays[a][i]) for a, i in chosen]
+    images = [sampler.image(a, i) for a, i in chosen]  # decoded once already in memory mode
     dtype = np.dtype(images[0].dtype)
     dtype_range = (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) if dtype.kind in "ui" else None
     try:
