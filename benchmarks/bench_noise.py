@@ -18,6 +18,9 @@ Methods, per (noise kind, stain), same optimiser steps, batch and patch for ever
 * ``n2v-auto``: ``blind_spot: auto`` (the default: the noise model estimated from the training images
   decides), ``posterior: none``;
 * ``n2v-auto+posterior``: the defaults, ``blind_spot: auto`` and ``posterior: auto``;
+* ``n2v-auto+tta``, ``n2v-auto+posterior+tta``: the same model predicted with 8-fold test-time
+  augmentation (``predict.tta: true``), without and with the posterior step (its weights were fitted on
+  predictions without TTA);
 * ``careamics-n2v``: CAREamics 0.3.5 N2V (one-pixel blind spot), as in bench_training.py;
 * ``bm3d-gat-true``: GAT with the true parameters of the stored image, BM3D with the PSD of the
   stabilised noise (white for independent noise, the 2 x 2 box's for box2x2), exact unbiased inverse;
@@ -59,8 +62,8 @@ from bench_training import psnr, run_careamics
 
 KINDS = ("independent", "box2x2")
 METHODS = (
-    "n2v-pixel", "n2v-pixel+posterior", "n2v-auto", "n2v-auto+posterior", "careamics-n2v",
-    "bm3d-gat-true", "bm3d-gat-estimated",
+    "n2v-pixel", "n2v-pixel+posterior", "n2v-auto", "n2v-auto+posterior", "n2v-auto+tta",
+    "n2v-auto+posterior+tta", "careamics-n2v", "bm3d-gat-true", "bm3d-gat-estimated",
 )
 # One JUMP plate: 384 wells x 9 sites = 3,456 sites, 5 channels of 1080 x 1080.
 PLATE_SITES, PLATE_CHANNELS, PLATE_SIDE = 3456, 5, 1080
@@ -139,9 +142,9 @@ def train_ours(dataset: dict, blind_spot: str, args, work: Path) -> dict:
             "blind_spot": metadata["blind_spot"], "posterior": metadata["posterior"]}
 
 
-def predict_ours(trained, noisy: np.ndarray, posterior: bool) -> tuple[np.ndarray, float]:
+def predict_ours(trained, noisy: np.ndarray, posterior: bool, tta: bool = False) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    settings = {"device": "cpu", "posterior": "auto" if posterior else "none"}
+    settings = {"device": "cpu", "posterior": "auto" if posterior else "none", "tta": tta}
     denoised = np.stack([
         denoise_image(trained.net, image.astype(np.float32), trained.mean, trained.std, settings,
                       posterior=trained.posterior)
@@ -271,7 +274,7 @@ def main(argv=None) -> int:
                     if method.startswith("n2v-"):
                         name = "auto" if method.startswith("n2v-auto") else "pixel"
                         model = models[name]
-                        denoised, seconds = predict_ours(model["trained"], noisy, method.endswith("+posterior"))
+                        denoised, seconds = predict_ours(model["trained"], noisy, "+posterior" in method, method.endswith("+tta"))
                         # A reused model is charged its training anyway: auto costs a training of its own.
                         record(method, denoised, model["train_seconds"], seconds)
                     elif method == "careamics-n2v":
