@@ -7,8 +7,11 @@ channel), a rejects table), runs the real QC (``run_channel_qc``) and report
 (``write_experiment_report``), and prints the report's size and what its embedded images weigh.
 
     .venv/bin/python benchmarks/bench_report.py --plates 1 --wells 3 --sites 2 --size 256      # the demo's shape
-    .venv/bin/python benchmarks/bench_report.py --plates 1 --wells 48 --sites 9 --size 128     # bench_plate --wells 48
-    .venv/bin/python benchmarks/bench_report.py --plates 20 --wells 4 --sites 2 --size 128     # many plates
+    .venv/bin/python benchmarks/bench_report.py --plates 1 --wells 48 --sites 9 --size 128 --rejects 300   # bench_plate --wells 48
+    .venv/bin/python benchmarks/bench_report.py --plates 8 --wells 2 --sites 2 --size 128      # many plates
+
+With ``--keep DIR`` the QC outputs stay in DIR and a second run with the same DIR only rebuilds the
+report (to compare report versions on the same inputs).
 
 Not a test.
 """
@@ -84,7 +87,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         root = args.keep or Path(temporary)
         root.mkdir(parents=True, exist_ok=True)
-        metrics, model_dirs, rejects = write_inputs(root, args.plates, args.wells, args.sites, args.size, args.rejects)
+        inputs = root / "inputs.json"  # with --keep, a second run reuses the QC outputs (compare report versions)
+        if inputs.exists():
+            saved = json.loads(inputs.read_text())
+            metrics, rejects = saved["metrics"], saved["rejects"]
+            model_dirs = {(plate, channel): path for plate, channel, path in saved["model_dirs"]}
+        else:
+            metrics, model_dirs, rejects = write_inputs(root, args.plates, args.wells, args.sites, args.size, args.rejects)
+            inputs.write_text(json.dumps({"metrics": [str(path) for path in metrics], "rejects": [str(path) for path in rejects],
+                                          "model_dirs": [[plate, channel, str(path)] for (plate, channel), path in model_dirs.items()]}))
         settings = {channel: {"qc": resolve_section("qc")} for channel in CHANNELS}
         out = root / "report" / "report.html"
         write_experiment_report("bench", metrics, model_dirs, settings, rejects, root / "report" / "summary.csv", root / "report" / "summary.parquet", out, versions={"jump-n2v": "bench"})

@@ -353,3 +353,13 @@ def test_a_long_rejects_list_is_cut_and_counted(tmp_path):
     assert "Rejected images (300)" in text
     assert "f199.tif" in text and "f200.tif" not in text  # the first 200 listed
     assert re.search(r"<td class=\"text\">DNA</td><td>250</td>", text) and re.search(r"<td class=\"text\">ER</td><td>50</td>", text)
+
+
+def test_a_figure_taller_than_webp_allows_is_embedded_as_png(tmp_path):
+    tall = tmp_path / "panels.png"
+    Image.fromarray(np.zeros((16384, 2, 3), dtype=np.uint8)).save(tall)
+    summary = pd.DataFrame({"plate": ["P1"], "channel": ["DNA"], "n_images": [1], "flags": [[]]})
+    out = tmp_path / "report.html"
+    build_report("E1", summary, [{"plate": "P1", "channel": "DNA", "panels_png": tall}], {}, {}, None, out)
+    (source,) = parse(out).image_sources
+    assert source == "data:image/png;base64," + base64.b64encode(tall.read_bytes()).decode("ascii")

@@ -161,11 +161,17 @@ def _flag_list(flags: Any) -> list[str]:
     return [str(flag) for flag in flags]
 
 
+# WebP's largest side; a taller figure (panels of more than 25 sites) stays PNG.
+WEBP_MAX_SIDE = 16383
+
+
 def _webp_data_uri(png: bytes, where: str) -> str:
     """A PNG as a lossless-WebP data URI: the same pixels in fewer bytes."""
     if not png.startswith(b"\x89PNG\r\n\x1a\n"):
         raise QCInputError(f"report: figure {where} is not a PNG file")
     with Image.open(io.BytesIO(png)) as image:
+        if max(image.size) > WEBP_MAX_SIDE:
+            return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         buffer = io.BytesIO()
         # Figures are drawn opaque, so the alpha channel carries nothing; method 4 is Pillow's default
         # speed/size trade-off (6 saves 2 % more at several times the time).
