@@ -87,6 +87,18 @@ def test_psnr_matches_a_known_mse():
     assert psnr_db(reference, test, reference_data_range(reference)) == pytest.approx(10 * math.log10(100**2 / 4))
 
 
+@pytest.mark.parametrize("size, dtype", [(16, np.float64), (64, np.uint16), (200, np.float32)])
+def test_psnr_equals_the_hand_written_formula_it_replaced(size, dtype):
+    # psnr_db now calls skimage.metrics.peak_signal_noise_ratio; it must give what 10 log10(R^2 / MSE)
+    # in float64 gave before.
+    rng = np.random.default_rng(size)
+    reference = (1000 + 500 * rng.random((size, size))).astype(dtype)
+    test = np.clip(reference + rng.normal(0, 20, reference.shape), 0, None).astype(dtype)
+    data_range = reference_data_range(reference)
+    mse = float(np.mean((test.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    assert psnr_db(reference, test, data_range) == pytest.approx(10.0 * math.log10(data_range**2 / mse), rel=1e-12)
+
+
 def test_psnr_of_identical_images_is_infinite_and_of_a_constant_reference_undefined():
     image = smooth_image(0)
     assert psnr_db(image, image, reference_data_range(image)) == math.inf

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from html.parser import HTMLParser
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from PIL import Image
 from scipy import ndimage
 
 from jump_n2v.config import resolve_section
@@ -147,11 +149,15 @@ def test_report_is_self_contained_with_every_section_and_embedded_figures(good_a
     out, _ = good_and_bad_report
     parsed = parse(out)
     assert {"flags-section", "summary-section", "definitions", "channel-DNA", "settings-section", "versions-section", "rejects-section", "summary", "settings", "versions", "rejects"} <= parsed.ids
-    # Three figures per plate, all embedded PNGs that decode.
+    # Three figures per plate, embedded as lossless WebP: the very pixels of the PNGs QC wrote.
     assert len(parsed.image_sources) == 6
-    for source in parsed.image_sources:
-        assert source.startswith("data:image/png;base64,")
-        assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    root = out.parents[1]
+    written = [root / plate / "qc" / "DNA" / name for plate in ("P1", "P2") for name in ("panels.png", "plate_map.png", "loss_curves.png")]
+    for source, png in zip(parsed.image_sources, written):
+        assert source.startswith("data:image/webp;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))) as embedded, Image.open(png) as original:
+            assert embedded.format == "WEBP"
+            np.testing.assert_array_equal(np.asarray(embedded.convert("RGB")), np.asarray(original.convert("RGB")))
     assert parsed.external_references == []
     text = out.read_text(encoding="utf-8")
     assert "clean reference image's max − min" in text  # the PSNR/SSIM data range is stated
@@ -292,3 +298,68 @@ def test_the_tiff_exports_clipping_is_counted_in_the_summary(good_and_bad_report
     assert summary.loc["P1", "export_clipped_fraction"] == 4 / 200
     assert np.isnan(summary.loc["P2", "export_clipped_fraction"])
     assert "share of pixels clipped" in (root / "clipping" / "report.html").read_text(encoding="utf-8")
+
+
+def tiny_png(path, value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 12, 3), value, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_names_from_the_data_are_escaped_in_the_page(tmp_path):
+    # Plate, channel, file and problem texts come from users' tables; the template autoescapes them.
+    plate, channel = "P<script>alert(1)</script>", "DNA&ER"
+    summary = pd.DataFrame({"plate": [plate], "channel": [channel], "n_images": [1], "flags": [["rejected_images"]]})
+    artifacts = [{"plate": plate, "channel": channel, "panels_png": tiny_png(tmp_path / "panels.png")}]
+    rejects = pd.DataFrame({"plate": [plate], "channel": [channel], "file": ["<img src=x onerror=alert(2)>.tif"], "problem": ["a & b"]})
+    out = tmp_path / "report.html"
+    build_report("E<1>&", summary, artifacts, {channel: {"qc": resolve_section("qc")}}, {"jump-n2v": "0.1.0"}, rejects, out)
+    text = out.read_text(encoding="utf-8")
+    assert "<script>" not in text and "<img src=x" not in text
+    assert "P&lt;script&gt;alert(1)&lt;/script&gt;" in text and "DNA&amp;ER" in text and "a &amp; b" in text
+    assert "<title>jump-n2v QC report: E&lt;1&gt;&amp;</title>" in text
+    assert 'id="channel-DNA&amp;ER"' in text and 'href="#channel-DNA&amp;ER"' in text
+    assert len(parse(out).image_sources) == 1  # the page still parses, with its one figure
+
+
+def test_only_example_plates_embed_figures_and_the_rest_are_linked(tmp_path):
+    # The report used to embed three figures for every plate and channel: its size grew with the plates.
+    plates = [f"P{number}" for number in range(1, 7)]
+    flags = [[] for _ in plates]
+    flags[4] = ["bias"]  # P5 is flagged, so it is one of the example plates
+    summary = pd.DataFrame({"plate": plates, "channel": "DNA", "n_images": 1, "flags": flags})
+    artifacts = []
+    for plate in plates:
+        qc = tmp_path / "results" / plate / "qc" / "DNA"
+        artifacts.append({"plate": plate, "channel": "DNA", "panels_png": tiny_png(qc / "panels.png"), "plate_map_png": tiny_png(qc / "plate_map.png")})
+    out = tmp_path / "results" / "report" / "report.html"
+    build_report("E1", summary, artifacts, {}, {}, None, out)
+    text = out.read_text(encoding="utf-8")
+    assert len(parse(out).image_sources) == 2 * 3  # panels and plate map of three plates
+    embedded = [plate for plate in plates if f'alt="{plate} DNA panels_png"' in text]
+    assert embedded == ["P1", "P2", "P5"]
+    links = re.findall(r'<a href="([^"#]+)">', text)
+    assert links == [f"../{plate}/qc/DNA/{name}" for plate in ("P3", "P4", "P6") for name in ("panels.png", "plate_map.png")]
+    assert all((out.parent / link).is_file() for link in links)
+    assert "example plate(s) of 6" in text
+
+
+def test_a_long_rejects_list_is_cut_and_counted(tmp_path):
+    rejects = pd.DataFrame({"plate": "P1", "channel": ["DNA"] * 250 + ["ER"] * 50, "file": [f"f{i}.tif" for i in range(300)], "problem": "unreadable"})
+    summary = pd.DataFrame({"plate": ["P1"], "channel": ["DNA"], "n_images": [1], "flags": [[]]})
+    out = tmp_path / "report.html"
+    build_report("E1", summary, [], {}, {}, rejects, out)
+    text = out.read_text(encoding="utf-8")
+    assert "Rejected images (300)" in text
+    assert "f199.tif" in text and "f200.tif" not in text  # the first 200 listed
+    assert re.search(r"<td class=\"text\">DNA</td><td>250</td>", text) and re.search(r"<td class=\"text\">ER</td><td>50</td>", text)
+
+
+def test_a_figure_taller_than_webp_allows_is_embedded_as_png(tmp_path):
+    tall = tmp_path / "panels.png"
+    Image.fromarray(np.zeros((16384, 2, 3), dtype=np.uint8)).save(tall)
+    summary = pd.DataFrame({"plate": ["P1"], "channel": ["DNA"], "n_images": [1], "flags": [[]]})
+    out = tmp_path / "report.html"
+    build_report("E1", summary, [{"plate": "P1", "channel": "DNA", "panels_png": tall}], {}, {}, None, out)
+    (source,) = parse(out).image_sources
+    assert source == "data:image/png;base64," + base64.b64encode(tall.read_bytes()).decode("ascii")

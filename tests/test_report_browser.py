@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from PIL import Image
 
 from jump_n2v.qc import build_report, run_channel_qc, summarize
 
@@ -113,3 +114,10 @@ def test_report_screenshot_is_a_non_empty_png(report, tmp_path):
     run_chromium(tmp_path / "profile", "--window-size=1280,2400", f"--screenshot={screenshot}", report.as_uri())
     data = screenshot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    # Not blank: text and figures give many distinct colours, and the embedded WebP figures (grey
+    # panels) put mid-grey pixels on a white page.
+    with Image.open(screenshot) as shot:
+        pixels = np.asarray(shot.convert("RGB")).reshape(-1, 3)
+    assert shot.size == (1280, 2400)
+    assert len(np.unique(pixels, axis=0)) > 200
+    assert (pixels != 255).any(axis=1).mean() > 0.05

@@ -38,11 +38,11 @@ from jump_n2v.storage import (
     read_bytes,
     storage_settings,
 )
+from jump_n2v.wells import WELL_PATTERN, normalise_well, parse_well, well_name  # noqa: F401 (WELL_PATTERN: export_ome's)
 
 SOURCE_PREFIX = "source_"
 INDEX_COLUMNS = ("image", "plate", "well", "site")
 LOAD_DATA_ROW = "load_data_row"
-WELL_PATTERN = re.compile(r"^\s*([A-Za-z]{1,2})0*(\d{1,3})\s*$")
 # Harmony (Phenix/Operetta) export names: row, column, field, plane, channel, timepoint(sk), fk, fl.
 PHENIX_NAME = re.compile(
     r"^r(?P<row>\d+)c(?P<column>\d+)f(?P<site>\d+)p(?P<plane>\d+)-ch(?P<ch>\d+)sk\d+fk\d+fl\d+\.tiff?$",
@@ -166,31 +166,11 @@ def index_channels(table: pd.DataFrame) -> list[str]:
     return [column[len(SOURCE_PREFIX):] for column in table.columns if column.startswith(SOURCE_PREFIX)]
 
 
-def normalise_well(well: str) -> str:
-    """'a1', 'A1', 'A001' -> 'A01'; 1536-well rows 'AA'..'AF' are kept as two letters."""
-    match = WELL_PATTERN.match(str(well))
-    if not match:
-        raise ValueError(f"{well!r} is not a well name like A01")
-    return f"{match.group(1).upper()}{int(match.group(2)):02d}"
-
-
 def well_from_row_column(row: int, column: int) -> str:
     """Phenix r01c01 -> 'A01'; rows past Z continue AA, AB ... (1536-well plates have 32 rows)."""
     if row < 1 or column < 1:
         raise ValueError(f"row {row} / column {column}: both start at 1")
-    letters = ""
-    while row:
-        row, remainder = divmod(row - 1, 26)
-        letters = chr(ord("A") + remainder) + letters
-    return f"{letters}{column:02d}"
-
-
-def _well_sort_key(well: str) -> tuple[int, int]:
-    letters, column = WELL_PATTERN.match(well).groups()
-    row = 0
-    for letter in letters.upper():
-        row = row * 26 + ord(letter) - ord("A") + 1
-    return row, int(column)
+    return well_name(row - 1, column - 1)
 
 
 # ---------------------------------------------------------------- hyperstack: one file per site
@@ -445,7 +425,7 @@ def _finish_index(plate: str, sites: list[dict], channels: Sequence[str], locati
             f"plate {plate} ({location}): {duplicated[['well', 'site']].drop_duplicates().shape[0]} (well, site) "
             f"pair(s) appear more than once, e.g. " + "; ".join(examples)
         )
-    keys = [(*_well_sort_key(well), site) for well, site in zip(table["well"], table["site"])]
+    keys = [(*parse_well(well), site) for well, site in zip(table["well"], table["site"])]
     order = sorted(range(len(keys)), key=keys.__getitem__)
     table = table.iloc[order].reset_index(drop=True)
     table.insert(0, "plate", plate)

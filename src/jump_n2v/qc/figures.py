@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
-import string
 from typing import Sequence
 
 import matplotlib
@@ -25,6 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from jump_n2v.atomic import atomic_output  # noqa: E402
 from jump_n2v.qc.metrics import QCInputError, array_image_ids, open_zarr, read_index  # noqa: E402
+from jump_n2v.wells import parse_well, row_label  # noqa: E402
 
 DPI = 100
 PANEL_INCHES = 3.2  # side of one image panel
@@ -184,30 +183,6 @@ def loss_curves(training_log: str | os.PathLike, out_png: str | os.PathLike, tit
 
 # --------------------------------------------------------------------------------------------------
 # Plate map
-
-_WELL = re.compile(r"^([A-Z]{1,2})(\d{1,2})$")
-
-
-def parse_well(well: str) -> tuple[int, int]:
-    """Zero-based (row, column) of a well name: A01 -> (0, 0), P24 -> (15, 23), AF48 -> (31, 47)."""
-    match = _WELL.match(str(well).strip().upper())
-    if not match:
-        raise ValueError(f"not a well name: {well!r} (expected a row letter or two and a column number, e.g. B03)")
-    letters, number = match.groups()
-    row = 0
-    for letter in letters:
-        row = row * 26 + string.ascii_uppercase.index(letter) + 1
-    return row - 1, int(number) - 1
-
-
-def row_label(row: int) -> str:
-    """Inverse of the row part of :func:`parse_well`: 0 -> A, 26 -> AA."""
-    label = ""
-    row += 1
-    while row:
-        row, remainder = divmod(row - 1, 26)
-        label = string.ascii_uppercase[remainder] + label
-    return label
 
 
 def plate_layout(wells: Sequence[str]) -> tuple[int, int]:
