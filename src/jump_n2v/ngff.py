@@ -1,7 +1,7 @@
 """The per-channel Zarr stores (raw, clean, denoised) as OME-NGFF 0.5 images on Zarr v3.
 
-Each ``{channel}.zarr`` is an NGFF image group, so the ome-zarr reader and napari open it with the
-plate's pixel size and the channel's name:
+Each ``{channel}.zarr`` is an NGFF image group, so ome-zarr-py's reader (which napari-ome-zarr is
+built on) opens it with the plate's pixel size and the channel's name:
 
     {channel}.zarr/     group: "ome" metadata (version 0.5, multiscales: axes and scale; omero: channel label)
         0/              the (image, y, x) array, one row per site, carrying the workflow's attributes
@@ -14,7 +14,7 @@ browsed zoomed out; the optional HCS export (jump_n2v.export_ome) is the place f
 Only this module knows the layout: writers call :func:`create_channel_array` and
 :func:`set_channel_attributes`, readers :func:`open_channel_array`. The NGFF metadata is always
 derived from the array's own attributes (``channel``, ``pixel_size_um``, ``dtype_range``), so the two
-never disagree.
+agree as long as attributes change through :func:`set_channel_attributes`.
 """
 
 from __future__ import annotations
@@ -82,25 +82,32 @@ def set_channel_attributes(array: zarr.Array, attributes: Mapping[str, Any]) -> 
     """Update the array's attributes and rewrite its image group's NGFF metadata from them: the scale
     in micrometres from ``pixel_size_um`` (no unit and scale 1 when it is null), the omero channel
     label from ``channel``, the display window from ``dtype_range`` when known."""
-    from ome_zarr.writer import write_multiscales_metadata  # imports dask and scikit-image: only when writing
-
     array.attrs.update(dict(attributes))
     parent, name = posixpath.split(array.path)
     if name != FULL_RESOLUTION:
         raise ValueError(f"{array.store_path} is not the full-resolution array of an NGFF channel image")
     group = zarr.open_group(store=array.store, path=parent, mode="r+")
-    pixel_size = array.attrs.get("pixel_size_um")
-    channel = array.attrs.get("channel")
-    space = {"type": "space", "unit": SPACE_UNIT} if pixel_size is not None else {"type": "space"}
-    axes = [dict(IMAGE_AXIS), {"name": "y", **space}, {"name": "x", **space}]
-    scale = [1.0, float(pixel_size or 1.0), float(pixel_size or 1.0)]
-    datasets = [{"path": FULL_RESOLUTION, "coordinateTransformations": [{"type": "scale", "scale": scale}]}]
-    extra = {}
+    group.attrs["ome"] = ngff_metadata(array.attrs.get("channel"), array.attrs.get("pixel_size_um"),
+                                       array.attrs.get("dtype_range"))
+
+
+def ngff_metadata(channel: str | None, pixel_size_um: float | None, dtype_range=None) -> dict[str, Any]:
+    """The image group's "ome" attribute. Written here rather than with ome-zarr-py's writer, which
+    would put ome-zarr (and, through it, scikit-image) into every rule's environment that reads these
+    stores; the tests read it back with ome-zarr-py's reader and validate it with ome-zarr-models."""
+    space = {"type": "space", "unit": SPACE_UNIT} if pixel_size_um is not None else {"type": "space"}
+    size = float(pixel_size_um) if pixel_size_um is not None else 1.0
+    multiscale = {
+        "axes": [dict(IMAGE_AXIS), {"name": "y", **space}, {"name": "x", **space}],
+        "datasets": [{"path": FULL_RESOLUTION, "coordinateTransformations": [{"type": "scale", "scale": [1.0, size, size]}]}],
+    }
+    metadata: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [multiscale]}
     if channel is not None:
-        label = {"label": str(channel), "color": DISPLAY_COLOR, "active": True}
-        dtype_range = array.attrs.get("dtype_range")
+        multiscale["name"] = str(channel)
+        # omero lists one channel: the image has no c axis, the store is one channel.
+        label: dict[str, Any] = {"label": str(channel), "color": DISPLAY_COLOR, "active": True}
         if dtype_range:
             low, high = (float(v) for v in dtype_range)
             label["window"] = {"min": low, "max": high, "start": low, "end": high}
-        extra["metadata"] = {"omero": {"channels": [label], "rdefs": {"model": "greyscale"}}}
-    write_multiscales_metadata(group, datasets, axes=axes, name=str(channel) if channel is not None else None, **extra)
+        metadata["omero"] = {"channels": [label], "rdefs": {"model": "greyscale"}}
+    return metadata
