@@ -92,6 +92,21 @@ def test_ome_zarr_export_opens_with_the_standard_reader_as_an_hcs_plate(tiny_run
             np.testing.assert_array_equal(pixels[c], denoised[channel][row.image])
 
 
+def test_channel_stores_open_with_the_standard_reader_at_the_plates_pixel_size(tiny_run):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    for kind in ("raw", "clean", "denoised"):
+        for channel in CHANNELS:
+            path = tiny_run / "TinyPlate" / kind / f"{channel}.zarr"
+            node = next(iter(Reader(parse_url(str(path)))()))
+            assert [(axis["name"], axis.get("unit")) for axis in node.metadata["axes"]] == [
+                ("image", None), ("y", "micrometer"), ("x", "micrometer")]
+            assert node.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([1.0, 0.6, 0.6])  # the demo's pixels
+            assert node.metadata["channel_names"] == [channel]
+            np.testing.assert_array_equal(np.asarray(node.data[0]), open_channel_array(path)[:])
+
+
 def test_bmz_rule_packages_a_model_that_passes_bioimageio_test(tiny_run):
     """Asked for as a target (not a default output); its 64-pixel test image is padded to the package's minimum."""
     import zipfile
