@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-import zarr
 
 from jump_n2v.demo import DemoSpec, render_site
 from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest.readers import read_channel
+from jump_n2v.ngff import open_channel_array
 
 REPO = Path(__file__).resolve().parents[1]
 CELLPROFILER_VENV = REPO / ".venv-cellprofiler"
@@ -173,8 +173,8 @@ def test_cellprofiler_reads_denoised_intensities_on_the_raw_scale(measured):
     for channel in DENOISED:
         column = f"Intensity_MeanIntensity_Orig{channel}"
         # CellProfiler divides uint16 by 65535: its means are exactly the arrays' means on that scale.
-        source = zarr.open_array(str(plate / "raw" / f"{channel}.zarr"), mode="r")[:].astype(np.float64)
-        output = np.clip(np.rint(zarr.open_array(str(plate / "denoised" / f"{channel}.zarr"), mode="r")[:]), 0, 65535)
+        source = open_channel_array(str(plate / "raw" / f"{channel}.zarr"), mode="r")[:].astype(np.float64)
+        output = np.clip(np.rint(open_channel_array(str(plate / "denoised" / f"{channel}.zarr"), mode="r")[:]), 0, 65535)
         np.testing.assert_allclose(raw[column], source.mean(axis=(1, 2)) / 65535, rtol=1e-5)
         np.testing.assert_allclose(denoised[column], output.mean(axis=(1, 2)) / 65535, rtol=1e-5)
         change = denoised[column] / raw[column] - 1

@@ -17,6 +17,7 @@ from jump_n2v.ingest import split as split_module
 from jump_n2v.ingest.discover import discover_plate
 from jump_n2v.ingest.readers import BadImageError
 from jump_n2v.ingest.split import chunk_shape, split_channel
+from jump_n2v.ngff import FULL_RESOLUTION, open_channel_array
 
 CHANNELS = ["DNA", "ER", "RNA"]
 SHAPE = (24, 32)
@@ -55,7 +56,7 @@ def run_split(index, tmp_path, *, channel="ER", skip=False, channel_order=None, 
 def test_split_writes_the_channel_of_every_image_in_index_order(tmp_path):
     index = hyperstack_plate(tmp_path / "raw", 5)
     summary, out, rejects = run_split(index, tmp_path, channel="ER", threads=2)
-    array = zarr.open_array(out, mode="r")
+    array = open_channel_array(out, mode="r")
     assert array.shape == (5, *SHAPE) and array.dtype == np.uint16 and array.chunks == (1, *SHAPE)
     for row in range(5):
         np.testing.assert_array_equal(array[row], site_planes(row)[1])
@@ -72,7 +73,7 @@ def test_split_writes_the_channel_of_every_image_in_index_order(tmp_path):
 def test_split_of_unlabelled_hyperstacks_uses_channel_order(tmp_path):
     index = hyperstack_plate(tmp_path / "raw", 2, labels=False)
     _, out, _ = run_split(index, tmp_path, channel="RNA", channel_order=["ER", "DNA", "RNA"])
-    np.testing.assert_array_equal(zarr.open_array(out)[1], site_planes(1)[2])
+    np.testing.assert_array_equal(open_channel_array(out)[1], site_planes(1)[2])
 
 
 def test_split_of_loaddata_single_channel_files_keeps_float_dtype_and_pixel_size(tmp_path):
@@ -89,7 +90,7 @@ def test_split_of_loaddata_single_channel_files_keeps_float_dtype_and_pixel_size
     index = discover_plate("P1", {"format": "loaddata", "load_data": str(tmp_path / "plate 1" / "load_data.csv")}, ["DNA"])
     # The experiment's channel_order describes hyperstacks; one-channel LoadData files ignore it.
     _, out, _ = run_split(index, tmp_path, channel="DNA", fmt="loaddata", channel_order=CHANNELS)
-    array = zarr.open_array(out)
+    array = open_channel_array(out)
     assert array.dtype == np.float32
     np.testing.assert_array_equal(array[:], np.stack(expected))
     assert array.attrs["pixel_size_um"] == pytest.approx(0.5)
@@ -108,7 +109,7 @@ def test_large_images_are_tiled_and_read_back_exactly(tmp_path, monkeypatch):
         tifffile.imwrite(folder / f"A01_s{site}.tif", data, imagej=True, metadata={"axes": "CYX", "Labels": CHANNELS})
     index = discover_plate("P1", {"format": "hyperstack", "pattern": str(folder / "{well}_s{site}.tif")}, CHANNELS)
     _, out, _ = run_split(index, tmp_path, channel="DNA")
-    array = zarr.open_array(out)
+    array = open_channel_array(out)
     assert array.chunks == (1, 24, 25)  # 70 -> 3 tiles of 24 (last partial), 50 -> 2 tiles of 25
     np.testing.assert_array_equal(array[:], np.stack(expected))
 
@@ -184,7 +185,7 @@ def test_bad_image_is_skipped_and_listed_in_the_rejects_table(tmp_path, damage):
     index = hyperstack_plate(folder, 5)
     problem = damage(folder, index)
     summary, out, rejects = run_split(index, tmp_path, channel="ER", skip=True)
-    array = zarr.open_array(out)
+    array = open_channel_array(out)
     assert array.shape == (4, *SHAPE)
     assert array.attrs["image_ids"] == [0, 1, 3, 4]
     for row, image in enumerate([0, 1, 3, 4]):
@@ -202,7 +203,7 @@ def test_first_image_bad_makes_the_next_good_one_the_reference(tmp_path):
     index = hyperstack_plate(folder, 3)
     (folder / "A01_s1.tif").write_bytes(b"broken")
     _, out, rejects = run_split(index, tmp_path, skip=True)
-    assert zarr.open_array(out).attrs["image_ids"] == [1, 2]
+    assert open_channel_array(out).attrs["image_ids"] == [1, 2]
     assert pd.read_csv(rejects).image.tolist() == [0]
 
 
@@ -210,7 +211,7 @@ def test_index_row_without_a_file_is_a_bad_image(tmp_path):
     index = hyperstack_plate(tmp_path / "raw", 3)
     index.loc[1, "source_ER"] = ""
     _, out, rejects = run_split(index, tmp_path, skip=True)
-    assert zarr.open_array(out).attrs["image_ids"] == [0, 2]
+    assert open_channel_array(out).attrs["image_ids"] == [0, 2]
     assert "lists no file for channel ER" in pd.read_csv(rejects).problem[0]
 
 
@@ -298,7 +299,7 @@ def test_index_read_back_with_plain_read_csv_still_splits(tmp_path):
     index.loc[1, "source_ER"] = ""
     index.to_csv(tmp_path / "index.csv", index=False)
     _, out, rejects = run_split(pd.read_csv(tmp_path / "index.csv"), tmp_path, skip=True)
-    assert zarr.open_array(out).attrs["image_ids"] == [0, 2]
+    assert open_channel_array(out).attrs["image_ids"] == [0, 2]
     assert pd.read_csv(rejects).file.isna().all()  # no file to name
 
 
@@ -317,7 +318,7 @@ def test_stored_pixels_read_back_exactly_for_each_dtype_and_writer(tmp_path, mon
         tifffile.imwrite(folder / f"A01_s{site}.tif", data, byteorder=">" if dtype == ">u2" else "<")
     index = discover_plate("P1", {"format": "hyperstack", "pattern": str(folder / "{well}_s{site}.tif")}, ["DNA"])
     _, out, _ = run_split(index, tmp_path, channel="DNA")
-    array = zarr.open_array(out)
+    array = open_channel_array(out)
     assert array.dtype == np.dtype(dtype).newbyteorder("=")
     np.testing.assert_array_equal(array[:], np.stack(expected))
 
@@ -328,7 +329,7 @@ def test_an_odd_first_site_is_judged_against_the_plates_majority(tmp_path):
     index = hyperstack_plate(folder, 5)
     tifffile.imwrite(folder / "A01_s1.tif", site_planes(0, shape=(24, 30)), imagej=True, metadata={"axes": "CYX", "Labels": CHANNELS})
     summary, out, rejects = run_split(index, tmp_path, skip=True)
-    array = zarr.open_array(out, mode="r")
+    array = open_channel_array(out, mode="r")
     assert array.shape == (4, *SHAPE) and array.attrs["image_ids"] == [1, 2, 3, 4]
     for row, image in enumerate([1, 2, 3, 4]):
         np.testing.assert_array_equal(array[row], site_planes(image)[1])
@@ -336,7 +337,7 @@ def test_an_odd_first_site_is_judged_against_the_plates_majority(tmp_path):
     assert table.file.tolist() == [str(folder / "A01_s1.tif")]
     assert "differs from the plate's majority (24, 32) uint16 (4 of 5 images" in table.problem[0]
     assert summary["kept"] == 4
-    assert sorted(path.name for path in out.iterdir()) == ["c", "zarr.json"]  # no group arrays left inside
+    assert sorted(path.name for path in out.iterdir()) == [FULL_RESOLUTION, "zarr.json"]  # no group arrays left inside
 
 
 def test_with_fail_an_odd_first_site_is_the_file_named(tmp_path):

@@ -14,6 +14,7 @@ import zarr
 
 from jump_n2v.config import ConfigError
 from jump_n2v.n2v.model import build_unet
+from jump_n2v.ngff import open_channel_array
 from jump_n2v.predict import (
     PredictSettings,
     _Runner,
@@ -172,7 +173,7 @@ def test_predict_array_matches_denoise_image_and_keeps_layout(tmp_path, caplog):
             net, MEAN, STD, tmp_path / "raw.zarr", tmp_path / "denoised.zarr", settings,
             attrs={"model": "model.json"}, log=logging.getLogger("predict-test"),
         )
-    output = zarr.open_array(str(tmp_path / "denoised.zarr"), mode="r")
+    output = open_channel_array(str(tmp_path / "denoised.zarr"), mode="r")
     assert output.shape == source.shape and output.chunks == source.chunks and output.dtype == np.float32
     assert dict(output.attrs) == {"channel": "DNA", "plate": "P1", "output_dtype": "float32", "model": "model.json"}
     for index, image in enumerate(images):
@@ -200,8 +201,8 @@ def test_output_dtype_input_gives_clipped_uint16(tmp_path):
     common = {"tile_size": 64, "device": "cpu"}
     predict_array(Stretch(), mean, std, tmp_path / "raw.zarr", tmp_path / "as_input.zarr", {**common, "output_dtype": "input"})
     predict_array(Stretch(), mean, std, tmp_path / "raw.zarr", tmp_path / "as_float.zarr", common)
-    as_input = zarr.open_array(str(tmp_path / "as_input.zarr"), mode="r")
-    as_float = zarr.open_array(str(tmp_path / "as_float.zarr"), mode="r")[:]
+    as_input = open_channel_array(str(tmp_path / "as_input.zarr"), mode="r")
+    as_float = open_channel_array(str(tmp_path / "as_float.zarr"), mode="r")[:]
     np.testing.assert_allclose(as_float, 3.0 * images - 2 * mean, rtol=1e-6, atol=0.05)
     assert as_input.dtype == np.uint16 and as_input.attrs["output_dtype"] == "input"
     assert as_float.min() < 0 and as_float.max() > 65535

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import zarr
 
+from jump_n2v.ngff import open_channel_array
 from jump_n2v.single_image import image_panels, image_qc, train_on_image
 
 torch.set_num_threads(1)
@@ -24,7 +24,7 @@ def noisy(shape=(40, 36), seed=0):
 def test_train_on_image_keeps_the_image_beside_the_model(tmp_path):
     image, _ = noisy()
     trained = train_on_image(image, tmp_path / "model", TINY)
-    stored = zarr.open_array(str(tmp_path / "model" / "image.zarr"), mode="r")
+    stored = open_channel_array(str(tmp_path / "model" / "image.zarr"), mode="r")
     np.testing.assert_array_equal(stored[0], image)
     assert trained.metadata["data"]["arrays"] == [str(tmp_path / "model" / "image.zarr")]
     assert trained.mean == pytest.approx(float(image.mean()), rel=0.05)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-import zarr
 
+from jump_n2v.ngff import open_channel_array
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,8 +245,8 @@ def test_successful_jobs_keep_their_slurm_logs(slurm_run):
 def test_cluster_run_writes_denoised_arrays_and_the_report(slurm_run):
     results = slurm_run["workdir"] / "results" / "tiny"
     for channel in ("DNA", "Mito"):
-        raw = zarr.open_array(results / "TinyPlate" / "raw" / f"{channel}.zarr", mode="r")
-        denoised = zarr.open_array(results / "TinyPlate" / "denoised" / f"{channel}.zarr", mode="r")
+        raw = open_channel_array(results / "TinyPlate" / "raw" / f"{channel}.zarr", mode="r")
+        denoised = open_channel_array(results / "TinyPlate" / "denoised" / f"{channel}.zarr", mode="r")
         assert denoised.shape == raw.shape == (4, 64, 64)
         assert denoised.dtype == np.float32 and np.isfinite(denoised[:]).all()
         assert (results / "models" / "TinyPlate" / channel / "model.pt").stat().st_size > 0

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import zarr
 
 import gallery_plate as gallery
 from s3_server import public_bucket, s3_client, silent_server, truncating_proxy
 from jump_n2v.config import ConfigError, validate_config
 from jump_n2v.ingest import BadImageError, discover_plate, remote_source_fingerprints, split_channel
+from jump_n2v.ngff import open_channel_array
 from jump_n2v.storage import map_path, storage_settings
 
 CHANNELS = ["DNA", "Mito"]
@@ -78,7 +78,7 @@ def test_split_from_s3_equals_split_from_disk(gallery_copy, tmp_path):
             out = tmp_path / name / f"{channel}.zarr"
             split_channel(index, channel, experiment="e", plate="BR00000001", plate_cfg=plate_cfg, channel_order=None,
                           ingest=None, out_zarr=out, rejects_csv=tmp_path / name / f"{channel}.csv")
-            arrays[name, channel] = zarr.open_array(out, mode="r")
+            arrays[name, channel] = open_channel_array(out, mode="r")
     for channel in CHANNELS:
         assert arrays["s3", channel].shape == (4, 64, 64)
         assert np.array_equal(arrays["s3", channel][:], arrays["disk", channel][:])
@@ -100,7 +100,7 @@ def test_path_map_reads_the_published_table_from_a_local_mirror(gallery_copy, tm
     assert index["source_DNA"].str.startswith(f"{gallery_copy['root']}/").all()
     split_channel(index, "DNA", experiment="e", plate="BR00000001", plate_cfg=plate_cfg, channel_order=None,
                   ingest=None, out_zarr=tmp_path / "DNA.zarr", rejects_csv=tmp_path / "DNA.csv")
-    assert zarr.open_array(tmp_path / "DNA.zarr", mode="r").shape == (4, 64, 64)
+    assert open_channel_array(tmp_path / "DNA.zarr", mode="r").shape == (4, 64, 64)
 
 
 def test_a_changed_object_changes_only_its_channels_fingerprint(gallery_copy, tmp_path):

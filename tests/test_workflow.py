@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import zarr
+
+from jump_n2v.ngff import open_channel_array
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
@@ -38,9 +39,9 @@ def test_every_stage_writes_its_documented_outputs(tiny_run):
     index = pd.read_csv(plate / "index.csv")
     assert list(index[["well", "site"]].itertuples(index=False, name=None)) == [("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2)]
     for channel in CHANNELS:
-        raw = zarr.open_array(plate / "raw" / f"{channel}.zarr", mode="r")
-        clean = zarr.open_array(plate / "clean" / f"{channel}.zarr", mode="r")
-        denoised = zarr.open_array(plate / "denoised" / f"{channel}.zarr", mode="r")
+        raw = open_channel_array(plate / "raw" / f"{channel}.zarr", mode="r")
+        clean = open_channel_array(plate / "clean" / f"{channel}.zarr", mode="r")
+        denoised = open_channel_array(plate / "denoised" / f"{channel}.zarr", mode="r")
         assert raw.shape == clean.shape == denoised.shape == (4, 64, 64)
         assert raw.dtype == np.uint16 and denoised.dtype == np.float32
         assert raw.attrs["channel"] == channel and list(raw.attrs["image_ids"]) == [0, 1, 2, 3]
@@ -59,7 +60,7 @@ def test_every_stage_writes_its_documented_outputs(tiny_run):
 def test_export_writes_denoised_tiffs_and_a_loaddata_csv_pointing_at_them(tiny_run):
     load_data = pd.read_csv(tiny_run / "TinyPlate" / "denoised_tiff" / "load_data.csv")
     assert len(load_data) == 4
-    denoised = zarr.open_array(tiny_run / "TinyPlate" / "denoised" / "DNA.zarr", mode="r")
+    denoised = open_channel_array(tiny_run / "TinyPlate" / "denoised" / "DNA.zarr", mode="r")
     for row, (folder, name) in enumerate(zip(load_data["PathName_OrigDNA"], load_data["FileName_OrigDNA"])):
         # export_dtype: source (the default): the uint16 source's dtype, rounded and clipped.
         exported = tifffile.imread(Path(folder) / name)
@@ -82,13 +83,28 @@ def test_ome_zarr_export_opens_with_the_standard_reader_as_an_hcs_plate(tiny_run
     plate = next(iter(Reader(parse_url(str(plate_path)))()))
     assert sorted(well["path"] for well in plate.metadata["metadata"]["plate"]["wells"]) == ["B/2", "C/3"]
     index = pd.read_csv(tiny_run / "TinyPlate" / "index.csv")
-    denoised = {c: zarr.open_array(tiny_run / "TinyPlate" / "denoised" / f"{c}.zarr", mode="r") for c in CHANNELS}
+    denoised = {c: open_channel_array(tiny_run / "TinyPlate" / "denoised" / f"{c}.zarr", mode="r") for c in CHANNELS}
     for row in index.itertuples():
         field = next(iter(Reader(parse_url(str(plate_path / row.well[0] / str(int(row.well[1:])) / str(row.site - 1))))()))
         assert field.metadata["channel_names"] == CHANNELS
         pixels = np.asarray(field.data[0])
         for c, channel in enumerate(CHANNELS):
             np.testing.assert_array_equal(pixels[c], denoised[channel][row.image])
+
+
+def test_channel_stores_open_with_the_standard_reader_at_the_plates_pixel_size(tiny_run):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    for kind in ("raw", "clean", "denoised"):
+        for channel in CHANNELS:
+            path = tiny_run / "TinyPlate" / kind / f"{channel}.zarr"
+            node = next(iter(Reader(parse_url(str(path)))()))
+            assert [(axis["name"], axis.get("unit")) for axis in node.metadata["axes"]] == [
+                ("image", None), ("y", "micrometer"), ("x", "micrometer")]
+            assert node.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([1.0, 0.6, 0.6])  # the demo's pixels
+            assert node.metadata["channel_names"] == [channel]
+            np.testing.assert_array_equal(np.asarray(node.data[0]), open_channel_array(path)[:])
 
 
 def test_bmz_rule_packages_a_model_that_passes_bioimageio_test(tiny_run):

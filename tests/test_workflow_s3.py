@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-import zarr
 
 import gallery_plate as gallery
 from s3_server import public_bucket, s3_client
 from test_rerun import job, planned_jobs
 from workflow_copy import REPO, copy_workflow
+
+from jump_n2v.ngff import open_channel_array
 
 PLATE = "BR00000002"  # not the plate test_storage.py puts in the same session server
 CHANNELS = ["DNA", "Mito"]
@@ -68,8 +69,8 @@ def test_the_s3_plate_runs_end_to_end_and_equals_the_plate_read_from_disk(galler
     assert s3_index["source_DNA"].str.startswith(f"s3://{gallery.BUCKET}/").all()
     assert mirror_index["source_DNA"].str.startswith(f"{gallery_run['mirror']}/").all()
     for channel in CHANNELS:
-        from_s3 = zarr.open_array(results / "gallery_s3" / PLATE / "raw" / f"{channel}.zarr", mode="r")
-        from_disk = zarr.open_array(results / "gallery_mirror" / PLATE / "raw" / f"{channel}.zarr", mode="r")
+        from_s3 = open_channel_array(results / "gallery_s3" / PLATE / "raw" / f"{channel}.zarr", mode="r")
+        from_disk = open_channel_array(results / "gallery_mirror" / PLATE / "raw" / f"{channel}.zarr", mode="r")
         assert from_s3.shape == (len(gallery.SITES), 64, 64)
         assert np.array_equal(from_s3[:], from_disk[:])
         assert {**from_s3.attrs, "experiment": None} == {**from_disk.attrs, "experiment": None}

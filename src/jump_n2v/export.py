@@ -54,6 +54,7 @@ import zarr
 from jump_n2v.atomic import atomic_output
 from jump_n2v.dtypes import integer_bounds
 from jump_n2v.ingest.discover import LOAD_DATA_ROW, _find_column, normalise_well, read_index, read_table
+from jump_n2v.ngff import open_channel_array
 
 LAYOUTS = ("flat", "mirror")
 EXPORT_DTYPES = ("source", "float32")
@@ -127,7 +128,7 @@ def _open_denoised(denoised_zarr: str | os.PathLike) -> tuple[zarr.Array, list[s
     path = Path(denoised_zarr)
     if not path.exists():
         raise FileNotFoundError(f"denoised Zarr array {path} does not exist")
-    array = zarr.open_array(str(path), mode="r")
+    array = open_channel_array(path)
     image_ids = array.attrs.get("image_ids")
     channel = array.attrs.get("channel")
     if image_ids is None or channel is None:

@@ -53,7 +53,7 @@ def _sha256(path: Path) -> str:
 
 def _recorded_image(metadata: dict, model_json: Path) -> np.ndarray:
     """The first validation (else training) image the model recorded, read from its Zarr array."""
-    import zarr
+    from jump_n2v.ngff import open_channel_array
 
     data = metadata.get("data") or {}
     pairs = data.get("validation_images") or data.get("train_images") or []
@@ -63,7 +63,7 @@ def _recorded_image(metadata: dict, model_json: Path) -> np.ndarray:
     array_index, row = (int(v) for v in pairs[0])
     location = arrays[array_index]
     try:
-        array = zarr.open_array(str(location), mode="r")
+        array = open_channel_array(location)
     except Exception as error:  # zarr raises several types for a missing store
         raise ValueError(
             f"cannot open {location}, the array {model_json} was trained on (paths are relative to where "

@@ -37,6 +37,7 @@ from jump_n2v.atomic import atomic_output
 from jump_n2v.dtypes import integer_bounds
 from jump_n2v.config import ConfigError, resolve_section
 from jump_n2v.devices import resolve_device, resolve_precision
+from jump_n2v.ngff import create_channel_array, open_channel_array, set_channel_attributes
 
 DEFAULT_TILE_SIZE = {"cpu": 512, "cuda": 1024}
 # Progress lines are logged at most this often (seconds), plus one when the array is done.
@@ -460,10 +461,8 @@ def predict_array(
 
     start = time.perf_counter()
     with atomic_output(dst_path) as temporary:
-        target = zarr.create_array(
-            store=str(temporary), shape=source.shape, chunks=source.chunks, dtype=dtype, fill_value=0
-        )
-        target.attrs.update({**dict(source.attrs), "output_dtype": settings.output_dtype, **dict(attrs or {})})
+        target = create_channel_array(temporary, shape=source.shape, chunks=source.chunks, dtype=dtype, fill_value=0)
+        set_channel_attributes(target, {**dict(source.attrs), "output_dtype": settings.output_dtype, **dict(attrs or {})})
         if count:
             # Whole images per block (a source chunked in tiles is merged per image), keeping the source's
             # chunking along the image axis so no two blocks ever write the same output chunk.
@@ -499,7 +498,7 @@ def _open_source(src: zarr.Array | str | os.PathLike) -> zarr.Array:
     if not path.exists():
         raise FileNotFoundError(f"source Zarr array {path} does not exist")
     try:
-        return zarr.open_array(str(path), mode="r")
+        return open_channel_array(path)
     except Exception as error:  # zarr raises several types for a folder that is not an array
         raise ValueError(f"{path} is not a readable Zarr array: {error}") from error
 

@@ -25,6 +25,7 @@ import zarr
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.n2v import N2VSettings, TrainedModel, load_trained, train_channel
+from jump_n2v.ngff import create_channel_array
 from jump_n2v.qc.figures import channel_panels
 from jump_n2v.qc.metrics import FLAG_DESCRIPTIONS, image_metrics, summarize
 
@@ -41,9 +42,9 @@ def _check_image(image: np.ndarray, what: str) -> np.ndarray:
 
 
 def _one_image_array(image: np.ndarray, store: Any, channel: str) -> zarr.Array:
-    array = zarr.create_array(store=store, shape=(1, *image.shape), chunks=(1, *image.shape), dtype=image.dtype)
+    attributes = {"channel": channel, "plate": "single-image", "image_ids": [0]}
+    array = create_channel_array(store, shape=(1, *image.shape), chunks=(1, *image.shape), dtype=image.dtype, attributes=attributes)
     array[0] = image
-    array.attrs.update({"channel": channel, "plate": "single-image", "image_ids": [0]})
     return array
 
 

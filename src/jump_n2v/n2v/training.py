@@ -284,13 +284,13 @@ def _as_tuple(value: Any) -> Any:
 
 
 def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
-    import zarr
+    from jump_n2v.ngff import open_channel_array
 
     opened, names = [], []
     for item in arrays:
         if isinstance(item, (str, Path)):
             try:
-                array = zarr.open_array(str(item), mode="r")
+                array = open_channel_array(item)
             except Exception as error:  # zarr raises several types for a missing/invalid store
                 raise ValueError(f"cannot open Zarr array {item}: {error}") from error
             opened.append(array)

@@ -40,6 +40,7 @@ from scipy import ndimage
 from jump_n2v.atomic import atomic_output
 from jump_n2v.config import resolve_section
 from jump_n2v.ingest.discover import read_index as read_image_index
+from jump_n2v.ngff import open_channel_array
 from jump_n2v.noise import NoiseModel, estimate_noise_model, noise_leak
 
 # Median absolute deviation of a standard normal variable: median(|N(0, 1)|).
@@ -327,7 +328,7 @@ def open_zarr(array: zarr.Array | str | os.PathLike, role: str) -> tuple[zarr.Ar
     if isinstance(array, zarr.Array):
         return array, f"{role} array {array.store_path}"
     try:
-        return zarr.open_array(str(array), mode="r"), str(array)
+        return open_channel_array(array), str(array)
     except Exception as error:  # zarr raises several types for a missing/corrupt store
         raise QCInputError(f"cannot open {role} Zarr array {array}: {error}") from error
 
