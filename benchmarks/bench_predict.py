@@ -135,12 +135,13 @@ def bench_ours(image: np.ndarray, settings: dict, repeats: int) -> dict:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
-    plans = [plan_axis(length, runner.tile_size, runner.halo, runner.multiple) for length in image.shape]
+    tile_size = runner.tile_size(image.shape)
+    plans = [plan_axis(length, tile_size, runner.halo, runner.multiple) for length in image.shape]
     processed = plans[0].count * plans[0].tile * plans[1].count * plans[1].tile
     return {
         "seconds": median, "all_seconds": seconds, "mpx_per_s": image.size / median / 1e6,
         "processed_mpx_per_s": processed / median / 1e6, "tiles": plans[0].count * plans[1].count,
-        "tile_shape": [plans[0].tile, plans[1].tile], "tile_size": runner.tile_size, "halo": runner.halo, "batch_size": resolved.batch_size,
+        "tile_shape": [plans[0].tile, plans[1].tile], "tile_size": tile_size, "halo": runner.halo, "batch_size": resolved.batch_size,
         "device": str(runner.device), "autocast": str(runner.autocast_dtype),
     }
 
@@ -239,7 +240,8 @@ def bench_careamics(args, tile_size: int, halo: int) -> dict | str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=1024, help="side of the benchmark image")
-    parser.add_argument("--tile-size", type=int, default=None, help="default: the package's (512 CPU, 1024 GPU)")
+    parser.add_argument("--tile-size", type=int, default=None, help="default: the package's (512 CPU; GPU: whole "
+                        "images up to 2048 px, else 1024)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -248,7 +250,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--sites", type=int, default=0, help="also run predict_array on this many 1080x1080 sites "
                         "and extrapolate to a 3,456-site plate channel")
-    parser.add_argument("--workers", type=int, default=None, help="dask threads for predict_array (default: its own)")
+    parser.add_argument("--workers", type=int, default=None, help="predict_array's reader threads (default: its own)")
     parser.add_argument("--identity", action="store_true", help="an identity network with the U-Net's halo "
                         "instead of the U-Net: the pipeline's own overhead")
     parser.add_argument("--careamics", choices=["auto", "skip"], default="auto")
