@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--sites", type=int, default=0, help="also run predict_array on this many 1080x1080 sites "
                         "and extrapolate to a 3,456-site plate channel")
-    parser.add_argument("--workers", type=int, default=None, help="predict_array's reader threads (default: its own)")
+    parser.add_argument("--workers", type=int, default=None, help="predict_array's num_workers (default: its own)")
     parser.add_argument("--identity", action="store_true", help="an identity network with the U-Net's halo "
                         "instead of the U-Net: the pipeline's own overhead")
     parser.add_argument("--careamics", choices=["auto", "skip"], default="auto")
