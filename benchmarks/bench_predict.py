@@ -11,12 +11,19 @@ depend on them):
   overlap (twice our halo, so both crop the same margin) and batch size, run in the benchmark venv
   ``.venv-bench`` (see benchmarks/requirements-bench.txt) in a subprocess; skipped with a note when
   that venv or CAREamics is missing;
-* with ``--sites N``: ``predict_array`` end to end (Zarr in, dask, Zarr out) on N synthetic uint16
-  1080 x 1080 sites, and the time that extrapolates to one JUMP plate channel (3,456 sites).
+* with ``--sites N``: ``predict_array`` end to end (Zarr in, Zarr out) on N synthetic uint16
+  1080 x 1080 sites, and the time that extrapolates to one JUMP plate channel (3,456 sites);
+* with ``--identity``: the same with the U-Net swapped for an identity module that keeps the U-Net's
+  halo and size multiple (same tiles, same padding, same batches), so the figure is the pipeline's
+  own overhead (reading, decoding, normalising, tiling, pasting, rounding, encoding, writing). A GPU
+  run's expected rate follows from it: 1 / (1 / network_rate + 1 / overhead_rate), where
+  network_rate is the network alone on the GPU, unless the overhead runs beside the network on other
+  cores (then the lower of the two rates).
 
 Examples (from the repository root):
     .venv/bin/python benchmarks/bench_predict.py --size 1024 --repeats 3
     .venv/bin/python benchmarks/bench_predict.py --size 1024 --sites 4
+    .venv/bin/python benchmarks/bench_predict.py --identity --sites 32 --threads 1 --careamics skip
     python benchmarks/bench_predict.py --device cuda --precision bf16 --batch-size 16 --sites 200 --careamics skip
 """
 
@@ -77,11 +84,38 @@ def flops_per_pixel(net: torch.nn.Module) -> float:
     return counter.get_total_flops() / 256**2
 
 
-def default_net():
+def unet():
     from jump_n2v.n2v.model import build_unet
 
     torch.manual_seed(0)
     return build_unet(2, 32, "n2v").eval()
+
+
+class IdentityNet(torch.nn.Module):
+    """Returns its input; declares the U-Net's depth and size multiple so tiles are cut alike."""
+
+    def __init__(self, like: torch.nn.Module) -> None:
+        super().__init__()
+        self.depth = like.depth
+        self.size_multiple = like.size_multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+NETWORK = "unet"  # set by main(): "unet" or "identity"
+
+
+def default_net():
+    net = unet()
+    if NETWORK == "unet":
+        return net
+    from jump_n2v import predict
+
+    identity = IdentityNet(net)
+    # An identity's measured receptive field is one pixel; give it the U-Net's so halos and tiles match.
+    predict._RECEPTIVE_FIELDS[identity] = predict.receptive_field(net)
+    return identity
 
 
 def bench_ours(image: np.ndarray, settings: dict, repeats: int) -> dict:
@@ -101,12 +135,13 @@ def bench_ours(image: np.ndarray, settings: dict, repeats: int) -> dict:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
-    plans = [plan_axis(length, runner.tile_size, runner.halo, runner.multiple) for length in image.shape]
+    tile_size = runner.tile_size(image.shape)
+    plans = [plan_axis(length, tile_size, runner.halo, runner.multiple) for length in image.shape]
     processed = plans[0].count * plans[0].tile * plans[1].count * plans[1].tile
     return {
         "seconds": median, "all_seconds": seconds, "mpx_per_s": image.size / median / 1e6,
         "processed_mpx_per_s": processed / median / 1e6, "tiles": plans[0].count * plans[1].count,
-        "tile_shape": [plans[0].tile, plans[1].tile], "tile_size": runner.tile_size, "halo": runner.halo, "batch_size": resolved.batch_size,
+        "tile_shape": [plans[0].tile, plans[1].tile], "tile_size": tile_size, "halo": runner.halo, "batch_size": resolved.batch_size,
         "device": str(runner.device), "autocast": str(runner.autocast_dtype),
     }
 
@@ -130,6 +165,7 @@ def bench_plate(args, settings: dict) -> dict:
         summary = predict_array(
             net, 500.0, 200.0, f"{work}/raw.zarr", f"{work}/denoised.zarr", settings, num_workers=args.workers
         )
+    summary["mpx_per_s_per_thread"] = summary["mpx_per_s"] / args.threads
     summary["plate_channel_seconds"] = PLATE_SITES * SITE_SIZE**2 / 1e6 / summary["mpx_per_s"]
     return summary
 
@@ -204,7 +240,8 @@ def bench_careamics(args, tile_size: int, halo: int) -> dict | str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=1024, help="side of the benchmark image")
-    parser.add_argument("--tile-size", type=int, default=None, help="default: the package's (512 CPU, 1024 GPU)")
+    parser.add_argument("--tile-size", type=int, default=None, help="default: the package's (512 CPU; GPU: whole "
+                        "images up to 2048 px, else 1024)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -213,7 +250,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--sites", type=int, default=0, help="also run predict_array on this many 1080x1080 sites "
                         "and extrapolate to a 3,456-site plate channel")
-    parser.add_argument("--workers", type=int, default=None, help="dask threads for predict_array (default: its own)")
+    parser.add_argument("--workers", type=int, default=None, help="predict_array's num_workers (default: its own)")
+    parser.add_argument("--identity", action="store_true", help="an identity network with the U-Net's halo "
+                        "instead of the U-Net: the pipeline's own overhead")
     parser.add_argument("--careamics", choices=["auto", "skip"], default="auto")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--careamics-worker", action="store_true", help=argparse.SUPPRESS)
@@ -223,6 +262,10 @@ def main(argv=None) -> int:
         careamics_worker(args)
         return 0
 
+    global NETWORK
+    NETWORK = "identity" if args.identity else "unet"
+    if args.identity:
+        args.careamics = "skip"
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
     settings = {"tile_size": args.tile_size, "batch_size": args.batch_size, "device": str(device),
@@ -238,7 +281,8 @@ def main(argv=None) -> int:
     results["peak_gflops_fp32"] = peak_fp32
     if device.type == "cuda":
         results["peak_gflops_bf16"] = matmul_peak(device, torch.bfloat16, 8192)
-    mflop = flops_per_pixel(default_net()) / 1e6
+    results["network"] = NETWORK
+    mflop = flops_per_pixel(unet()) / 1e6
     results["mflop_per_pixel"] = mflop
 
     image = synthetic_image(args.size)
@@ -260,6 +304,8 @@ def main(argv=None) -> int:
     print(f"machine: {results['machine']}")
     print(f"peak (matmul): {peak_fp32:.1f} GFLOP/s fp32" + (f", {results['peak_gflops_bf16']:.1f} GFLOP/s bf16" if "peak_gflops_bf16" in results else ""))
     print(f"model cost: {mflop:.3f} MFLOP per output pixel (depth 2, 32 filters)")
+    if args.identity:
+        print("network: identity with the U-Net's halo (FLOP figures below do not apply: overhead only)")
     print(f"jump_n2v denoise_image {args.size}x{args.size}: {ours['mpx_per_s']:.3f} Mpx/s "
           f"({ours['seconds']:.2f} s median of {args.repeats}; tile_size {ours['tile_size']} -> {ours['tiles']} tiles "
           f"of {ours['tile_shape'][0]}x{ours['tile_shape'][1]}, halo {ours['halo']}, batch {ours['batch_size']}, "
@@ -278,7 +324,7 @@ def main(argv=None) -> int:
         plate = results["plate"]
         hours = plate["plate_channel_seconds"] / 3600
         print(f"predict_array on {args.sites} sites of {SITE_SIZE}x{SITE_SIZE}: {plate['mpx_per_s']:.3f} Mpx/s "
-              f"({plate['seconds']:.1f} s) -> one plate channel ({PLATE_SITES} sites): "
+              f"({plate['mpx_per_s_per_thread']:.3f} per torch thread; {plate['seconds']:.1f} s) -> one plate channel ({PLATE_SITES} sites): "
               f"{plate['plate_channel_seconds']:.0f} s = {hours:.2f} h; 5 channels: {5 * hours:.2f} h")
     if device.type == "cuda":
         results["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -23,6 +23,7 @@ from jump_n2v.predict import (
     plan_axis,
     predict_array,
     receptive_field,
+    resolve_tile_size,
     to_output_dtype,
 )
 
@@ -242,6 +243,58 @@ def test_bf16_autocast_keeps_the_output_layer_and_denormalisation_in_fp32():
     mixed = runner.denoise(image, mean, std)
     assert mixed.dtype == np.float32
     assert np.abs(mixed - fp32).max() < 15.0  # counts; 52 with a bf16 head (benchmarks/bench_precision.py)
+
+
+def test_tiles_of_several_images_share_forward_passes_with_unchanged_results():
+    # Shapes whose tilings differ (tile count, partial edge tiles, a one-tile image, a shorter tile for
+    # the 13-row image) in one stream: a batch of 5 mixes tiles of consecutive images of one tile shape,
+    # so edge tiles of one image sit beside inner tiles of the next.
+    net = NETS[2, "n2v"]
+    halo, multiple = halo_size(net), net.size_multiple
+    tile_size = 2 * halo + 3 * multiple
+    shapes = [(30, 40), (30, 40), (25, 41), (21, 34), (13, 40), (30, 40), (12, 12), (30, 40)]
+    images = [noisy_image(shape, seed=index) for index, shape in enumerate(shapes)]
+    batched = _Runner(net, PredictSettings.from_dict({"tile_size": tile_size, "batch_size": 5, "device": "cpu"}))
+    batch_sizes = []
+    forward = batched.forward
+    batched.forward = lambda batch: batch_sizes.append(len(batch)) or forward(batch)
+    together = list(batched.denoise_many(images, MEAN, STD))
+    single = _Runner(net, PredictSettings.from_dict({"tile_size": tile_size, "batch_size": 1, "device": "cpu"}))
+    assert len(together) == len(images)
+    for image, result in zip(images, together):
+        assert result.shape == image.shape and result.dtype == np.float32
+        np.testing.assert_allclose(result, single.denoise(image, MEAN, STD), rtol=0, atol=1e-4 * STD)
+        np.testing.assert_allclose(result, whole_image_reference(net, image), rtol=0, atol=1e-4 * STD)
+    tiles = [math.prod(plan.count for plan in batched.plan(image.shape)) for image in images]
+    assert sum(batch_sizes) == sum(tiles) and max(batch_sizes) == 5
+    # Fewer passes than one per image and tile-batch: passes really spanned images.
+    assert len(batch_sizes) < sum(math.ceil(count / 5) for count in tiles)
+
+
+def test_predict_array_batches_across_images_and_chunks(tmp_path):
+    net = NETS[2, "n2v"]
+    images = np.stack([noisy_image((40, 52), seed=s) for s in range(7)]).astype(np.float32)
+    write_source(tmp_path / "raw.zarr", images, chunks=(3, 40, 52))  # the last chunk is partial
+    settings = {"tile_size": 2 * halo_size(net) + 6 * net.size_multiple, "batch_size": 4, "device": "cpu"}
+    summary = predict_array(net, MEAN, STD, tmp_path / "raw.zarr", tmp_path / "denoised.zarr", settings, num_workers=2)
+    output = zarr.open_array(str(tmp_path / "denoised.zarr"), mode="r")
+    assert summary["tiles_per_image"] == 6 and output.chunks == (3, 40, 52)
+    for index, image in enumerate(images):
+        np.testing.assert_allclose(output[index], denoise_image(net, image, MEAN, STD, settings), rtol=0, atol=1e-4)
+
+
+def test_whole_field_is_one_tile_on_a_gpu_unless_too_large():
+    defaults = PredictSettings.from_dict({})
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    whole = resolve_tile_size(defaults, cuda, 32, multiple=4, image_shape=(1080, 1080))
+    assert whole == 1144
+    assert [plan_axis(1080, whole, 32, 4).count] * 2 == [1, 1]
+    assert resolve_tile_size(defaults, cuda, 32, multiple=4, image_shape=(1080, 1082)) == 1084 + 64
+    # Larger fields fall back to 1024-px tiles; the CPU keeps 512; a configured size always wins.
+    assert resolve_tile_size(defaults, cuda, 32, multiple=4, image_shape=(2160, 2160)) == 1024
+    assert resolve_tile_size(defaults, cpu, 32, multiple=4, image_shape=(1080, 1080)) == 512
+    configured = PredictSettings.from_dict({"tile_size": 256})
+    assert resolve_tile_size(configured, cuda, 32, multiple=4, image_shape=(1080, 1080)) == 256
 
 
 def _peak_numpy_bytes(tmp_path, name: str, count: int) -> int:

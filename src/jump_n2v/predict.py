@@ -6,8 +6,9 @@ grid, and only each tile's centre ("core") is kept. The result therefore equals 
 once to the whole image after reflect padding (``halo`` pixels on the top and left, enough on the
 bottom and right to reach the tile grid), to float rounding; tests/test_predict.py checks this.
 
-Arrays are processed with dask one source chunk (whole images) at a time and written chunk by chunk,
-so memory is bounded by one image plus one tile batch per worker, never by the plate.
+Arrays are read one source chunk (whole images) at a time by reader threads, denoised on the calling
+thread with tiles of consecutive images sharing forward passes, and converted and written chunk by
+chunk by writer threads, so memory is bounded by a few chunks and one tile batch, never by the plate.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import re
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-import dask.array as da
 import numpy as np
 import torch
 import zarr
@@ -40,11 +41,16 @@ from jump_n2v.devices import resolve_device, resolve_precision
 from jump_n2v.ngff import create_channel_array, open_channel_array, set_channel_attributes
 
 DEFAULT_TILE_SIZE = {"cpu": 512, "cuda": 1024}
+# On a GPU with tile_size null an image whose side (halos included) is at most this is one tile: a
+# 1080 x 1080 field is one 1144 x 1144 tile instead of 4 of 604 (12% instead of 25% of the work spent
+# on halos). Estimated, not measured (no GPU here): the default U-Net holds about 128 float32
+# channels per pixel at full resolution at its peak, ~2 GiB for a 2048 x 2048 tile, so batch_size 4
+# such tiles fit a 16 GiB GPU.
+WHOLE_IMAGE_TILE_MAX = 2048
 # Progress lines are logged at most this often (seconds), plus one when the array is done.
 PROGRESS_INTERVAL_S = 5.0
-# Only one image is in the network at a time: torch already uses every core for one forward pass, so
-# concurrent passes would oversubscribe the CPU (or the GPU's memory); other dask workers meanwhile read,
-# convert and write chunks.
+# One forward pass at a time per process: torch already uses every core (or the whole GPU) for one pass,
+# so concurrent passes would oversubscribe the CPU (or the GPU's memory).
 _NET_LOCK = threading.Lock()
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -226,10 +232,23 @@ def plan_axis(length: int, max_tile: int, halo: int, multiple: int) -> AxisTilin
     return AxisTiling(length=length, core=core, halo=halo, count=count)
 
 
-def resolve_tile_size(settings: PredictSettings, device: torch.device, halo: int) -> int:
-    """The configured tile size, or the device default (never less than 4 halos, so most work is kept)."""
+def resolve_tile_size(
+    settings: PredictSettings,
+    device: torch.device,
+    halo: int,
+    *,
+    multiple: int = 1,
+    image_shape: tuple[int, ...] | None = None,
+) -> int:
+    """The configured tile size; else, on a GPU, one tile for the whole image of ``image_shape`` when
+    that tile's side is at most WHOLE_IMAGE_TILE_MAX; else the device default (never less than 4 halos,
+    so most work is kept)."""
     if settings.tile_size is not None:
         return settings.tile_size
+    if device.type == "cuda" and image_shape:
+        whole = max(math.ceil(length / multiple) * multiple for length in image_shape) + 2 * halo
+        if whole <= WHOLE_IMAGE_TILE_MAX:
+            return whole
     return max(DEFAULT_TILE_SIZE.get(device.type, DEFAULT_TILE_SIZE["cuda"]), 4 * halo)
 
 
@@ -269,29 +288,80 @@ def inference_copy(net: nn.Module, device: torch.device) -> nn.Module:
     return inference.to(device).to(memory_format=torch.channels_last)
 
 
+@dataclasses.dataclass
+class _TiledImage:
+    """One image on its way through the network: its reflect-padded pixels (in the source dtype, half
+    the memory of float32 for uint16; normalised tile by tile as they are batched) are cut into tiles
+    whose cores fill ``output`` (normalised units, allocated with the first tile); ``padded`` is dropped
+    once every tile ran. ``raw`` is kept only for the posterior step."""
+
+    raw: np.ndarray | None
+    shape: tuple[int, int]
+    mean: np.float32
+    std: np.float32
+    rows: AxisTiling
+    cols: AxisTiling
+    padded: np.ndarray | None
+    tiles_left: int
+    output: np.ndarray | None = None
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return self.rows.tile, self.cols.tile
+
+    def origins(self) -> list[tuple[int, int]]:
+        return [(r * self.rows.core, c * self.cols.core) for r in range(self.rows.count) for c in range(self.cols.count)]
+
+
 class _Runner:
-    """A network ready to denoise batches of tiles on one device at one precision."""
+    """A network ready to denoise batches of tiles on one device at one precision.
+
+    Images go through in three steps that may run on different threads: :meth:`prepare` (normalise,
+    pad), :meth:`run` (tiles of consecutive images share forward passes of up to ``batch_size``
+    tiles) and :meth:`finish` (back to intensity units, posterior step).
+    """
 
     def __init__(self, net: nn.Module, settings: PredictSettings, posterior: Any = None) -> None:
+        self.settings = settings
         self.device = resolve_device(settings.device)
         self.autocast_dtype = resolve_precision(settings.precision, self.device)
         self.net = inference_copy(net, self.device)
         self.multiple = _size_multiple(net)
         self.halo = halo_size(net)
-        self.tile_size = resolve_tile_size(settings, self.device, self.halo)
         self.batch_size = settings.batch_size
         self.tta = settings.tta
         # The posterior step (jump_n2v.n2v.posterior.Posterior) mixes the raw pixel back in.
         self.posterior = posterior if settings.posterior == "auto" else None
+        self._pinned: torch.Tensor | None = None
+
+    def tile_size(self, image_shape: tuple[int, int]) -> int:
+        return resolve_tile_size(self.settings, self.device, self.halo, multiple=self.multiple, image_shape=image_shape)
+
+    def plan(self, image_shape: tuple[int, int]) -> tuple[AxisTiling, AxisTiling]:
+        """Row and column tiling of an image of ``image_shape``."""
+        tile_size = self.tile_size(image_shape)
+        return tuple(plan_axis(length, tile_size, self.halo, self.multiple) for length in image_shape)  # type: ignore[return-value]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def _host_batch(self, count: int, tile_shape: tuple[int, int]) -> np.ndarray:
+        """Host memory for one batch of tiles. On CUDA a reused page-locked (pinned) buffer, so the copy to
+        the GPU is one asynchronous DMA without the driver's staging copy (unmeasured: no GPU here). It
+        can be refilled once :meth:`forward` returned, because that waits for the result on the host."""
+        if self.device.type != "cuda":
+            return np.empty((count, *tile_shape), dtype=np.float32)
+        if self._pinned is None or tuple(self._pinned.shape[1:]) != tile_shape or self._pinned.shape[0] < count:
+            self._pinned = torch.empty((max(count, self.batch_size), *tile_shape), dtype=torch.float32, pin_memory=True)
+        return self._pinned[:count].numpy()
+
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Network output for a (B, Ty, Tx) float32 batch, averaged over the 8 symmetries with TTA."""
-        tensor = torch.from_numpy(batch).unsqueeze(1).to(self.device).contiguous(memory_format=torch.channels_last)
+        tensor = torch.from_numpy(batch).unsqueeze(1)
+        tensor = tensor.to(self.device, non_blocking=self.device.type == "cuda")
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             if not self.tta:
                 output = self.net(tensor).float()
@@ -303,7 +373,8 @@ class _Runner:
                 output /= len(_DIHEDRAL)
         return output[:, 0].cpu().numpy()
 
-    def denoise(self, image: np.ndarray, mean: float, std: float) -> np.ndarray:
+    def prepare(self, image: np.ndarray, mean: float, std: float) -> _TiledImage:
+        """Normalise and reflect pad one 2-D image for tiling."""
         if image.ndim != 2:
             raise ValueError(f"denoise_image expects one 2-D image, got shape {image.shape}")
         if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
@@ -311,30 +382,79 @@ class _Runner:
         height, width = image.shape
         if height == 0 or width == 0:
             raise ValueError(f"denoise_image: empty image of shape {image.shape}")
-        rows = plan_axis(height, self.tile_size, self.halo, self.multiple)
-        cols = plan_axis(width, self.tile_size, self.halo, self.multiple)
-        normalised = (np.asarray(image, dtype=np.float32) - np.float32(mean)) / np.float32(std)
-        padded = np.pad(
-            normalised, ((self.halo, rows.pad_after), (self.halo, cols.pad_after)), mode="reflect"
+        rows, cols = self.plan((height, width))
+        pixels = np.asarray(image)
+        if pixels.dtype.kind not in "uif":
+            pixels = pixels.astype(np.float32)
+        padded = np.pad(pixels, ((self.halo, rows.pad_after), (self.halo, cols.pad_after)), mode="reflect")
+        raw = image if self.posterior is not None else None
+        return _TiledImage(
+            raw, (height, width), np.float32(mean), np.float32(std), rows, cols, padded, rows.count * cols.count
         )
-        del normalised
-        output = np.empty((height, width), dtype=np.float32)
-        origins = [(r * rows.core, c * cols.core) for r in range(rows.count) for c in range(cols.count)]
-        for start in range(0, len(origins), self.batch_size):
-            chunk = origins[start : start + self.batch_size]
-            batch = np.stack([padded[y : y + rows.tile, x : x + cols.tile] for y, x in chunk])
+
+    def run(self, images: Iterable[_TiledImage]) -> Iterator[_TiledImage]:
+        """The prepared ``images`` with their ``output`` filled, in order, each as soon as its last tile ran.
+
+        Tiles are queued across images and sent ``batch_size`` at a time (a batch holds one tile shape:
+        the queue is flushed when the shape changes), so besides the caller's own at most
+        ceil(batch_size / tiles per image) + 1 images are held here.
+        """
+        queue: deque[tuple[_TiledImage, int, int]] = deque()
+        waiting: deque[_TiledImage] = deque()
+        for image in images:
+            if queue and queue[0][0].tile_shape != image.tile_shape:
+                while queue:
+                    self._run_batch(queue)
+            waiting.append(image)
+            queue.extend((image, y, x) for y, x in image.origins())
+            while len(queue) >= self.batch_size:
+                self._run_batch(queue)
+            while waiting and waiting[0].tiles_left == 0:
+                yield waiting.popleft()
+        while queue:
+            self._run_batch(queue)
+        yield from waiting
+
+    def _run_batch(self, queue: deque[tuple[_TiledImage, int, int]]) -> None:
+        tiles = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+        tile_y, tile_x = tiles[0][0].tile_shape
+        batch = self._host_batch(len(tiles), (tile_y, tile_x))
+        for slot, (image, y, x) in zip(batch, tiles):
+            # The same float32 operations as normalising the whole image before padding.
+            slot[...] = image.padded[y : y + tile_y, x : x + tile_x]
+            slot -= image.mean
+            slot /= image.std
+        with _NET_LOCK:
             result = self.forward(batch)
-            for (y, x), tile in zip(chunk, result):
-                # Tile (y, x) in padded coordinates has its core at image coordinates (y, x).
-                keep_y, keep_x = min(rows.core, height - y), min(cols.core, width - x)
-                output[y : y + keep_y, x : x + keep_x] = tile[
-                    self.halo : self.halo + keep_y, self.halo : self.halo + keep_x
-                ]
+        halo = self.halo
+        for (image, y, x), tile in zip(tiles, result):
+            # Tile (y, x) in padded coordinates has its core at image coordinates (y, x).
+            height, width = image.shape
+            if image.output is None:
+                image.output = np.empty(image.shape, dtype=np.float32)
+            keep_y, keep_x = min(image.rows.core, height - y), min(image.cols.core, width - x)
+            image.output[y : y + keep_y, x : x + keep_x] = tile[halo : halo + keep_y, halo : halo + keep_x]
+            image.tiles_left -= 1
+            if image.tiles_left == 0:
+                image.padded = None
+
+    def finish(self, image: _TiledImage, mean: float, std: float) -> np.ndarray:
+        """The denoised image in the input's intensity units (float32), posterior step applied."""
+        output = image.output
         output *= np.float32(std)
         output += np.float32(mean)
         if self.posterior is not None:
-            output = self.posterior.apply(image, output)
+            output = self.posterior.apply(image.raw, output)
         return output
+
+    def denoise_many(self, images: Iterable[np.ndarray], mean: float, std: float) -> Iterator[np.ndarray]:
+        """Denoised ``images`` in order; tiles of consecutive images share forward passes."""
+        prepared = (self.prepare(image, mean, std) for image in images)
+        for image in self.run(prepared):
+            yield self.finish(image, mean, std)
+
+    def denoise(self, image: np.ndarray, mean: float, std: float) -> np.ndarray:
+        return next(self.denoise_many([image], mean, std))
 
 
 def denoise_image(
@@ -424,12 +544,15 @@ def predict_array(
     range). Its attributes are the source's plus ``output_dtype`` and ``attrs``. The array is written
     atomically: an interrupted run leaves nothing at ``dst_path``.
 
-    Dask reads, denoises and stores one source chunk of whole images per task with ``num_workers``
-    threads (default: the CPU count, at most 4), of which only one runs the network at a time while the
-    others read, convert and write; peak memory is about ``num_workers`` images plus one tile batch
-    whatever the number of images. On the 2-core CPU, 2 workers were ~5% faster than 1. ``posterior``
-    as in :func:`denoise_image`. Returns a summary (images, megapixels, seconds, mpx_per_s,
-    tile_size, tile_shape, tiles_per_image, halo, batch).
+    Blocks of whole images, one source chunk along the image axis each (a source chunked in tiles is
+    read per image), are read, decoded and padded by ``num_workers - 1`` (at least 1) reader threads
+    at most that many blocks ahead; the calling thread runs the network, tiles of consecutive images
+    sharing forward passes of ``batch_size`` tiles; and ``num_workers`` writer threads (default: the
+    CPU count, at most 4) convert and store finished blocks, at most that many blocks behind.
+    So reading and writing overlap the network, and memory is bounded by about 2 ``num_workers`` + 2
+    blocks plus ceil(batch_size / tiles per image) + 1 images, whatever the number of images.
+    ``posterior`` as in :func:`denoise_image`. Returns a summary (images, megapixels, seconds,
+    mpx_per_s, tile_size, tile_shape, tiles_per_image, halo, batch).
     """
     settings = _as_settings(settings)
     source = _open_source(src)
@@ -438,8 +561,8 @@ def predict_array(
     count, height, width = source.shape
     dtype = output_dtype_for(source.dtype, settings.output_dtype)
     runner = _Runner(net, settings, posterior)
-    rows = plan_axis(max(height, 1), runner.tile_size, runner.halo, runner.multiple)
-    cols = plan_axis(max(width, 1), runner.tile_size, runner.halo, runner.multiple)
+    tile_size = runner.tile_size((max(height, 1), max(width, 1)))
+    rows, cols = runner.plan((max(height, 1), max(width, 1)))
     progress = _Progress(count, height * width, log)
     if log is not None:
         log.info(
@@ -450,32 +573,43 @@ def predict_array(
         log.info("posterior step: %s", "applied" if runner.posterior is not None else (
             "off (predict posterior: none)" if posterior is not None else "none fitted for this model"))
 
-    def denoise_block(block: np.ndarray) -> np.ndarray:
-        denoised = np.empty(block.shape, dtype=dtype)
-        for index, image in enumerate(block):
-            with _NET_LOCK:
-                result = runner.denoise(image, mean, std)
-            denoised[index] = to_output_dtype(result, dtype)
-            progress.add(1)
-        return denoised
+    def read(block: slice) -> list[_TiledImage]:
+        return [runner.prepare(image, mean, std) for image in source[block]]
+
+    def write(block: slice, images: list[_TiledImage]) -> None:
+        if len(images) == 1:  # the usual one image per chunk: no block buffer
+            denoised = to_output_dtype(runner.finish(images.pop(), mean, std), dtype)[None]
+        else:
+            denoised = np.empty((len(images), height, width), dtype=dtype)
+            for index, image in enumerate(images):
+                denoised[index] = to_output_dtype(runner.finish(image, mean, std), dtype)
+        target[block] = denoised
+        progress.add(block.stop - block.start)
 
     start = time.perf_counter()
     with atomic_output(dst_path) as temporary:
         target = create_channel_array(temporary, shape=source.shape, chunks=source.chunks, dtype=dtype, fill_value=0)
         set_channel_attributes(target, {**dict(source.attrs), "output_dtype": settings.output_dtype, **dict(attrs or {})})
         if count:
-            # Whole images per block (a source chunked in tiles is merged per image), keeping the source's
-            # chunking along the image axis so no two blocks ever write the same output chunk.
-            images = da.from_zarr(source).rechunk({0: source.chunks[0], 1: height, 2: width})
-            denoised = images.map_blocks(denoise_block, dtype=dtype, meta=np.empty((0, 0, 0), dtype=dtype))
-            workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-            pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="jump-n2v-predict")
+            # Blocks follow the source's chunking along the image axis, so no two blocks ever write the
+            # same output chunk.
+            per_block = source.chunks[0]
+            blocks = [slice(first, min(first + per_block, count)) for first in range(0, count, per_block)]
+            workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
+            # Encoding the (float32) output costs about twice reading the source (77 vs 39 ms per
+            # 1080 x 1080 field with zarr's default zstd, measured on the 2-core CPU), so writers get
+            # the extra thread.
+            readers = ThreadPoolExecutor(max(1, workers - 1), thread_name_prefix="jump-n2v-predict-read")
+            writers = ThreadPoolExecutor(workers, thread_name_prefix="jump-n2v-predict-write")
             try:
-                da.store(denoised, target, lock=False, scheduler="threads", pool=pool)
+                _denoise_blocks(
+                    runner, blocks, read, write, readers, writers, read_ahead=max(1, workers - 1), write_behind=workers
+                )
             finally:
-                # On failure dask re-raises at once; chunks still being written must land before
-                # atomic_output deletes the temporary store, or the deletion races with them.
-                pool.shutdown(wait=True, cancel_futures=True)
+                # On failure, blocks still being written must land before atomic_output deletes the
+                # temporary store, or the deletion races with them.
+                readers.shutdown(wait=True, cancel_futures=True)
+                writers.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - start
     megapixels = count * height * width / 1e6
     return {
@@ -483,12 +617,57 @@ def predict_array(
         "megapixels": megapixels,
         "seconds": seconds,
         "mpx_per_s": megapixels / seconds if seconds > 0 else float("nan"),
-        "tile_size": runner.tile_size,
+        "tile_size": tile_size,
         "tile_shape": [rows.tile, cols.tile],
         "tiles_per_image": rows.count * cols.count,
         "halo": runner.halo,
         "batch": runner.batch_size,
     }
+
+
+def _denoise_blocks(
+    runner: _Runner,
+    blocks: list[slice],
+    read: Callable[[slice], list[_TiledImage]],
+    write: Callable[[slice, list[_TiledImage]], None],
+    readers: ThreadPoolExecutor,
+    writers: ThreadPoolExecutor,
+    read_ahead: int,
+    write_behind: int,
+) -> None:
+    """Read ``blocks`` at most ``read_ahead`` ahead in ``readers``, run their images through the network
+    on this thread, and hand each finished block to ``writers``, waiting while ``write_behind`` writes
+    are pending. Raises the first error of any step."""
+    reads: deque[Future] = deque()
+    pending_blocks = iter(blocks)
+
+    def submit_reads() -> None:
+        while len(reads) < read_ahead:
+            block = next(pending_blocks, None)
+            if block is None:
+                return
+            reads.append(readers.submit(read, block))
+
+    def images() -> Iterator[_TiledImage]:
+        submit_reads()
+        while reads:
+            block_images = reads.popleft().result()
+            submit_reads()
+            yield from block_images
+
+    writes: deque[Future] = deque()
+    finished: list[_TiledImage] = []
+    block_index = 0
+    for image in runner.run(images()):
+        finished.append(image)
+        block = blocks[block_index]
+        if len(finished) == block.stop - block.start:
+            while len(writes) >= write_behind:
+                writes.popleft().result()
+            writes.append(writers.submit(write, block, finished))
+            finished, block_index = [], block_index + 1
+    for done in writes:
+        done.result()
 
 
 def _open_source(src: zarr.Array | str | os.PathLike) -> zarr.Array:
