@@ -162,6 +162,10 @@ def main() -> int:
     summary["slurm_jobs"] = {}
     for job in jobs:
         summary["slurm_jobs"][rule_of(job)] = summary["slurm_jobs"].get(rule_of(job), 0) + 1
+    # slurmctld forgets finished jobs after MinJobAge (1 h), so the per-rule counts above miss the
+    # early jobs of a longer run; the job-completion log keeps every job (but not its rule).
+    completions = (CLUSTER_STATE / "jobcomp.log").read_text().splitlines()
+    summary["slurm_jobs_total"] = sum(1 for line in completions if f" WorkDir={workdir} " in line)
     stages = stage_table(workdir / "results")
     summary["stages"] = (
         stages.groupby("rule").agg(jobs=("s", "size"), wall_s_max=("s", "max"), wall_s_sum=("s", "sum"),

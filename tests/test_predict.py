@@ -277,7 +277,7 @@ def test_predict_array_batches_across_images_and_chunks(tmp_path):
     write_source(tmp_path / "raw.zarr", images, chunks=(3, 40, 52))  # the last chunk is partial
     settings = {"tile_size": 2 * halo_size(net) + 6 * net.size_multiple, "batch_size": 4, "device": "cpu"}
     summary = predict_array(net, MEAN, STD, tmp_path / "raw.zarr", tmp_path / "denoised.zarr", settings, num_workers=2)
-    output = zarr.open_array(str(tmp_path / "denoised.zarr"), mode="r")
+    output = open_channel_array(str(tmp_path / "denoised.zarr"), mode="r")
     assert summary["tiles_per_image"] == 6 and output.chunks == (3, 40, 52)
     for index, image in enumerate(images):
         np.testing.assert_allclose(output[index], denoise_image(net, image, MEAN, STD, settings), rtol=0, atol=1e-4)
