@@ -148,6 +148,13 @@ def test_workflow_lints_clean(tmp_path):
     assert "Congratulations" in output, output
 
 
+def test_workflow_is_snakefmt_clean():
+    # The pinned snakefmt (and its black), with the line length set in pyproject.toml.
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "--diff", "Snakefile", "workflow/rules"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_demo_config_denoises_every_channel_above_raw_psnr(tmp_path):
     """The README's main job: the shipped demo config, run as is, must improve PSNR on every channel."""
