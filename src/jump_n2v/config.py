@@ -125,7 +125,7 @@ def validate_config(config: dict) -> dict:
         experiment = config["experiments"].get(row["experiment"])
         if experiment is None:
             raise ConfigError(
-                f"{config['plates']} line {row['line']} (plate {row['plate']}), column experiment: "
+                f"plate sheet {config['plates']} line {row['line']} (plate {row['plate']}), column experiment: "
                 f"{row['experiment']!r} is not one of the config's experiments {list(config['experiments'])}"
             )
         experiment.setdefault("plates", {})[row["plate"]] = _plate_entry(row, experiment)
