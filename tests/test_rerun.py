@@ -128,8 +128,9 @@ def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("rerun")
     copy_workflow(workdir, WORKFLOW_PATHS)
     # The config the copy's Snakefile loads (config/config.yaml); variants are full configs given with --configfile.
+    config = base_config(workdir)  # writes config/plates.tsv
     with open(workdir / "config" / "config.yaml", "w") as handle:
-        yaml.safe_dump(base_config(workdir), handle, sort_keys=False)
+        yaml.safe_dump(config, handle, sort_keys=False)
     snakemake(workdir)
     return workdir
 
