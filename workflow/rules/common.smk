@@ -135,7 +135,9 @@ def channel_remote_sources(wildcards):
     index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
     key = (wildcards.experiment, wildcards.plate, os.stat(index_csv).st_mtime_ns)
     if key not in _REMOTE_FINGERPRINTS:
-        _REMOTE_FINGERPRINTS[key] = remote_source_fingerprints(read_index(index_csv), storage_settings(plate_cfg(wildcards)))
+        _REMOTE_FINGERPRINTS[key] = remote_source_fingerprints(
+            read_index(index_csv), storage_settings(plate_cfg(wildcards))
+        )
     return _REMOTE_FINGERPRINTS[key].get(wildcards.channel, "")
 
 
@@ -192,7 +194,11 @@ def export_dir(experiment, plate, channel):
 
 def exported_channels(experiment):
     """Channels whose denoised images are also exported as TIFFs (predict.export_tiff)."""
-    return [c for c in experiment_cfg(experiment)["channels"] if channel_settings(config, experiment, c)["predict"]["export_tiff"]]
+    return [
+        c
+        for c in experiment_cfg(experiment)["channels"]
+        if channel_settings(config, experiment, c)["predict"]["export_tiff"]
+    ]
 
 
 def export_load_data_inputs(wildcards):
@@ -217,7 +223,11 @@ def export_source_table(wildcards):
 
 def ome_zarr_channels(experiment):
     """Channels that go into the plate's OME-Zarr HCS export (predict.export_ome_zarr)."""
-    return [c for c in experiment_cfg(experiment)["channels"] if channel_settings(config, experiment, c)["predict"]["export_ome_zarr"]]
+    return [
+        c
+        for c in experiment_cfg(experiment)["channels"]
+        if channel_settings(config, experiment, c)["predict"]["export_ome_zarr"]
+    ]
 
 
 def all_targets():
