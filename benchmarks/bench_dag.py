@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from jump_n2v.config import write_plate_sheet
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile" if (REPO / "Snakefile").exists() else REPO / "workflow" / "Snakefile"
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
@@ -42,7 +44,7 @@ def wells():
 
 
 def make_loaddata_plate(root: Path, plate: str) -> dict:
-    """Empty per-channel TIFFs and the LoadData CSV naming them; returns the plate's config."""
+    """Empty per-channel TIFFs and the LoadData CSV naming them; returns its plate sheet cells."""
     images = root / "images"
     images.mkdir(parents=True)
     header = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
@@ -63,7 +65,7 @@ def make_loaddata_plate(root: Path, plate: str) -> dict:
 
 
 def make_hyperstack_plate(root: Path, plate: str) -> dict:
-    """Empty multi-channel TIFFs found by a {well}_s{site} pattern; returns the plate's config."""
+    """Empty multi-channel TIFFs found by a {well}_s{site} pattern; returns its plate sheet cells."""
     images = root / "images"
     images.mkdir(parents=True)
     for well in wells():
@@ -103,10 +105,8 @@ def bench_layout(layout: str, root: Path, repeats: int) -> dict:
     started = time.perf_counter()
     plate_cfg = (make_loaddata_plate if layout == "loaddata" else make_hyperstack_plate)(workdir / "plate", plate)
     setup_seconds = time.perf_counter() - started
-    config = {
-        "results": str(workdir / "results"),
-        "experiments": {"bench": {"channels": CHANNELS, "plates": {plate: plate_cfg}}},
-    }
+    sheet = write_plate_sheet(workdir / "plates.tsv", [{"experiment": "bench", "plate": plate, **plate_cfg}])
+    config = {"results": str(workdir / "results"), "plates": str(sheet), "experiments": {"bench": {"channels": CHANNELS}}}
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     # Only the index (a checkpoint) is built for real; everything downstream is planned.

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from test_slurm import CLUSTER_SH, CLUSTER_STATE, WORKFLOW_PATHS, make_test_profile, rule_of, scontrol_jobs  # noqa: E402
 from workflow_copy import copy_workflow  # noqa: E402
 
+from jump_n2v.config import write_plate_sheet  # noqa: E402
 from jump_n2v.demo import DemoSpec, render_site  # noqa: E402
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
@@ -77,12 +78,14 @@ def make_plate(root: Path, wells: int, sites: int, size: int, seed: int) -> tupl
     return csv, files
 
 
-def workflow_config(results: Path, load_data: Path) -> dict:
+def workflow_config(results: Path, load_data: Path, sheet: Path) -> dict:
+    """The benchmark's config; writes its plate sheet (the one plate) at ``sheet``."""
+    write_plate_sheet(sheet, [{"experiment": "bench", "plate": PLATE, "format": "loaddata", "load_data": str(load_data)}])
     return {
         "results": str(results),
+        "plates": str(sheet),
         "experiments": {"bench": {
             "channels": CHANNELS,
-            "plates": {PLATE: {"format": "loaddata", "load_data": str(load_data)}},
             "settings": {
                 "n2v": {"base_filters": 8, "batch_size": 8, "patch_size": 32, "epochs": 2, "steps_per_epoch": 10,
                         "validation_patches": 16, "train_images": 16},
@@ -140,7 +143,7 @@ def main() -> int:
     summary["generate_s"] = round(time.perf_counter() - started, 1)
 
     copy_workflow(workdir, WORKFLOW_PATHS)
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(workflow_config(workdir / "results", load_data)))
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(workflow_config(workdir / "results", load_data, workdir / "config" / "plates.tsv")))
     profile = make_test_profile(workdir / "slurm-test")
     subprocess.run([str(CLUSTER_SH), "start", str(CLUSTER_STATE)], check=True, capture_output=True, timeout=900)
     env = {**os.environ, "SLURM_CONF": str(CLUSTER_STATE / "slurm.conf"), "PYTHONUNBUFFERED": "1"}

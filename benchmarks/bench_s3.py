@@ -42,6 +42,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 from bench_split import make_plate  # noqa: E402
 from s3_server import moto_server, public_bucket, s3_client  # noqa: E402
 
+from jump_n2v.config import write_plate_sheet  # noqa: E402
 from jump_n2v.ingest import discover_plate, split_channel  # noqa: E402
 from jump_n2v.storage import list_objects, storage_settings  # noqa: E402
 
@@ -105,8 +106,10 @@ def bench_plan(root: Path, repeats: int) -> dict:
         client.put_object(Bucket=BUCKET, Key=TABLE_KEY, Body=gzip.compress(pd.DataFrame(rows).to_csv(index=False).encode()))
         upload_s = time.perf_counter() - started
         storage = {"endpoint_url": endpoint}
-        config = {"results": str(root / "results"), "experiments": {"bench": {"channels": list(CHANNELS), "plates": {
-            "BR00000001": {"format": "loaddata", "load_data": f"s3://{BUCKET}/{TABLE_KEY}", "storage": storage}}}}}
+        sheet = write_plate_sheet(root / "plates.tsv", [{"experiment": "bench", "plate": "BR00000001", "format": "loaddata",
+                                                         "load_data": f"s3://{BUCKET}/{TABLE_KEY}"}])
+        config = {"results": str(root / "results"), "plates": str(sheet),
+                  "experiments": {"bench": {"channels": list(CHANNELS), "storage": storage}}}
         config_path = root / "config.yaml"
         config_path.write_text(json.dumps(config))
         started = time.perf_counter()

@@ -23,6 +23,7 @@ import pytest
 import tifffile
 import yaml
 
+from jump_n2v.config import write_plate_sheet
 from jump_n2v.demo import DemoSpec, render_site
 from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest.readers import read_channel
@@ -86,11 +87,13 @@ def run_workflow(workdir: Path, table_gz: Path) -> Path:
     with open(TINY_CONFIG) as handle:
         tiny = yaml.safe_load(handle)
     settings = next(iter(tiny["experiments"].values()))["settings"]
+    sheet = write_plate_sheet(workdir / "plates.tsv", [{"experiment": "gallery", "plate": PLATE, "format": "loaddata",
+                                                       "load_data": str(table_gz)}])
     config = {
         "results": "results",
+        "plates": str(sheet),
         "experiments": {"gallery": {
             "channels": DENOISED,
-            "plates": {PLATE: {"format": "loaddata", "load_data": str(table_gz)}},
             "settings": settings,  # export_tiff: true, export_dtype: source (the default)
         }},
     }

@@ -11,24 +11,30 @@ from jump_n2v.config import (
     resolve_section,
     section_defaults,
     validate_config,
+    write_plate_sheet,
 )
+
+P1 = {"experiment": "exp", "plate": "P1", "format": "hyperstack", "pattern": "raw/{well}_s{site}.tif"}
+
+
+@pytest.fixture(autouse=True)
+def sheet(tmp_path, monkeypatch):
+    """Each test runs in its own folder holding the plate sheet plates.tsv (one hyperstack plate P1)."""
+    monkeypatch.chdir(tmp_path)
+    return write_plate_sheet(tmp_path / "plates.tsv", [P1])
 
 
 def minimal_config():
-    return {
-        "experiments": {
-            "exp": {
-                "channels": ["DNA", "ER"],
-                "plates": {"P1": {"format": "hyperstack", "pattern": "raw/{well}_s{site}.tif"}},
-            }
-        }
-    }
+    return {"plates": "plates.tsv", "experiments": {"exp": {"channels": ["DNA", "ER"]}}}
 
 
-def test_shipped_configs_are_valid():
+def test_shipped_configs_are_valid(monkeypatch):
+    # Their paths are relative to the folder Snakemake runs in: the repository root.
+    monkeypatch.chdir(REPO_ROOT)
     for path in [REPO_ROOT / "config" / "config.yaml", REPO_ROOT / "tests" / "data" / "tiny_config.yaml"]:
         config = load_config(path)
         assert config["experiments"]
+        assert all(experiment["plates"] for experiment in config["experiments"].values())
 
 
 def test_defaults_are_filled_from_the_schema():
@@ -56,13 +62,11 @@ def test_channel_override_wins_over_experiment_and_global_settings():
     "mutate, message",
     [
         (lambda c: c["experiments"]["exp"].update(channels=[]), "channels"),
-        (lambda c: c["experiments"]["exp"]["plates"]["P1"].update(format="zip"), "format"),
-        (lambda c: c["experiments"]["exp"]["plates"]["P1"].update(pattern="raw/{well}.tif"), "{site}"),
         (lambda c: c.update(settings={"n2v": {"patch_size": 70}}), "multiple of 2**depth"),
         (lambda c: c.update(settings={"n2v": {"variant": "n3v"}}), "variant"),
         (lambda c: c.update(settings={"n2v": {"learning_rat": 0.1}}), "learning_rat"),
         (lambda c: c["experiments"]["exp"].update(channel_settings={"Mito": {}}), "Mito"),
-        (lambda c: c["experiments"]["exp"]["plates"].update(P2={"format": "loaddata"}), "load_data"),
+        (lambda c: c.pop("plates"), "'plates' is a required property"),
     ],
 )
 def test_invalid_config_is_rejected_with_a_message_naming_the_problem(mutate, message):
@@ -81,7 +85,7 @@ def test_unknown_setting_in_an_override_is_an_error():
 def test_config_file_errors_name_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     bad = copy.deepcopy(minimal_config())
-    bad["experiments"]["exp"]["plates"]["P1"]["format"] = "zip"
+    bad["experiments"]["exp"]["train_on"] = "well"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=str(path)):
         load_config(path)
@@ -112,10 +116,11 @@ def test_tile_size_at_the_halo_minimum_and_known_devices_are_accepted():
     validate_config(config)
 
 
-def test_channel_names_in_settings_match_ignoring_case_when_unambiguous():
+def test_channel_names_in_settings_match_ignoring_case_when_unambiguous(sheet):
+    write_plate_sheet(sheet, [P1, {"experiment": "exp", "plate": "P2", "format": "phenix", "directory": "d"}])
     config = minimal_config()
     config["experiments"]["exp"]["channel_settings"] = {"dna": {"n2v": {"epochs": 3}}}
-    config["experiments"]["exp"]["plates"]["P2"] = {"format": "phenix", "directory": "d", "channel_numbers": {"dna": 1, "Er": 2}}
+    config["experiments"]["exp"]["channel_numbers"] = {"dna": 1, "Er": 2}
     validate_config(config)
     assert channel_settings(config, "exp", "DNA")["n2v"]["epochs"] == 3
     assert config["experiments"]["exp"]["plates"]["P2"]["channel_numbers"] == {"DNA": 1, "ER": 2}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jump_n2v.config import write_plate_sheet
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,12 +22,17 @@ WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "profiles"]
 JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
 
 
-def workflow_copy(workdir: Path, config: dict | None = None) -> Path:
+def workflow_copy(workdir: Path, config: dict | None = None, plates: list[dict] | None = None) -> Path:
+    """The workflow in ``workdir`` with ``config`` (default: the tiny config) and its plate sheet ``plates``
+    (rows) as config/plates.tsv."""
     copy_workflow(workdir, WORKFLOW_PATHS)
     (workdir / "config").mkdir()
     if config is None:
+        copy_workflow(workdir, ["tests/data/tiny_plates.tsv"])
         shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
     else:
+        write_plate_sheet(workdir / "config" / "plates.tsv", plates)
+        config = {**config, "plates": "config/plates.tsv"}
         (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return workdir
 
@@ -83,11 +89,9 @@ def test_a_failed_job_shows_its_error_and_a_retry_asks_for_more(tmp_path):
     # A plate whose pattern matches no file: plate_index fails at once, twice with --retries 1.
     with open(TINY_CONFIG) as handle:
         config = yaml.safe_load(handle)
-    plate = config["experiments"]["tiny"]["plates"]["TinyPlate"]
-    plate.pop("demo")
-    plate.pop("ground_truth")
-    plate["pattern"] = "nowhere/{well}_s{site}.tif"
-    workdir = workflow_copy(tmp_path, config)
+    config["experiments"]["tiny"].pop("demo")
+    plates = [{"experiment": "tiny", "plate": "TinyPlate", "format": "hyperstack", "pattern": "nowhere/{well}_s{site}.tif"}]
+    workdir = workflow_copy(tmp_path, config, plates)
     result = snakemake(workdir, "--retries", "1")
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -109,15 +113,16 @@ def write_hyperstack_site(path: Path, seed: int) -> None:
 
 def test_a_site_file_added_to_a_hyperstack_plate_reruns_only_that_plates_index_and_splits(tmp_path):
     # plate_index had no inputs for hyperstack and Phenix plates: a new site file was never seen.
-    plates = {}
+    plates = []
     for number, plate in enumerate(["P1", "P2"]):
         for site in (1, 2):
             write_hyperstack_site(tmp_path / "images" / plate / f"B02_s{site}.tif", seed=10 * number + site)
-        plates[plate] = {"format": "hyperstack", "pattern": f"images/{plate}/{{well}}_s{{site}}.tif"}
+        plates.append({"experiment": "files", "plate": plate, "format": "hyperstack",
+                       "pattern": f"images/{plate}/{{well}}_s{{site}}.tif"})
     config = {"results": "results", "experiments": {"files": {
-        "channels": ["DNA", "Mito"], "plates": plates, "settings": {"n2v": {"patch_size": 32}}}}}
-    workdir = workflow_copy(tmp_path, config)
-    targets = [f"results/files/{plate}/raw/{channel}.zarr" for plate in plates for channel in ("DNA", "Mito")]
+        "channels": ["DNA", "Mito"], "settings": {"n2v": {"patch_size": 32}}}}}
+    workdir = workflow_copy(tmp_path, config, plates)
+    targets = [f"results/files/{plate}/raw/{channel}.zarr" for plate in ("P1", "P2") for channel in ("DNA", "Mito")]
     first = snakemake(workdir, "--cores", "2", *targets)
     assert first.returncode == 0, first.stderr[-3000:]
     again = snakemake(workdir, "--dry-run", *targets)
@@ -139,12 +144,9 @@ def test_a_site_file_added_to_a_hyperstack_plate_reruns_only_that_plates_index_a
 def test_images_smaller_than_the_patch_size_stop_the_run_before_any_split_or_training(tmp_path):
     for site in (1, 2):
         write_hyperstack_site(tmp_path / "images" / f"B02_s{site}.tif", seed=site)  # 32 x 32 pixels
-    config = {"results": "results", "experiments": {"small": {
-        "channels": ["DNA", "Mito"],
-        "plates": {"P1": {"format": "hyperstack", "pattern": "images/{well}_s{site}.tif"}},
-        "settings": {"n2v": {"patch_size": 64}},
-    }}}
-    workdir = workflow_copy(tmp_path, config)
+    config = {"results": "results", "experiments": {"small": {"channels": ["DNA", "Mito"], "settings": {"n2v": {"patch_size": 64}}}}}
+    plates = [{"experiment": "small", "plate": "P1", "format": "hyperstack", "pattern": "images/{well}_s{site}.tif"}]
+    workdir = workflow_copy(tmp_path, config, plates)
     result = snakemake(workdir, "--cores", "2")
     output = result.stdout + result.stderr
     assert result.returncode != 0

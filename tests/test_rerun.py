@@ -17,6 +17,7 @@ import pytest
 import tifffile
 import yaml
 
+from jump_n2v.config import write_plate_sheet
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,16 +56,22 @@ def base_config(workdir: Path) -> dict:
         tiny = yaml.safe_load(handle)
     tiny_experiment = next(iter(tiny["experiments"].values()))
     csv = write_loaddata_plate(workdir / "plates", "P1", seed=1)
+    (workdir / "config").mkdir(exist_ok=True)
+    write_plate_sheet(workdir / "config" / "plates.tsv", [sheet_row("P1", csv.relative_to(workdir))])
     return {
         "results": "results",
+        "plates": "config/plates.tsv",
         "experiments": {
             EXPERIMENT: {
                 "channels": CHANNELS,
-                "plates": {"P1": {"format": "loaddata", "load_data": str(csv.relative_to(workdir))}},
                 "settings": copy.deepcopy(tiny_experiment.get("settings", {})),
             }
         },
     }
+
+
+def sheet_row(plate: str, load_data: Path) -> dict:
+    return {"experiment": EXPERIMENT, "plate": plate, "format": "loaddata", "load_data": str(load_data)}
 
 
 def snakemake(workdir: Path, *args: str) -> str:
@@ -121,9 +128,9 @@ def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("rerun")
     copy_workflow(workdir, WORKFLOW_PATHS)
     # The config the copy's Snakefile loads (config/config.yaml); variants are full configs given with --configfile.
-    (workdir / "config").mkdir()
+    config = base_config(workdir)  # writes config/plates.tsv
     with open(workdir / "config" / "config.yaml", "w") as handle:
-        yaml.safe_dump(base_config(workdir), handle, sort_keys=False)
+        yaml.safe_dump(config, handle, sort_keys=False)
     snakemake(workdir)
     return workdir
 
@@ -136,14 +143,15 @@ def merged(base: dict, update: dict) -> dict:
     return result
 
 
-def write_variant(workdir: Path, name: str, experiment_update: dict) -> str:
-    """The run's config/config.yaml with ``experiment_update`` merged into the experiment, as a full
-    config file for --configfile (which replaces config/config.yaml)."""
+def write_variant(workdir: Path, name: str, experiment_update: dict, sheet: str | None = None) -> str:
+    """The run's config/config.yaml with ``experiment_update`` merged into the experiment (and its plate
+    sheet replaced by ``sheet``), as a full config file for --configfile (which replaces config/config.yaml)."""
     with open(workdir / "config" / "config.yaml") as handle:
         base = yaml.safe_load(handle)
+    update = {"experiments": {EXPERIMENT: experiment_update}, **({"plates": sheet} if sheet else {})}
     path = workdir / f"{name}.yaml"
     with open(path, "w") as handle:
-        yaml.safe_dump(merged(base, {"experiments": {EXPERIMENT: experiment_update}}), handle, sort_keys=False)
+        yaml.safe_dump(merged(base, update), handle, sort_keys=False)
     return str(path)
 
 
@@ -166,9 +174,9 @@ def test_changing_one_channels_qc_settings_reruns_only_its_qc_and_the_report(fin
 def test_adding_a_plate_runs_only_that_plates_jobs_and_the_report(finished_run):
     plates = finished_run / "plates"
     csv = plates / "P2.csv" if (plates / "P2.csv").exists() else write_loaddata_plate(plates, "P2", seed=2)
-    variant = write_variant(finished_run, "add_plate", {
-        "plates": {"P2": {"format": "loaddata", "load_data": str(csv.relative_to(finished_run))}},
-    })
+    sheet = write_plate_sheet(finished_run / "add_plate.tsv", [sheet_row(name, plates.relative_to(finished_run) / f"{name}.csv")
+                                                                for name in ("P1", "P2")])
+    variant = write_variant(finished_run, "add_plate", {}, sheet=sheet.name)
     expected = {job("plate_index", experiment=EXPERIMENT, plate="P2"), REPORT}
     for channel in CHANNELS:
         expected.add(job("split_raw", experiment=EXPERIMENT, plate="P2", channel=channel))

@@ -181,7 +181,7 @@ def make_test_profile(path: Path) -> Path:
 def slurm_run(slurm_cluster, tmp_path_factory):
     """The tiny plate run end to end with `snakemake --profile <test copy of slurm/>`."""
     workdir = tmp_path_factory.mktemp("slurm_run")
-    copy_workflow(workdir, WORKFLOW_PATHS)
+    copy_workflow(workdir, [*WORKFLOW_PATHS, "tests/data/tiny_plates.tsv"])
     # The tiny plate replaces the demo config, so only it is built.
     shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
     profile = make_test_profile(workdir / "slurm-test")

@@ -12,7 +12,7 @@ import tifffile
 
 import gallery_plate as gallery
 from s3_server import public_bucket, s3_client, silent_server, truncating_proxy
-from jump_n2v.config import ConfigError, validate_config
+from jump_n2v.config import ConfigError, validate_config, write_plate_sheet
 from jump_n2v.ingest import BadImageError, discover_plate, remote_source_fingerprints, split_channel
 from jump_n2v.ngff import open_channel_array
 from jump_n2v.storage import map_path, storage_settings
@@ -218,15 +218,16 @@ def test_a_profile_reads_a_private_bucket_that_anonymous_access_cannot(gallery_c
                 run()
 
 
-def test_storage_settings_are_checked_with_the_config():
-    def config(plate):
-        return {"experiments": {"e": {"channels": ["DNA"], "plates": {"P": plate}}}}
+def test_storage_settings_are_checked_with_the_config(tmp_path):
+    def config(plate, **experiment):
+        sheet = write_plate_sheet(tmp_path / "plates.tsv", [{"experiment": "e", "plate": "P", **plate}])
+        return {"plates": str(sheet), "experiments": {"e": {"channels": ["DNA"], **experiment}}}
 
     with pytest.raises(ConfigError, match="profile is used only with anonymous: false"):
-        validate_config(config({"format": "loaddata", "load_data": "s3://b/t.csv", "storage": {"profile": "lab"}}))
+        validate_config(config({"format": "loaddata", "load_data": "s3://b/t.csv"}, storage={"profile": "lab"}))
     with pytest.raises(ConfigError, match="only LoadData plates"):
-        validate_config(config({"format": "hyperstack", "pattern": "{well}_{site}.tif", "path_map": {"a": "b"}}))
+        validate_config(config({"format": "hyperstack", "pattern": "{well}_{site}.tif"}, path_map={"a": "b"}))
     with pytest.raises(ConfigError, match="retries"):
-        validate_config(config({"format": "loaddata", "load_data": "t.csv", "storage": {"retries": -1}}))
-    valid = validate_config(config({"format": "loaddata", "load_data": "s3://b/t.csv", "storage": {"endpoint_url": "http://127.0.0.1:1"}}))
+        validate_config(config({"format": "loaddata", "load_data": "t.csv"}, storage={"retries": -1}))
+    valid = validate_config(config({"format": "loaddata", "load_data": "s3://b/t.csv"}, storage={"endpoint_url": "http://127.0.0.1:1"}))
     assert storage_settings(valid["experiments"]["e"]["plates"]["P"])["anonymous"] is True

@@ -13,8 +13,11 @@ import tifffile
 
 from jump_n2v.ngff import open_channel_array
 
+from workflow_copy import copy_workflow
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+TINY_PLATES = "tests/data/tiny_plates.tsv"
 CHANNELS = ["DNA", "Mito"]
 
 
@@ -30,6 +33,7 @@ def snakemake(workdir, *args, check=True):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
+    copy_workflow(workdir, [TINY_PLATES])  # the tiny config's plate sheet, where it names it
     snakemake(workdir, "--configfile", str(TINY_CONFIG), "--cores", "2")
     return workdir / "results" / "tiny"
 
@@ -153,15 +157,24 @@ def test_second_run_has_nothing_to_do(tiny_run):
 
 
 def test_workflow_lints_clean(tmp_path):
+    copy_workflow(tmp_path, [TINY_PLATES])
     result = snakemake(tmp_path, "--configfile", str(TINY_CONFIG), "--lint", check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Congratulations" in output, output
 
 
+def test_workflow_is_snakefmt_clean():
+    # The pinned snakefmt (and its black), with the line length set in pyproject.toml.
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "--diff", "Snakefile", "workflow/rules"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_demo_config_denoises_every_channel_above_raw_psnr(tmp_path):
     """The README's main job: the shipped demo config, run as is, must improve PSNR on every channel."""
+    copy_workflow(tmp_path, ["config/plates.tsv"])
     snakemake(tmp_path, "--configfile", str(REPO / "config" / "config.yaml"), "--cores", "2")
     summary = pd.read_csv(tmp_path / "results" / "demo" / "report" / "summary.csv")
     assert sorted(summary["channel"]) == sorted(["DNA", "ER", "RNA", "AGP", "Mito"])

@@ -18,6 +18,7 @@ import yaml
 
 import gallery_plate as gallery
 from s3_server import public_bucket, s3_client
+from jump_n2v.config import write_plate_sheet
 from test_rerun import job, planned_jobs
 from workflow_copy import REPO, copy_workflow
 
@@ -45,15 +46,17 @@ def gallery_run(s3_endpoint, tmp_path_factory):
     storage = {"endpoint_url": s3_endpoint, "retries": 1, "connect_timeout": 5, "read_timeout": 30}
     config = {
         "results": "results",
+        "plates": "config/plates.tsv",
         "experiments": {
-            "gallery_s3": {"channels": CHANNELS, "settings": exported, "plates": {
-                PLATE: {"format": "loaddata", "load_data": table_url, "storage": storage}}},
-            "gallery_mirror": {"channels": CHANNELS, "settings": settings, "plates": {
-                PLATE: {"format": "loaddata", "load_data": table_url,
-                        "path_map": {f"s3://{gallery.BUCKET}/": f"{mirror}/"}}}},
+            "gallery_s3": {"channels": CHANNELS, "settings": exported, "storage": storage},
+            "gallery_mirror": {"channels": CHANNELS, "settings": settings, "path_map": {f"s3://{gallery.BUCKET}/": f"{mirror}/"}},
         },
     }
     (workdir / "config").mkdir()
+    write_plate_sheet(workdir / "config" / "plates.tsv", [
+        {"experiment": experiment, "plate": PLATE, "format": "loaddata", "load_data": table_url}
+        for experiment in config["experiments"]
+    ])
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "snakemake", "--cores", "2"]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

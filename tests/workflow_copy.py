@@ -13,4 +13,5 @@ def copy_workflow(workdir: Path, names) -> None:
         if source.is_dir():
             shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif source.exists():
+            (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, workdir / name)

@@ -3,11 +3,18 @@
 The schema (``workflow/schemas/config.schema.yaml``) is the single source of defaults. Settings are
 resolved per (experiment, channel) in this order, later winning: schema defaults, the top-level
 ``settings``, the experiment's ``settings``, the experiment's ``channel_settings[channel]``.
+
+Plates are listed in one place only, the plate sheet the config names (``plates: config/plates.tsv``),
+one row per plate, validated against ``workflow/schemas/plates.schema.yaml``. Validating a config reads
+the sheet into ``config["experiments"][name]["plates"]`` (plate name -> that plate's entry, with the
+experiment's storage, path_map, channel_numbers and demo settings it uses), which the workflow and the
+package read.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import functools
 import re
 from pathlib import Path
@@ -19,6 +26,11 @@ import yaml
 SECTIONS = ("ingest", "n2v", "predict", "qc")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+PLATES_SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "plates.schema.yaml"
+# The sheet column each format reads its images from.
+LOCATION_COLUMN = {"hyperstack": "pattern", "loaddata": "load_data", "phenix": "directory"}
+# Experiment settings that describe how its plates are read, and the formats whose plate entries carry them.
+PLATE_SOURCE_KEYS = {"storage": set(LOCATION_COLUMN), "path_map": {"loaddata"}, "channel_numbers": {"phenix"}}
 
 
 # The smallest predict tile_size per (variant, depth): twice the network's halo plus one pooling grid
@@ -39,8 +51,8 @@ class ConfigError(ValueError):
 
 
 @functools.cache
-def load_schema() -> dict:
-    with open(SCHEMA_PATH) as handle:
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    with open(path) as handle:
         return yaml.safe_load(handle)
 
 
@@ -88,6 +100,12 @@ def validate_config(config: dict) -> dict:
 
     Raises ConfigError naming the offending key path, plus cross-field checks the schema cannot express.
     """
+    for name, experiment in (config.get("experiments") or {}).items():
+        if isinstance(experiment, dict) and "plates" in experiment:
+            raise ConfigError(
+                f"experiments/{name}/plates: plates are listed in the plate sheet, not in the YAML; name it at the "
+                "top level (plates: config/plates.tsv) with one row per plate (see config/README.md)"
+            )
     schema = load_schema()
     validator = _fill_defaults(jsonschema.Draft202012Validator, schema)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
@@ -97,6 +115,20 @@ def validate_config(config: dict) -> dict:
             where = "/".join(str(part) for part in error.absolute_path) or "<top level>"
             lines.append(f"  {where}: {error.message}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    for experiment_name in config["experiments"]:
+        _check_channel_names(config, experiment_name)
+    plates = read_plate_sheet(config["plates"])
+    for experiment_name in config["experiments"]:
+        if not any(row["experiment"] == experiment_name for row in plates):
+            raise ConfigError(f"experiments/{experiment_name}: the plate sheet {config['plates']} has no row for it")
+    for row in plates:
+        experiment = config["experiments"].get(row["experiment"])
+        if experiment is None:
+            raise ConfigError(
+                f"plate sheet {config['plates']} line {row['line']} (plate {row['plate']}), column experiment: "
+                f"{row['experiment']!r} is not one of the config's experiments {list(config['experiments'])}"
+            )
+        experiment.setdefault("plates", {})[row["plate"]] = _plate_entry(row, experiment)
     for experiment_name in config["experiments"]:
         _check_experiment(config, experiment_name)
     return config
@@ -126,7 +158,8 @@ def _respell_keys(mapping: dict, channels: list[str], where: str, *, required: b
             mapping[spelling] = mapping.pop(key)
 
 
-def _check_experiment(config: dict, name: str) -> None:
+def _check_channel_names(config: dict, name: str) -> None:
+    """Channel names unambiguous; channel keys in the experiment's settings spelled as in its channels."""
     experiment = config["experiments"][name]
     channels = experiment["channels"]
     for index, channel in enumerate(channels):
@@ -137,30 +170,24 @@ def _check_experiment(config: dict, name: str) -> None:
                 "match file labels and LoadData columns without regard to case, so they would be ambiguous"
             )
     _respell_keys(experiment.get("channel_settings", {}), channels, f"experiments/{name}/channel_settings", required=True)
-    for plate_name, plate in experiment["plates"].items():
-        if "channel_numbers" in plate:
-            _respell_keys(plate["channel_numbers"], channels, f"experiments/{name}/plates/{plate_name}/channel_numbers",
-                          required=False)
-    for plate_name, plate in experiment["plates"].items():
-        where = f"experiments/{name}/plates/{plate_name}"
-        required = {"hyperstack": "pattern", "loaddata": "load_data", "phenix": "directory"}[plate["format"]]
-        if required not in plate:
-            raise ConfigError(f"{where}: format {plate['format']} needs '{required}'")
-        if plate["format"] == "hyperstack":
-            for field in ("{well}", "{site}"):
-                if field not in plate["pattern"]:
-                    raise ConfigError(f"{where}/pattern: {plate['pattern']!r} lacks the field {field}")
-        if "demo" in plate and (plate["format"] != "hyperstack" or "ground_truth" not in plate):
-            raise ConfigError(f"{where}: a demo plate needs format hyperstack, a pattern and a ground_truth pattern")
-        storage = plate.get("storage") or {}
-        if storage.get("profile") and storage.get("anonymous", True):
-            raise ConfigError(f"{where}/storage: a profile is used only with anonymous: false")
-        if plate.get("path_map") and plate["format"] != "loaddata":
-            raise ConfigError(f"{where}/path_map: only LoadData plates have table paths to rewrite")
-        if plate["format"] == "phenix":
-            missing = [c for c in channels if c not in plate.get("channel_numbers", {})]
-            if missing:
-                raise ConfigError(f"{where}/channel_numbers: no ch number for channel(s) {missing}")
+    if "channel_numbers" in experiment:
+        _respell_keys(experiment["channel_numbers"], channels, f"experiments/{name}/channel_numbers", required=False)
+
+
+def _check_experiment(config: dict, name: str) -> None:
+    experiment = config["experiments"][name]
+    channels = experiment["channels"]
+    storage = experiment.get("storage") or {}
+    if storage.get("profile") and storage.get("anonymous", True):
+        raise ConfigError(f"experiments/{name}/storage: a profile is used only with anonymous: false")
+    formats = {plate["format"] for plate in experiment["plates"].values()}
+    if experiment.get("path_map") and "loaddata" not in formats:
+        raise ConfigError(f"experiments/{name}/path_map: only LoadData plates have table paths to rewrite, "
+                          "and the experiment has none")
+    if "phenix" in formats:
+        missing = [c for c in channels if c not in experiment.get("channel_numbers", {})]
+        if missing:
+            raise ConfigError(f"experiments/{name}/channel_numbers: its phenix plates need a ch number for channel(s) {missing}")
     # Per-channel settings must resolve cleanly (catches e.g. a patch size off the U-Net grid).
     for channel in channels:
         resolved = channel_settings(config, name, channel)
@@ -228,7 +255,102 @@ def demo_settings(plate_cfg: Mapping) -> dict[str, Any] | None:
     """The plate's ``demo`` block with schema defaults filled in, or None for a real plate."""
     if "demo" not in plate_cfg:
         return None
-    properties = load_schema()["definitions"]["plate"]["properties"]["demo"]["properties"]
+    properties = load_schema()["definitions"]["demo"]["properties"]
     resolved = {key: copy.deepcopy(spec["default"]) for key, spec in properties.items()}
     resolved.update(plate_cfg["demo"])
     return resolved
+
+
+def read_plate_sheet(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a plate sheet (TSV, or CSV for a .csv file), validated against plates.schema.yaml.
+
+    Each row is a dict of its non-empty cells plus ``line`` (its line in the file, the header being
+    line 1). Errors name the file, the line, the plate and the column.
+    """
+    path = Path(path)
+    schema = load_schema(PLATES_SCHEMA_PATH)
+    columns = set(schema["properties"])
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="," if path.suffix.lower() == ".csv" else "\t")
+            header = [name.strip() for name in reader.fieldnames or []]
+            unknown = [name for name in header if name not in columns]
+            if unknown:
+                raise ConfigError(f"plate sheet {path}: unknown column(s) {unknown}; the columns are {sorted(columns)} "
+                                  f"(a TSV separates them with tabs)")
+            missing = [name for name in schema["required"] if name not in header]
+            if missing:
+                raise ConfigError(f"plate sheet {path}: no column(s) {missing} in its header line")
+            rows = []
+            for record in reader:
+                if None in record:
+                    raise ConfigError(f"plate sheet {path} line {reader.line_num}: more cells than the header's columns")
+                cells = {name.strip(): (value or "").strip() for name, value in record.items()}
+                if any(cells.values()):
+                    rows.append({"line": reader.line_num, **{name: value for name, value in cells.items() if value}})
+    except OSError as error:
+        raise ConfigError(f"cannot read plate sheet {path}: {error}") from error
+    except csv.Error as error:
+        raise ConfigError(f"plate sheet {path} is not a valid table: {error}") from error
+    if not rows:
+        raise ConfigError(f"plate sheet {path} lists no plates")
+    validator = jsonschema.Draft202012Validator(schema)
+    seen: dict[tuple[str, str], int] = {}
+    for row in rows:
+        cells = {name: value for name, value in row.items() if name != "line"}
+        where = f"plate sheet {path} line {row['line']}" + (f" (plate {row['plate']})" if "plate" in row else "")
+        for error in sorted(validator.iter_errors(cells), key=lambda error: list(error.absolute_path)):
+            if error.validator == "required":
+                absent = [name for name in error.validator_value if name not in cells]
+                problem = f"is empty; format {cells.get('format')} needs it" if "format" in cells and absent[0] != "format" else "is empty"
+                raise ConfigError(f"{where}, column {absent[0]}: {problem}")
+            column = error.absolute_path[0] if error.absolute_path else "?"
+            raise ConfigError(f"{where}, column {column}: {error.message}")
+        for column in set(LOCATION_COLUMN.values()) - {LOCATION_COLUMN[row["format"]]}:
+            if column in row:
+                raise ConfigError(f"{where}, column {column}: format {row['format']} reads {LOCATION_COLUMN[row['format']]}; "
+                                  f"leave {column} empty")
+        if row["format"] == "hyperstack":
+            for field in ("{well}", "{site}"):
+                if field not in row["pattern"]:
+                    raise ConfigError(f"{where}, column pattern: {row['pattern']!r} lacks the field {field}")
+        key = (row["experiment"], row["plate"])
+        if key in seen:
+            raise ConfigError(f"{where}: experiment {key[0]} lists plate {key[1]} twice (lines {seen[key]} and {row['line']})")
+        seen[key] = row["line"]
+    return rows
+
+
+def write_plate_sheet(path: str | Path, rows: list[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` (dicts of sheet columns) as a plate sheet (TSV, or CSV for a .csv path), e.g.
+    to list a source's plates from a script; the columns are those the rows use, in the schema's order."""
+    path = Path(path)
+    order = list(load_schema(PLATES_SCHEMA_PATH)["properties"])
+    used = {name for row in rows for name in row}
+    unknown = sorted(used - set(order))
+    if unknown:
+        raise ConfigError(f"plate sheet {path}: unknown column(s) {unknown}; the columns are {order}")
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, [name for name in order if name in used],
+                                delimiter="," if path.suffix.lower() == ".csv" else "\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _plate_entry(row: Mapping[str, Any], experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """A sheet row as the plate entry the workflow and package read: its cells (format, location,
+    ground_truth) and the experiment's plate source settings; a demo experiment's plates get their seeds."""
+    plate = {key: value for key, value in row.items() if key not in ("line", "experiment", "plate")}
+    for key, formats in PLATE_SOURCE_KEYS.items():
+        if key in experiment and plate["format"] in formats:
+            plate[key] = copy.deepcopy(experiment[key])
+    if "demo" in experiment:
+        where = f"experiments/{row['experiment']}/demo"
+        if plate["format"] != "hyperstack" or "ground_truth" not in plate:
+            raise ConfigError(f"{where}: its plates are generated as hyperstacks, so line {row['line']} (plate {row['plate']}) "
+                              "needs format hyperstack, a pattern and a ground_truth pattern")
+        demo = demo_settings({"demo": experiment["demo"]})
+        demo["seed"] += len(experiment.get("plates") or {})
+        plate["demo"] = demo
+    return plate

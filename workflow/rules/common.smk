@@ -7,8 +7,10 @@ PACKAGE_SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, PACKAGE_SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_SRC, os.getenv("PYTHONPATH")) if p))
 
+# Parsing imports only the light modules (config, storage: jsonschema, yaml, the standard library).
+# jump_n2v.ingest (numpy, tifffile, zarr) is imported by the functions below that need it, when
+# the DAG is planned, so --lint, --list-rules and each cluster job's own parse do without it.
 from jump_n2v.config import channel_settings, demo_settings, experiment_settings, validate_config
-from jump_n2v.ingest import channel_sources, check_patch_fits, listing_digest, read_index, remote_source_fingerprints
 from jump_n2v.storage import is_remote, map_path, object_fingerprint, storage_settings
 
 validate_config(config)
@@ -96,6 +98,8 @@ def plate_listing(wildcards):
     """Digest of a hyperstack or Phenix plate's file names, computed at planning time (a glob): a site
     file added or removed changes this param, which reruns the index (and what follows from it).
     Demo plates are left out: their files appear during the run, and their manifest is an input."""
+    from jump_n2v.ingest import listing_digest
+
     plate = plate_cfg(wildcards)
     return None if demo_settings(plate) is not None else listing_digest(wildcards.plate, plate)
 
@@ -106,6 +110,8 @@ def channel_source_files(wildcards):
     Missing files are left to the split, which names them (on_bad_image: fail) or lists them in
     the rejects table (skip), rather than Snakemake refusing to start the job.
     """
+    from jump_n2v.ingest import channel_sources, check_patch_fits, read_index
+
     index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
     sources = channel_sources(read_index(index_csv), wildcards.channel, existing_only=True)
     # Images smaller than the training patches stop the run here, before any split or training.
@@ -124,10 +130,14 @@ def channel_remote_sources(wildcards):
     changed object changes its channel's digest, and Snakemake reruns that channel only. The
     whole plate is listed once per Snakemake run (one LIST per folder), not once per channel.
     """
+    from jump_n2v.ingest import read_index, remote_source_fingerprints
+
     index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
     key = (wildcards.experiment, wildcards.plate, os.stat(index_csv).st_mtime_ns)
     if key not in _REMOTE_FINGERPRINTS:
-        _REMOTE_FINGERPRINTS[key] = remote_source_fingerprints(read_index(index_csv), storage_settings(plate_cfg(wildcards)))
+        _REMOTE_FINGERPRINTS[key] = remote_source_fingerprints(
+            read_index(index_csv), storage_settings(plate_cfg(wildcards))
+        )
     return _REMOTE_FINGERPRINTS[key].get(wildcards.channel, "")
 
 
@@ -184,7 +194,11 @@ def export_dir(experiment, plate, channel):
 
 def exported_channels(experiment):
     """Channels whose denoised images are also exported as TIFFs (predict.export_tiff)."""
-    return [c for c in experiment_cfg(experiment)["channels"] if channel_settings(config, experiment, c)["predict"]["export_tiff"]]
+    return [
+        c
+        for c in experiment_cfg(experiment)["channels"]
+        if channel_settings(config, experiment, c)["predict"]["export_tiff"]
+    ]
 
 
 def export_load_data_inputs(wildcards):
@@ -209,7 +223,11 @@ def export_source_table(wildcards):
 
 def ome_zarr_channels(experiment):
     """Channels that go into the plate's OME-Zarr HCS export (predict.export_ome_zarr)."""
-    return [c for c in experiment_cfg(experiment)["channels"] if channel_settings(config, experiment, c)["predict"]["export_ome_zarr"]]
+    return [
+        c
+        for c in experiment_cfg(experiment)["channels"]
+        if channel_settings(config, experiment, c)["predict"]["export_ome_zarr"]
+    ]
 
 
 def all_targets():

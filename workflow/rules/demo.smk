@@ -2,16 +2,16 @@ rule demo_plate:
     """Synthetic Cell Painting plate with its clean ground truth (plates with a `demo` block)."""
     output:
         manifest=f"{RESULTS}/{{experiment}}/{{plate}}/demo_manifest.json",
-    params:
-        pattern=lambda w: plate_cfg(w)["pattern"],
-        ground_truth=lambda w: plate_cfg(w)["ground_truth"],
-        demo=lambda w: demo_settings(plate_cfg(w)),
-    resources:
-        mem_mb=grows_with_attempt(2000),
-        runtime=grows_with_attempt(15),
     log:
         f"{RESULTS}/{{experiment}}/logs/demo_plate/{{plate}}.log",
     conda:
         "../../envs/io.yaml"
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
+    params:
+        pattern=lambda w: plate_cfg(w)["pattern"],
+        ground_truth=lambda w: plate_cfg(w)["ground_truth"],
+        demo=lambda w: demo_settings(plate_cfg(w)),
     script:
         "../scripts/demo_plate.py"

@@ -6,19 +6,19 @@ rule predict:
         model_json=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.json",
     output:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr"),
-    params:
-        predict=lambda w: settings_for(w, "predict"),
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=grows_with_attempt(16000),
-        runtime=grows_with_attempt(240),
     log:
         f"{RESULTS}/{{experiment}}/logs/predict/{{plate}}/{{channel}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/predict/{{plate}}/{{channel}}.tsv"
     conda:
         "../../envs/n2v.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=grows_with_attempt(16000),
+        runtime=grows_with_attempt(240),
+    params:
+        predict=lambda w: settings_for(w, "predict"),
     script:
         "../scripts/predict.py"
 
@@ -31,19 +31,19 @@ rule export_tiff:
         index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
     output:
         tiffs=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/{{channel}}"),
-    params:
-        layout=lambda w: settings_for(w, "predict")["export_layout"],
-        export_dtype=lambda w: settings_for(w, "predict")["export_dtype"],
-    threads: 2
-    resources:
-        mem_mb=grows_with_attempt(4000),
-        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_tiff/{{plate}}/{{channel}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/export_tiff/{{plate}}/{{channel}}.tsv"
     conda:
         "../../envs/io.yaml"
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(120),
+    params:
+        layout=lambda w: settings_for(w, "predict")["export_layout"],
+        export_dtype=lambda w: settings_for(w, "predict")["export_dtype"],
     script:
         "../scripts/export_tiff.py"
 
@@ -55,18 +55,21 @@ rule export_load_data:
         unpack(export_load_data_inputs),
     output:
         load_data=f"{RESULTS}/{{experiment}}/{{plate}}/denoised_tiff/load_data.csv",
-    params:
-        layouts=lambda w: {c: channel_settings(config, w.experiment, c)["predict"]["export_layout"] for c in exported_channels(w.experiment)},
-        source_table=export_source_table,
-        storage=lambda w: plate_cfg(w).get("storage"),
-        remote_table=remote_table_fingerprint,
-    resources:
-        mem_mb=grows_with_attempt(2000),
-        runtime=grows_with_attempt(15),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_load_data/{{plate}}.log",
     conda:
         "../../envs/io.yaml"
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
+    params:
+        layouts=lambda w: {
+            c: channel_settings(config, w.experiment, c)["predict"]["export_layout"]
+            for c in exported_channels(w.experiment)
+        },
+        source_table=export_source_table,
+        storage=lambda w: plate_cfg(w).get("storage"),
+        remote_table=remote_table_fingerprint,
     script:
         "../scripts/export_load_data.py"
 
@@ -75,20 +78,22 @@ rule export_ome_zarr:
     """The plate's denoised channels as one OME-Zarr HCS plate (wells, fields, channels together; for napari, Fiji, QuPath)."""
     input:
         index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
-        zarrs=lambda w: [f"{RESULTS}/{w.experiment}/{w.plate}/denoised/{c}.zarr" for c in ome_zarr_channels(w.experiment)],
+        zarrs=lambda w: [
+            f"{RESULTS}/{w.experiment}/{w.plate}/denoised/{c}.zarr" for c in ome_zarr_channels(w.experiment)
+        ],
     output:
         plate=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised_plate.ome.zarr"),
-    params:
-        channels=lambda w: ome_zarr_channels(w.experiment),
-    threads: 1
-    resources:
-        mem_mb=grows_with_attempt(4000),  # one field of every channel at a time
-        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_ome_zarr/{{plate}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/export_ome_zarr/{{plate}}.tsv"
     conda:
         "../../envs/io.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(4000),  # one field of every channel at a time
+        runtime=grows_with_attempt(120),
+    params:
+        channels=lambda w: ome_zarr_channels(w.experiment),
     script:
         "../scripts/export_ome_zarr.py"

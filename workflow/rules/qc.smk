@@ -20,17 +20,17 @@ rule qc:
             subcategory="{plate}",
             labels={"channel": "{channel}", "figure": "plate map"},
         ),
-    params:
-        qc=lambda w: settings_for(w, "qc"),
-    threads: 2
-    resources:
-        mem_mb=grows_with_attempt(8000),
-        runtime=grows_with_attempt(60),
     log:
         f"{RESULTS}/{{experiment}}/logs/qc/{{plate}}/{{channel}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/qc/{{plate}}/{{channel}}.tsv"
     conda:
         "../../envs/qc.yaml"
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(60),
+    params:
+        qc=lambda w: settings_for(w, "qc"),
     script:
         "../scripts/qc.py"

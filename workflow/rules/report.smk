@@ -18,6 +18,13 @@ rule report:
             subcategory="Summary",
             labels={"table": "experiment report"},
         ),
+    log:
+        f"{RESULTS}/{{experiment}}/logs/report.log",
+    conda:
+        "../../envs/qc.yaml"
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(30),
     params:
         model_dirs=lambda w: [
             [plate, channel, model_dir(w.experiment, group_of_plate(w.experiment, plate), channel)]
@@ -33,12 +40,5 @@ rule report:
             channel: channel_settings(config, w.experiment, channel)
             for channel in experiment_cfg(w.experiment)["channels"]
         },
-    resources:
-        mem_mb=grows_with_attempt(4000),
-        runtime=grows_with_attempt(30),
-    log:
-        f"{RESULTS}/{{experiment}}/logs/report.log",
-    conda:
-        "../../envs/qc.yaml"
     script:
         "../scripts/report.py"

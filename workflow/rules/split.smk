@@ -4,19 +4,19 @@ checkpoint plate_index:
         unpack(plate_index_inputs),
     output:
         index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
+    log:
+        f"{RESULTS}/{{experiment}}/logs/plate_index/{{plate}}.log",
+    conda:
+        "../../envs/io.yaml"
+    resources:
+        mem_mb=grows_with_attempt(2000),
+        runtime=grows_with_attempt(15),
     params:
         plate=plate_cfg,
         channels=lambda w: experiment_cfg(w.experiment)["channels"],
         ingest=lambda w: experiment_settings(config, w.experiment, "ingest"),
         remote_table=remote_table_fingerprint,
         files=plate_listing,
-    resources:
-        mem_mb=grows_with_attempt(2000),
-        runtime=grows_with_attempt(15),
-    log:
-        f"{RESULTS}/{{experiment}}/logs/plate_index/{{plate}}.log",
-    conda:
-        "../../envs/io.yaml"
     script:
         "../scripts/plate_index.py"
 
@@ -29,22 +29,22 @@ rule split_raw:
     output:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/raw/{{channel}}.zarr"),
         rejects=f"{RESULTS}/{{experiment}}/{{plate}}/rejects/{{channel}}.csv",
-    params:
-        plate=plate_cfg,
-        channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
-        ingest=lambda w: settings_for(w, "ingest"),
-        ground_truth=False,
-        remote_sources=channel_remote_sources,
-    threads: 2
-    resources:
-        mem_mb=grows_with_attempt(8000),
-        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/split_raw/{{plate}}/{{channel}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/split_raw/{{plate}}/{{channel}}.tsv"
     conda:
         "../../envs/io.yaml"
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(120),
+    params:
+        plate=plate_cfg,
+        channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
+        ingest=lambda w: settings_for(w, "ingest"),
+        ground_truth=False,
+        remote_sources=channel_remote_sources,
     script:
         "../scripts/split.py"
 
@@ -56,21 +56,21 @@ rule split_ground_truth:
     output:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/clean/{{channel}}.zarr"),
         rejects=f"{RESULTS}/{{experiment}}/{{plate}}/rejects/clean_{{channel}}.csv",
-    params:
-        plate=plate_cfg,
-        channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
-        ingest=lambda w: settings_for(w, "ingest"),
-        ground_truth=True,
-        remote_table=lambda w: remote_table_fingerprint(w, "ground_truth"),
-    threads: 2
-    resources:
-        mem_mb=grows_with_attempt(8000),
-        runtime=grows_with_attempt(120),
     log:
         f"{RESULTS}/{{experiment}}/logs/split_ground_truth/{{plate}}/{{channel}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/split_ground_truth/{{plate}}/{{channel}}.tsv"
     conda:
         "../../envs/io.yaml"
+    threads: 2
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(120),
+    params:
+        plate=plate_cfg,
+        channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
+        ingest=lambda w: settings_for(w, "ingest"),
+        ground_truth=True,
+        remote_table=lambda w: remote_table_fingerprint(w, "ground_truth"),
     script:
         "../scripts/split.py"

@@ -16,19 +16,19 @@ rule train:
             subcategory="Training",
             labels={"model": "{group}", "channel": "{channel}", "figure": "loss curves"},
         ),
-    params:
-        n2v=lambda w: settings_for(w, "n2v"),
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=grows_with_attempt(32000),
-        runtime=grows_with_attempt(720),
     log:
         f"{RESULTS}/{{experiment}}/logs/train/{{group}}/{{channel}}.log",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/train/{{group}}/{{channel}}.tsv"
     conda:
         "../../envs/n2v.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=grows_with_attempt(32000),
+        runtime=grows_with_attempt(720),
+    params:
+        n2v=lambda w: settings_for(w, "n2v"),
     script:
         "../scripts/train.py"
 
@@ -50,13 +50,13 @@ rule export_bmz:
         ),
     output:
         package=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/model.bmz.zip",
-    threads: 1
-    resources:
-        mem_mb=grows_with_attempt(4000),
-        runtime=grows_with_attempt(30),
     log:
         f"{RESULTS}/{{experiment}}/logs/export_bmz/{{group}}/{{channel}}.log",
     conda:
         "../../envs/bmz.yaml"
+    threads: 1
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(30),
     script:
         "../scripts/export_bmz.py"
