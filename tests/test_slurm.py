@@ -369,7 +369,7 @@ def test_after_kill_9_in_mid_training_the_readmes_slurm_recovery_finishes_the_ru
             run = subprocess.Popen(command, cwd=workdir, env=slurm_cluster, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         # Kill snakemake while a train job (multi-output: model.pt, model.json, log, curve) runs in SLURM.
-        deadline = time.monotonic() + 1500  # the shared cluster may be busy with other runs first
+        deadline = time.monotonic() + 3600  # the shared cluster may be busy with other runs first
         while not [job for job in jobs_of_folder(slurm_cluster, workdir, ("RUNNING",)) if rule_of(job) == "train"]:
             assert run.poll() is None, (tmp_path / "killed-run.log").read_text()[-5000:]
             assert time.monotonic() < deadline, "no train job started in SLURM"
