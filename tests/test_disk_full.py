@@ -1,6 +1,7 @@
 """A full disk, for real: each stage writes onto a small tmpfs filled to the last byte.
 
-Every stage must fail with ENOSPC naming the output it was writing, and leave nothing at that path
+Every stage (index, split, train, predict, QC, TIFF export, report, LoadData table) must fail with
+ENOSPC naming the output it was writing, and leave nothing at that path
 (and no temporary) that looks finished. torch's checkpoint writer used to say only "unexpected pos".
 Mounting a tmpfs needs root (CI runs the tests as root); the tests skip otherwise.
 """
@@ -19,11 +20,12 @@ import torch
 import zarr
 
 from jump_n2v.atomic import atomic_output
-from jump_n2v.export import export_tiffs
+from jump_n2v.config import resolve_section
+from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest import discover_plate, read_index, split_channel, write_index
 from jump_n2v.n2v import N2VSettings, train_channel, load_trained
 from jump_n2v.predict import predict_array
-from jump_n2v.qc import run_channel_qc
+from jump_n2v.qc import run_channel_qc, write_experiment_report
 
 torch.set_num_threads(1)
 CHANNELS = ["DNA"]
@@ -55,7 +57,7 @@ def full_disk(tmp_path):
 
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
-    """Inputs of every stage on a disk with room: index, raw array, model, denoised array."""
+    """Inputs of every stage on a disk with room: index, raw array, model, denoised array, QC, TIFFs."""
     root = tmp_path_factory.mktemp("plate")
     rng = np.random.default_rng(0)
     for well in ("B02", "B03", "C02"):
@@ -69,6 +71,9 @@ def plate(tmp_path_factory):
     train_channel([root / "raw.zarr"], N2VSettings.from_dict(N2V), root / "model")
     trained = load_trained(root / "model")
     predict_array(trained.net, trained.mean, trained.std, root / "raw.zarr", root / "denoised.zarr", {"device": "cpu"})
+    run_channel_qc(root / "raw.zarr", root / "denoised.zarr", root / "qc", index=root / "index.csv")
+    (root / "tiffs").mkdir()
+    export_tiffs(root / "denoised.zarr", root / "index.csv", root / "tiffs")
     return {"root": root, "index": index, "plate_cfg": plate_cfg, "trained": trained}
 
 
@@ -107,7 +112,29 @@ def export_stage(plate, out):
     return out / "tiffs"
 
 
-@pytest.mark.parametrize("stage", [write_index_stage, split_stage, train_stage, predict_stage, qc_stage, export_stage],
+def report_stage(plate, out):
+    root = plate["root"]
+    report = out / "report"
+    write_experiment_report(
+        "e", [root / "qc" / "metrics.csv"], {("P1", "DNA"): root / "model"}, {"DNA": {"qc": resolve_section("qc")}},
+        [root / "rejects.csv"], report / "summary.csv", report / "summary.parquet", report / "report.html",
+        versions={"jump-n2v": "test"},
+    )
+    return report / "summary.csv"  # the first file the report writes
+
+
+def export_load_data_stage(plate, out):
+    root = plate["root"]
+    write_loaddata_csv(root / "index.csv", {"DNA": root / "denoised.zarr"}, root / "tiffs", "flat",
+                       out / "denoised_tiff" / "load_data.csv")
+    return out / "denoised_tiff" / "load_data.csv"
+
+
+STAGES = [write_index_stage, split_stage, train_stage, predict_stage, qc_stage, export_stage, report_stage,
+          export_load_data_stage]
+
+
+@pytest.mark.parametrize("stage", STAGES,
                          ids=lambda stage: stage.__name__.removesuffix("_stage"))
 def test_a_full_disk_fails_the_stage_naming_the_output_and_leaves_nothing_finished(plate, full_disk, stage):
     with pytest.raises(OSError) as caught:

@@ -327,3 +327,93 @@ def test_gres_in_slurm_extra_is_refused_by_the_plugin(slurm_cluster, tmp_path):
     assert result.returncode != 0
     assert "--gres" in output and "slurm_extra" in output, output[-3000:]
     assert not (tmp_path / "extra" / "gpu.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# kill -9 of snakemake in mid-run, and the README's recovery for SLURM runs
+
+
+def jobs_of_folder(env, workdir: Path, states=("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")):
+    """This working directory's jobs that slurmctld still runs or queues (never another run's)."""
+    return [job for job in scontrol_jobs(env)
+            if Path(job.get("WorkDir", "")) == workdir and job["JobState"] in states]
+
+
+def readme_cancel_jobs_of_folder(env, workdir: Path) -> None:
+    """The README's first SLURM recovery command, as printed there: cancel this folder's jobs and
+    wait until squeue lists none of them."""
+    script = (
+        'folder_jobs() { squeue --me --noheader --format "%i %Z" | awk -v dir="$PWD" \'$2 == dir {print $1}\'; }\n'
+        'folder_jobs | xargs -r scancel; while [ -n "$(folder_jobs)" ]; do sleep 5; done\n'
+    )
+    subprocess.run(["bash", "-c", script], cwd=workdir, env=env, check=True, timeout=600)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_after_kill_9_in_mid_training_the_readmes_slurm_recovery_finishes_the_run(slurm_cluster, tmp_path):
+    import json
+    import signal
+    import time
+
+    from jump_n2v.n2v import load_trained
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    copy_workflow(workdir, WORKFLOW_PATHS)
+    shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
+    profile = make_test_profile(workdir / "slurm-test")
+    command = [sys.executable, "-m", "snakemake", "--profile", str(profile)]
+    try:
+        with open(tmp_path / "killed-run.log", "w") as log:
+            run = subprocess.Popen(command, cwd=workdir, env=slurm_cluster, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        # Kill snakemake while a train job (multi-output: model.pt, model.json, log, curve) runs in SLURM.
+        deadline = time.monotonic() + 3600  # the shared cluster may be busy with other runs first
+        while not [job for job in jobs_of_folder(slurm_cluster, workdir, ("RUNNING",)) if rule_of(job) == "train"]:
+            assert run.poll() is None, (tmp_path / "killed-run.log").read_text()[-5000:]
+            assert time.monotonic() < deadline, "no train job started in SLURM"
+            time.sleep(0.5)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        # What the README warns about: the dead run's jobs go on running in SLURM.
+        assert any(rule_of(job) == "train" for job in jobs_of_folder(slurm_cluster, workdir))
+
+        # The README's sequence for SLURM runs: cancel the folder's jobs, unlock, the same command again.
+        again = subprocess.run(command, cwd=workdir, env=slurm_cluster, capture_output=True, text=True, timeout=300)
+        assert again.returncode != 0 and "cannot be locked" in again.stdout + again.stderr  # why --unlock is needed
+        readme_cancel_jobs_of_folder(slurm_cluster, workdir)
+        assert jobs_of_folder(slurm_cluster, workdir) == []
+        unlock = subprocess.run([*command, "--unlock"], cwd=workdir, env=slurm_cluster, capture_output=True,
+                                text=True, timeout=300)
+        assert unlock.returncode == 0, unlock.stderr[-3000:]
+        cancelled = {job["JobId"] for job in scontrol_jobs(slurm_cluster) if Path(job.get("WorkDir", "")) == workdir}
+        recovered = subprocess.run(command, cwd=workdir, env=slurm_cluster, capture_output=True, text=True, timeout=1800)
+        assert recovered.returncode == 0, (recovered.stdout + recovered.stderr)[-8000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        for job in jobs_of_folder(slurm_cluster, workdir):  # only this test's own jobs
+            subprocess.run(["scancel", job["JobId"]], env=slurm_cluster, check=False)
+
+    # Every job of the recovery completed; the train job that had been cancelled ran again.
+    rerun = [job for job in scontrol_jobs(slurm_cluster)
+             if Path(job.get("WorkDir", "")) == workdir and job["JobId"] not in cancelled]
+    assert rerun and all(job["JobState"] == "COMPLETED" for job in rerun), [(rule_of(j), j["JobState"]) for j in rerun]
+    assert "train" in {rule_of(job) for job in rerun}
+    results = workdir / "results" / "tiny"
+    for channel in ("DNA", "Mito"):
+        model_dir = results / "models" / "TinyPlate" / channel
+        metadata = json.loads((model_dir / "model.json").read_text())
+        assert metadata["training"]["epochs_run"] == 2  # the tiny config's epochs, all of them
+        trained = load_trained(model_dir)
+        assert trained.std > 0 and not (model_dir / "checkpoint.pt").exists()
+        raw = zarr.open_array(results / "TinyPlate" / "raw" / f"{channel}.zarr", mode="r")
+        denoised = zarr.open_array(results / "TinyPlate" / "denoised" / f"{channel}.zarr", mode="r")
+        assert denoised.shape == raw.shape == (4, 64, 64)
+        assert np.isfinite(denoised[:]).all() and denoised.attrs["image_ids"] == raw.attrs["image_ids"]
+    assert (results / "report" / "report.html").stat().st_size > 0
+    leftovers = [str(path) for path in results.rglob("*") if path.name.startswith((".tmp-", ".old-"))]
+    assert leftovers == []
+    dry_run = subprocess.run([*command, "--dry-run"], cwd=workdir, env=slurm_cluster, capture_output=True, text=True)
+    assert "Nothing to be done" in dry_run.stdout + dry_run.stderr, (dry_run.stdout + dry_run.stderr)[-3000:]
