@@ -360,7 +360,7 @@ def test_after_kill_9_in_mid_training_the_readmes_slurm_recovery_finishes_the_ru
 
     workdir = tmp_path / "run"
     workdir.mkdir()
-    copy_workflow(workdir, WORKFLOW_PATHS)
+    copy_workflow(workdir, [*WORKFLOW_PATHS, "tests/data/tiny_plates.tsv"])
     shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
     profile = make_test_profile(workdir / "slurm-test")
     command = [sys.executable, "-m", "snakemake", "--profile", str(profile)]
