@@ -89,8 +89,234 @@ def split_channel(
     Progress lines go to ``log`` (a logging.Logger or any callable taking a string). Returns a summary
     (counts, shape, throughput).
     """
-    settings = resolve_section("ingest", ingest)
-    log = log.info if isinstance(log, logging.Logger) else (log or logger.info)
+    split = _ChannelSplit(
+        index, channel, experiment=experiment, plate=plate, plate_cfg=plate_cfg, channel_order=channel_order,
+        ingest=ingest, rejects_csv=rejects_csv, threads=threads, log=log,
+    )
+    with atomic_output(out_zarr) as temporary:
+        temporary.mkdir()
+        split.read_and_write_images(temporary)
+        majority = split.keep_majority()
+        split.write_array(temporary, majority)
+    _write_rejects(split.rejects, rejects_csv)
+    return split.summary(majority)
+
+
+class _ChannelSplit:
+    """One run of :func:`split_channel`: the rows to read, what has been read, kept and rejected, and the
+    steps (set up, read and write, keep the majority, write the array, summary) as methods."""
+
+    def __init__(
+        self, index: pd.DataFrame, channel: str, *, experiment: str, plate: str, plate_cfg: Mapping,
+        channel_order: Sequence[str] | None, ingest: Mapping | None, rejects_csv: str | os.PathLike,
+        threads: int, log: Callable[[str], Any] | logging.Logger | None,
+    ) -> None:
+        """Set up: check the index, list its (image, well, site, file) rows and size the thread pool."""
+        self.settings = resolve_section("ingest", ingest)
+        self.log = log.info if isinstance(log, logging.Logger) else (log or logger.info)
+        self.channel, self.experiment, self.plate, self.plate_cfg = channel, experiment, plate, plate_cfg
+        self.rejects_csv = rejects_csv
+        self.rows = _index_rows(index, channel, plate)
+        self.table_rows = (
+            dict(zip(index["image"].astype(int), index[LOAD_DATA_ROW])) if LOAD_DATA_ROW in index.columns else {}
+        )
+        self.storage = storage_settings(plate_cfg)
+        self.threads = max(1, int(threads))
+        if any(is_remote(row[3]) for row in self.rows):
+            # Downloads wait on the network, not the CPU: keep 'concurrency' requests in flight.
+            self.threads = max(self.threads, int(self.storage["concurrency"]))
+        self.max_in_flight = IN_FLIGHT_PER_THREAD * self.threads + 1
+        self.skip = self.settings["on_bad_image"] == "skip"
+        # channel_order describes hyperstacks; LoadData and Phenix files hold one channel each.
+        self.file_channel_order = channel_order if plate_cfg.get("format") == "hyperstack" else None
+        self.rejects: list[dict] = []
+        # Good images are written as they arrive, one array per (shape, dtype) seen, inside the temporary
+        # store; the majority's array becomes the output and the other groups' images are rejected.
+        self.groups: dict[tuple, _Group] = {}
+        self.done = 0
+        self.bytes_done = 0
+        self.started = self.last_report = time.monotonic()
+
+    def read(self, path: str) -> ChannelImage | BadImageError:
+        """The channel's image in file ``path``, or the BadImageError saying why it is unusable (runs on the pool)."""
+        try:
+            if not path:
+                raise BadImageError(None, f"the index lists no file for channel {self.channel}")
+            return read_channel(
+                path,
+                self.channel,
+                channel_order=self.file_channel_order,
+                z_projection=self.settings["z_projection"],
+                z_plane=self.settings["z_plane"],
+                time_point=self.settings["time_point"],
+                storage=self.storage,
+            )
+        except BadImageError as error:
+            return error
+
+    def read_and_write_images(self, temporary: Path) -> None:
+        """Read every image on the pool and write each good one into its group's array, with at most
+        ``max_in_flight`` images read, waiting or being written at once, so memory stays bounded."""
+        rows = self.rows
+        pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix=f"split-{self.channel}")
+        try:
+            reads: collections.deque = collections.deque()
+            writes: set[concurrent.futures.Future] = set()
+            next_row = 0
+            while next_row < len(rows) or reads:
+                while next_row < len(rows) and len(reads) + len(writes) < self.max_in_flight:
+                    reads.append((rows[next_row], pool.submit(self.read, rows[next_row][3])))
+                    next_row += 1
+                if not reads:  # every slot holds a write: let one finish
+                    _collect(writes, block=True)
+                    continue
+                row, future = reads.popleft()
+                self.take_image(row, future.result(), temporary, pool, writes)
+                _collect(writes, block=False)
+                self.report_progress()
+            while writes:
+                _collect(writes, block=True)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def take_image(self, row, result: ChannelImage | BadImageError, temporary: Path, pool, writes: set) -> None:
+        """Reject a bad image, or queue a good one's write into the array of its (shape, dtype) group."""
+        self.done += 1
+        if isinstance(result, BadImageError):
+            self.reject(row, result)
+            return
+        pixels = result.pixels
+        key = (pixels.shape, pixels.dtype.str)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(
+                temporary / f"group-{len(self.groups)}", len(self.rows), pixels.shape, pixels.dtype,
+                result.pixel_size_um,
+            )
+        writes.add(pool.submit(group.write, len(group), pixels))
+        group.rows.append(row)
+        self.bytes_done += pixels.nbytes
+        self.fail_on_certain_minority()
+
+    def reject(self, row, error: BadImageError) -> None:
+        """List the image in the rejects table (on_bad_image skip), or raise the error with where it sits."""
+        image, well, site, path = row
+        if not self.skip:
+            # The row's number as a spreadsheet shows it below the header (1 = first data row).
+            table_row = (
+                f"LoadData table data row {int(self.table_rows[image]) + 1}, " if image in self.table_rows else ""
+            )
+            raise BadImageError(
+                error.path or path,
+                f"{error.problem} ({table_row}plate {self.plate}, channel {self.channel}, well {well} site {site}; "
+                "ingest on_bad_image: skip would leave it out and list it in the rejects table)",
+            ) from error
+        self.rejects.append(
+            {"plate": self.plate, "channel": self.channel, "image": image, "well": well, "site": site,
+             "file": error.path or path, "problem": error.problem}
+        )
+
+    def fail_on_certain_minority(self) -> None:
+        """With on_bad_image fail, stop as soon as some group holds most of the plate's images."""
+        if self.skip or len(self.groups) < 2:
+            return
+        majority = max(self.groups.values(), key=len)
+        if len(majority) * 2 > len(self.rows):
+            odd = next(group for group in self.groups.values() if group is not majority)
+            self.reject(odd.rows[0], BadImageError(odd.rows[0][3], _mismatch(odd, majority, len(self.rows))))
+
+    def report_progress(self) -> None:
+        """A progress line every PROGRESS_SECONDS: images done, throughput, rejects so far."""
+        now = time.monotonic()
+        if now - self.last_report >= PROGRESS_SECONDS:
+            self.last_report = now
+            self.log(
+                f"split {self.plate}/{self.channel}: {self.done}/{len(self.rows)} images, "
+                f"{self.bytes_done / 1e6 / (now - self.started):.1f} MB/s, {len(self.rejects)} rejected"
+            )
+
+    def keep_majority(self) -> _Group:
+        """The (shape, dtype) group most images share (ties: the first seen); the others' images are
+        rejected, and too many rejects, or no usable image, fail the split after the rejects table is written."""
+        rows, rejects = self.rows, self.rejects
+        if not self.groups:
+            _write_rejects(rejects, self.rejects_csv)
+            first = rejects[0]
+            raise BadImageError(
+                first["file"],
+                f"no usable image for channel {self.channel} of plate {self.plate}: all {len(rows)} rejected "
+                f"(listed in {self.rejects_csv}); the first problem: {first['problem']}",
+            )
+        # Ties go to the group seen first (index order).
+        majority = max(self.groups.values(), key=len)
+        for group in self.groups.values():
+            if group is not majority:
+                for row in group.rows:
+                    self.reject(row, BadImageError(row[3], _mismatch(group, majority, len(rows))))
+        rejects.sort(key=lambda record: record["image"])
+        allowed = self.settings["max_rejected_fraction"]
+        if len(rejects) > allowed * len(rows):
+            _write_rejects(rejects, self.rejects_csv)
+            examples = "; ".join(f"{record['file'] or '<no file>'}: {record['problem']}" for record in rejects[:3])
+            raise BadImageError(
+                rejects[0]["file"],
+                f"{len(rejects)} of {len(rows)} images of channel {self.channel} of plate {self.plate} were rejected "
+                f"({len(rejects) / len(rows):.1%}), more than ingest max_rejected_fraction {allowed:g} allows; "
+                f"they are listed in {self.rejects_csv}. First: {examples}",
+            )
+        return majority
+
+    def write_array(self, temporary: Path, majority: _Group) -> None:
+        """Make the majority's array the store itself (the other groups' arrays go), trimmed to the kept
+        images, with the attributes downstream stages read."""
+        for entry in list(majority.path.iterdir()):
+            os.replace(entry, temporary / entry.name)
+        for group in self.groups.values():
+            shutil.rmtree(group.path)
+        array = open_channel_array(temporary, mode="r+")
+        kept_ids = [int(row[0]) for row in majority.rows]
+        if len(kept_ids) < len(self.rows):
+            array.resize((len(kept_ids), *majority.shape))
+        set_channel_attributes(
+            array,
+            {
+                "channel": self.channel,
+                "plate": self.plate,
+                "experiment": self.experiment,
+                "image_ids": kept_ids,
+                "source_format": self.plate_cfg.get("format"),
+                "pixel_size_um": majority.pixel_size_um,
+                "dtype_range": dtype_range(majority.dtype),
+            }
+        )
+
+    def summary(self, majority: _Group) -> dict:
+        """The split's counts, shape and throughput, also logged as one line."""
+        seconds = time.monotonic() - self.started
+        kept = len(majority)
+        summary = {
+            "plate": self.plate,
+            "channel": self.channel,
+            "images": len(self.rows),
+            "kept": kept,
+            "rejected": len(self.rejects),
+            "shape": [kept, *majority.shape],
+            "dtype": str(majority.dtype),
+            "seconds": round(seconds, 3),
+            "mb_per_s": round(self.bytes_done / 1e6 / seconds, 1) if seconds > 0 else None,
+            "images_per_s": round(len(self.rows) / seconds, 1) if seconds > 0 else None,
+        }
+        self.log(
+            f"split {self.plate}/{self.channel}: {summary['kept']}/{summary['images']} images kept, "
+            f"{summary['rejected']} rejected, {summary['mb_per_s']} MB/s"
+        )
+        return summary
+
+
+def _index_rows(index: pd.DataFrame, channel: str, plate: str) -> list[tuple[int, str, int, str]]:
+    """The (image, well, site, source file) of each index row for ``channel``; an error if there are none."""
     column = source_column(channel)
     if column not in index.columns:
         raise ValueError(f"plate {plate}: the index has no column {column} for channel {channel!r}")
@@ -100,178 +326,7 @@ def split_channel(
     ]
     if not rows:
         raise ValueError(f"plate {plate}: the index has no images")
-    table_rows = dict(zip(index["image"].astype(int), index[LOAD_DATA_ROW])) if LOAD_DATA_ROW in index.columns else {}
-    storage = storage_settings(plate_cfg)
-    threads = max(1, int(threads))
-    if any(is_remote(row[3]) for row in rows):
-        # Downloads wait on the network, not the CPU: keep 'concurrency' requests in flight.
-        threads = max(threads, int(storage["concurrency"]))
-    max_in_flight = IN_FLIGHT_PER_THREAD * threads + 1
-    skip = settings["on_bad_image"] == "skip"
-    # channel_order describes hyperstacks; LoadData and Phenix files hold one channel each.
-    file_channel_order = channel_order if plate_cfg.get("format") == "hyperstack" else None
-
-    def read(path: str) -> ChannelImage | BadImageError:
-        try:
-            if not path:
-                raise BadImageError(None, f"the index lists no file for channel {channel}")
-            return read_channel(
-                path,
-                channel,
-                channel_order=file_channel_order,
-                z_projection=settings["z_projection"],
-                z_plane=settings["z_plane"],
-                time_point=settings["time_point"],
-                storage=storage,
-            )
-        except BadImageError as error:
-            return error
-
-    rejects: list[dict] = []
-    # Good images are written as they arrive, one array per (shape, dtype) seen, inside the temporary
-    # store; the majority's array becomes the output and the other groups' images are rejected.
-    groups: dict[tuple, _Group] = {}
-    started = last_report = time.monotonic()
-    bytes_done = 0
-
-    def reject(row, error: BadImageError) -> None:
-        image, well, site, path = row
-        if not skip:
-            # The row's number as a spreadsheet shows it below the header (1 = first data row).
-            table_row = f"LoadData table data row {int(table_rows[image]) + 1}, " if image in table_rows else ""
-            raise BadImageError(
-                error.path or path,
-                f"{error.problem} ({table_row}plate {plate}, channel {channel}, well {well} site {site}; "
-                "ingest on_bad_image: skip would leave it out and list it in the rejects table)",
-            ) from error
-        rejects.append(
-            {"plate": plate, "channel": channel, "image": image, "well": well, "site": site,
-             "file": error.path or path, "problem": error.problem}
-        )
-
-    def fail_on_certain_minority() -> None:
-        """With on_bad_image fail, stop as soon as some group holds most of the plate's images."""
-        if skip or len(groups) < 2:
-            return
-        majority = max(groups.values(), key=len)
-        if len(majority) * 2 > len(rows):
-            odd = next(group for group in groups.values() if group is not majority)
-            reject(odd.rows[0], BadImageError(odd.rows[0][3], _mismatch(odd, majority, len(rows))))
-
-    with atomic_output(out_zarr) as temporary:
-        temporary.mkdir()
-        pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"split-{channel}")
-        try:
-            reads: collections.deque = collections.deque()
-            writes: set[concurrent.futures.Future] = set()
-            next_row = 0
-            done = 0
-            while next_row < len(rows) or reads:
-                while next_row < len(rows) and len(reads) + len(writes) < max_in_flight:
-                    reads.append((rows[next_row], pool.submit(read, rows[next_row][3])))
-                    next_row += 1
-                if not reads:  # every slot holds a write: let one finish
-                    _collect(writes, block=True)
-                    continue
-                row, future = reads.popleft()
-                result = future.result()
-                done += 1
-                if isinstance(result, BadImageError):
-                    reject(row, result)
-                else:
-                    pixels = result.pixels
-                    key = (pixels.shape, pixels.dtype.str)
-                    group = groups.get(key)
-                    if group is None:
-                        group = groups[key] = _Group(
-                            temporary / f"group-{len(groups)}", len(rows), pixels.shape, pixels.dtype,
-                            result.pixel_size_um,
-                        )
-                    writes.add(pool.submit(group.write, len(group), pixels))
-                    group.rows.append(row)
-                    bytes_done += pixels.nbytes
-                    fail_on_certain_minority()
-                del result
-                _collect(writes, block=False)
-                now = time.monotonic()
-                if now - last_report >= PROGRESS_SECONDS:
-                    last_report = now
-                    log(
-                        f"split {plate}/{channel}: {done}/{len(rows)} images, "
-                        f"{bytes_done / 1e6 / (now - started):.1f} MB/s, {len(rejects)} rejected"
-                    )
-            while writes:
-                _collect(writes, block=True)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        if not groups:
-            _write_rejects(rejects, rejects_csv)
-            first = rejects[0]
-            raise BadImageError(
-                first["file"],
-                f"no usable image for channel {channel} of plate {plate}: all {len(rows)} rejected "
-                f"(listed in {rejects_csv}); the first problem: {first['problem']}",
-            )
-        # Ties go to the group seen first (index order).
-        majority = max(groups.values(), key=len)
-        for group in groups.values():
-            if group is not majority:
-                for row in group.rows:
-                    reject(row, BadImageError(row[3], _mismatch(group, majority, len(rows))))
-        rejects.sort(key=lambda record: record["image"])
-        kept_ids = [int(row[0]) for row in majority.rows]
-        reference = {"shape": majority.shape, "dtype": majority.dtype, "pixel_size_um": majority.pixel_size_um}
-        allowed = settings["max_rejected_fraction"]
-        if len(rejects) > allowed * len(rows):
-            _write_rejects(rejects, rejects_csv)
-            examples = "; ".join(f"{record['file'] or '<no file>'}: {record['problem']}" for record in rejects[:3])
-            raise BadImageError(
-                rejects[0]["file"],
-                f"{len(rejects)} of {len(rows)} images of channel {channel} of plate {plate} were rejected "
-                f"({len(rejects) / len(rows):.1%}), more than ingest max_rejected_fraction {allowed:g} allows; "
-                f"they are listed in {rejects_csv}. First: {examples}",
-            )
-        # The majority's array becomes the store itself; the other groups' arrays go.
-        for entry in list(majority.path.iterdir()):
-            os.replace(entry, temporary / entry.name)
-        for group in groups.values():
-            shutil.rmtree(group.path)
-        array = open_channel_array(temporary, mode="r+")
-        if len(kept_ids) < len(rows):
-            array.resize((len(kept_ids), *reference["shape"]))
-        set_channel_attributes(
-            array,
-            {
-                "channel": channel,
-                "plate": plate,
-                "experiment": experiment,
-                "image_ids": kept_ids,
-                "source_format": plate_cfg.get("format"),
-                "pixel_size_um": reference["pixel_size_um"],
-                "dtype_range": dtype_range(reference["dtype"]),
-            }
-        )
-    _write_rejects(rejects, rejects_csv)
-    seconds = time.monotonic() - started
-    summary = {
-        "plate": plate,
-        "channel": channel,
-        "images": len(rows),
-        "kept": len(kept_ids),
-        "rejected": len(rejects),
-        "shape": [len(kept_ids), *reference["shape"]],
-        "dtype": str(reference["dtype"]),
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(bytes_done / 1e6 / seconds, 1) if seconds > 0 else None,
-        "images_per_s": round(len(rows) / seconds, 1) if seconds > 0 else None,
-    }
-    log(
-        f"split {plate}/{channel}: {summary['kept']}/{summary['images']} images kept, {summary['rejected']} "
-        f"rejected, {summary['mb_per_s']} MB/s"
-    )
-    return summary
+    return rows
 
 
 def _create_array(path, count: int, shape: tuple[int, int], dtype: np.dtype):

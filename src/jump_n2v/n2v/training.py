@@ -422,17 +422,306 @@ def train_channel(
     log = log or logger
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = model_dir / CHECKPOINT_NAME
-    arrays, names = _open_arrays(arrays)
-    identity = _data_identity(arrays, names)
-    fingerprint = _fingerprint(settings, identity)
+    run = _TrainingRun.setup(arrays, settings, model_dir / CHECKPOINT_NAME, log)
+    run.resume()
+    while not run.finished:
+        run.fit_epoch()
+        run.save_checkpoint()
+    posterior, posterior_evidence = run.fit_posterior()
+    metadata = run.model_metadata(posterior, posterior_evidence)
+    run.write(model_dir, metadata)
+    return metadata
 
+
+# -- the steps of a run: set up, resume, one epoch (train, validate), checkpoint, posterior, write ------
+
+
+@dataclass(frozen=True, eq=False)
+class _ValidationSet:
+    """The validation patches and their masks, fixed once so that epochs are compared on the same pixels."""
+
+    targets: torch.Tensor
+    inputs: torch.Tensor
+    masks: torch.Tensor
+
+
+@dataclass(eq=False)
+class _TrainingRun:
+    """One run of :func:`train_channel`: the state its steps share, and the steps as methods, named
+    like a Lightning module's hooks (as CAREamics' N2V module has them: setup, training_step, ...)."""
+
+    settings: N2VSettings
+    log: logging.Logger
+    checkpoint_path: Path
+    fingerprint: str
+    names: list[str]
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    sampler: PatchSampler
+    noise_model: Any
+    blind_spot: dict
+    net: UNet
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    mask_options: dict
+    validation: _ValidationSet
+    progress: _Progress
+    best_weights: dict[str, torch.Tensor]
+    resumed_from: int | None = None
+
+    @classmethod
+    def setup(
+        cls, arrays: Sequence[Any], settings: N2VSettings, checkpoint_path: Path, log: logging.Logger
+    ) -> "_TrainingRun":
+        """Open the data, pick device and precision, seed, then build sampler, blind spot, net and
+        optimiser, in this order (the global RNG state the net starts from depends on it)."""
+        arrays, names = _open_arrays(arrays)
+        fingerprint = _fingerprint(settings, _data_identity(arrays, names))
+        device, autocast_dtype = _select_device(settings, log)
+        _seed_everything(settings.seed)
+        sampler = _setup_sampler(arrays, names, settings, device, autocast_dtype, log)
+        noise_model, region, blind_spot = _setup_blind_spot(sampler, settings, log)
+        net = build_unet(settings.depth, settings.base_filters, settings.variant).to(device)
+        # channels_last lets oneDNN / cuDNN pick their fast NHWC convolution kernels.
+        net = net.to(memory_format=torch.channels_last)
+        optimizer, scheduler, scaler = _configure_optimizers(net, settings, device, autocast_dtype)
+        mask_options = dict(
+            masked_fraction=settings.masked_fraction,
+            roi_size=settings.roi_size,
+            replacement=settings.replacement,
+            region=region,
+        )
+        return cls(
+            settings=settings, log=log, checkpoint_path=checkpoint_path, fingerprint=fingerprint, names=names,
+            device=device, autocast_dtype=autocast_dtype, sampler=sampler, noise_model=noise_model,
+            blind_spot=blind_spot, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            mask_options=mask_options, validation=_setup_validation(sampler, settings, device, mask_options),
+            progress=_Progress(), best_weights=_cpu_state(net),
+        )
+
+    def resume(self) -> None:
+        """Restore every state from ``checkpoint.pt`` when it was written for these settings and data,
+        so the run continues exactly where an interrupted one stopped."""
+        checkpoint = _load_checkpoint(self.checkpoint_path, self.fingerprint, self.log)
+        if checkpoint is None:
+            return
+        self.net.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        _restore_global_rng_state(checkpoint["rng"])
+        self.progress = _Progress(**checkpoint["progress"])
+        self.best_weights = checkpoint["best_weights"]
+        self.resumed_from = self.progress.epochs_done
+        self.log.info("resuming from %s after epoch %d", self.checkpoint_path, self.resumed_from)
+
+    @property
+    def finished(self) -> bool:
+        """True once all epochs ran or early stopping ended the run."""
+        return self.progress.epochs_done >= self.settings.epochs or self.progress.stopped_early
+
+    def fit_epoch(self) -> None:
+        """One epoch: train, validate, step the learning-rate schedule, record and log the epoch."""
+        epoch = self.progress.epochs_done
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        train_loss = self.train_epoch(epoch)
+        train_seconds = time.perf_counter() - started
+        val_loss = self.validate()
+        self.step_scheduler(val_loss)
+        self.record_epoch(epoch, train_loss, val_loss, learning_rate, time.perf_counter() - started)
+        self.log_epoch(epoch, train_loss, val_loss, learning_rate, train_seconds)
+
+    def train_epoch(self, epoch: int) -> float:
+        """The mean training loss over the epoch's planned batches; every draw (patches, augmentations,
+        masks) derives from (seed, epoch), so a resumed epoch repeats an uninterrupted one."""
+        settings = self.settings
+        self.net.train()
+        generator = torch.Generator(device=self.device).manual_seed(_derived_seed(settings.seed, _MASK_STREAM, epoch))
+        loss_sum = torch.zeros((), device=self.device)
+        plan = self.sampler.epoch_plan(epoch, settings.steps_per_epoch, settings.batch_size)
+        for rows, patches in zip(plan, self.sampler.batches(plan)):
+            loss_sum += self.training_step(rows, patches, generator)
+        train_loss = float(loss_sum) / settings.steps_per_epoch
+        if not math.isfinite(train_loss):
+            raise RuntimeError(
+                f"training diverged in epoch {epoch + 1} (train loss {train_loss}); lower "
+                f"n2v.learning_rate (now {settings.learning_rate}) or check the input images"
+            )
+        return train_loss
+
+    def training_step(self, rows: np.ndarray, patches: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        """Mask one batch, predict it and take one optimiser step on the masked-pixel loss (returned, detached)."""
+        targets = torch.from_numpy(patches).to(self.device, non_blocking=True)
+        inputs, masks = mask_plan_batch(targets, rows, generator, self.mask_options)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            prediction = self.net(inputs)
+        loss = masked_mse(prediction, targets, masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def validate(self) -> float:
+        """The masked-pixel loss on the fixed validation set (what picks the best weights and stops early)."""
+        validation = self.validation
+        return _validation_loss(
+            self.net, validation.inputs, validation.targets, validation.masks, self.settings.batch_size,
+            self.autocast_dtype, self.device,
+        )
+
+    def step_scheduler(self, val_loss: float) -> None:
+        """Advance the learning-rate schedule: the plateau schedule watches the validation loss."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val_loss)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def record_epoch(
+        self, epoch: int, train_loss: float, val_loss: float, learning_rate: float, seconds: float
+    ) -> None:
+        """Count the epoch into the progress: best weights so far, early stopping, the training-log row."""
+        settings, progress = self.settings, self.progress
+        progress.epochs_done = epoch + 1
+        progress.steps += settings.steps_per_epoch
+        progress.seconds += seconds
+        if val_loss < progress.best_val_loss:
+            progress.best_val_loss, progress.best_epoch, progress.epochs_since_best = val_loss, epoch + 1, 0
+            self.best_weights = _cpu_state(self.net)
+        else:
+            progress.epochs_since_best += 1
+        progress.stopped_early = (
+            progress.epochs_since_best >= settings.early_stopping_patience
+            and progress.epochs_done < settings.epochs
+        )
+        progress.rows.append(
+            {
+                "epoch": epoch + 1,
+                "step": progress.steps,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "learning_rate": learning_rate,
+                "seconds": round(progress.seconds, 3),
+            }
+        )
+
+    def log_epoch(
+        self, epoch: int, train_loss: float, val_loss: float, learning_rate: float, train_seconds: float
+    ) -> None:
+        """The epoch's log line (throughput counts the training part only), and why training stops early."""
+        settings, progress = self.settings, self.progress
+        self.log.info(
+            "epoch %d/%d: train loss %.5f, val loss %.5f%s, lr %.3g, %.0f patches/s",
+            epoch + 1, settings.epochs, train_loss, val_loss,
+            " (best)" if progress.best_epoch == epoch + 1 else "", learning_rate,
+            settings.steps_per_epoch * settings.batch_size / train_seconds,
+        )
+        if progress.stopped_early:
+            self.log.info(
+                "early stopping: no better validation loss for %d epochs (best %.5f at epoch %d)",
+                progress.epochs_since_best, progress.best_val_loss, progress.best_epoch,
+            )
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` atomically with every state a resumed run needs to end identically."""
+        _save_checkpoint(
+            self.checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": self.fingerprint,
+                "model": _cpu_state(self.net),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict(),
+                "rng": _global_rng_state(),
+                "progress": dataclasses.asdict(self.progress),
+                "best_weights": self.best_weights,
+            },
+        )
+
+    def fit_posterior(self) -> tuple[Posterior | None, dict]:
+        """Fit the posterior step's weights for the best net on the validation targets (only with a
+        noise model), and log the outcome."""
+        settings, norm = self.settings, self.sampler.normalization
+        posterior, posterior_evidence = None, {"fitted": False, "reason": "no noise model"}
+        if self.noise_model is not None:
+            best_net = build_unet(settings.depth, settings.base_filters, settings.variant).to(self.device)
+            best_net.load_state_dict(self.best_weights)
+            posterior, posterior_evidence = fit_posterior(
+                best_net, self.validation.targets, norm.mean, norm.std, self.noise_model,
+                batch_size=settings.batch_size, seed=_derived_seed(settings.seed, _POSTERIOR_STREAM),
+            )
+        if posterior is not None:
+            self.log.info(
+                "posterior step: raw-pixel weights %s over signal %s; estimated MSE %.4g -> %.4g",
+                [round(w, 3) for w in posterior.weight], [round(c, 1) for c in posterior.signal],
+                posterior_evidence["estimated_mse_network"], posterior_evidence["estimated_mse_posterior"],
+            )
+        else:
+            self.log.info("posterior step not fitted: %s", posterior_evidence["reason"])
+        return posterior, posterior_evidence
+
+    def model_metadata(self, posterior: Posterior | None, posterior_evidence: dict) -> dict:
+        """The model.json content: settings, normalisation, training summary, data split, seed, versions,
+        blind spot, noise model and posterior."""
+        settings, progress, sampler = self.settings, self.progress, self.sampler
+        noise_model = self.noise_model
+        return {
+            "settings": settings.to_dict(),
+            "normalization": {"mean": sampler.normalization.mean, "std": sampler.normalization.std},
+            "training": {
+                "best_val_loss": progress.best_val_loss,
+                "best_epoch": progress.best_epoch,
+                "epochs_run": progress.epochs_done,
+                "steps": progress.steps,
+                "seconds": round(progress.seconds, 3),
+                "stopped_early": progress.stopped_early,
+                "resumed_from_epoch": self.resumed_from,
+                "patches_per_second": (
+                    progress.steps * settings.batch_size / progress.seconds if progress.seconds > 0 else None
+                ),
+            },
+            "data": {
+                "arrays": self.names,
+                "train_images": [list(image) for image in sampler.train_images],
+                "validation_images": [list(image) for image in sampler.validation_images],
+            },
+            "seed": settings.seed,
+            "versions": _versions(),
+            "blind_spot": self.blind_spot,
+            "noise_model": noise_model.to_dict() if noise_model is not None else None,
+            "posterior": {**posterior_evidence, **(posterior.to_dict() if posterior is not None else {})},
+        }
+
+    def write(self, model_dir: Path, metadata: dict) -> None:
+        """Write the outputs from the best weights, then drop the checkpoint: the outputs now stand for the run."""
+        progress = self.progress
+        _write_outputs(model_dir, self.settings, self.best_weights, self.sampler.normalization, metadata, progress.rows)
+        self.checkpoint_path.unlink(missing_ok=True)
+        self.log.info(
+            "wrote %s: best val loss %.5f at epoch %d of %d",
+            model_dir, progress.best_val_loss, progress.best_epoch, progress.epochs_done,
+        )
+
+
+def _select_device(settings: N2VSettings, log: logging.Logger) -> tuple[torch.device, torch.dtype | None]:
+    """The device and autocast dtype the settings ask for; says so when a reduced precision cannot apply."""
     device = resolve_device(settings.device)
     autocast_dtype = resolve_precision(settings.precision, device)
     if device.type != "cuda" and settings.precision in ("bf16", "fp16"):
         log.info("precision %s applies on CUDA only; training in fp32 on %s", settings.precision, device)
-    _seed_everything(settings.seed)
+    return device, autocast_dtype
 
+
+def _setup_sampler(
+    arrays: Sequence[Any], names: Sequence[str], settings: N2VSettings, device: torch.device,
+    autocast_dtype: torch.dtype | None, log: logging.Logger,
+) -> PatchSampler:
+    """The patch sampler over the arrays' images, logging what it holds and how it split them."""
     sampler = PatchSampler(
         arrays,
         patch_size=settings.patch_size,
@@ -459,6 +748,13 @@ def train_channel(
     )
     if sampler.validation_from_training:
         log.warning("only one image: validation patches come from the training image itself")
+    return sampler
+
+
+def _setup_blind_spot(
+    sampler: PatchSampler, settings: N2VSettings, log: logging.Logger
+) -> tuple[Any, BlindRegion | None, dict]:
+    """The noise model of the training images, and the blind-spot region decided from it (logged, with its record)."""
     noise_model = _estimate_noise(sampler, settings.seed, log)
     region, blind_spot = decide_blind_spot(settings, noise_model)
     if noise_model is not None:
@@ -467,177 +763,27 @@ def train_channel(
             noise_model.read_variance, " (data look processed: " + "; ".join(noise_model.notes) + ")" if noise_model.processed else "",
         )
     log.info("blind spot: %s %s (%s)", blind_spot["mode"], blind_spot["offsets"] or "", blind_spot["evidence"])
+    return noise_model, region, blind_spot
 
-    net = build_unet(settings.depth, settings.base_filters, settings.variant).to(device)
-    # channels_last lets oneDNN / cuDNN pick their fast NHWC convolution kernels.
-    net = net.to(memory_format=torch.channels_last)
+
+def _configure_optimizers(
+    net: UNet, settings: N2VSettings, device: torch.device, autocast_dtype: torch.dtype | None
+) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
+    """Adam, the learning-rate schedule (or None) and the grad scaler (active for fp16 only)."""
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     scheduler = _make_scheduler(optimizer, settings)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    return optimizer, scheduler, scaler
 
-    mask_options = dict(
-        masked_fraction=settings.masked_fraction,
-        roi_size=settings.roi_size,
-        replacement=settings.replacement,
-        region=region,
-    )
-    # The validation patches and their masks are fixed once, so epochs are compared on the same pixels.
-    val_targets = torch.from_numpy(sampler.validation).to(device)
-    val_generator = torch.Generator(device=device).manual_seed(_derived_seed(settings.seed, _VALIDATION_MASK_STREAM))
-    val_inputs, val_masks = mask_batch(val_targets, generator=val_generator, **mask_options)
-    val_inputs = val_inputs.contiguous(memory_format=torch.channels_last)
 
-    progress = _Progress()
-    best_weights = _cpu_state(net)
-    resumed_from = None
-    checkpoint = _load_checkpoint(checkpoint_path, fingerprint, log)
-    if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        _restore_global_rng_state(checkpoint["rng"])
-        progress = _Progress(**checkpoint["progress"])
-        best_weights = checkpoint["best_weights"]
-        resumed_from = progress.epochs_done
-        log.info("resuming from %s after epoch %d", checkpoint_path, resumed_from)
-
-    steps = settings.steps_per_epoch
-    patches_per_epoch = steps * settings.batch_size
-    while progress.epochs_done < settings.epochs and not progress.stopped_early:
-        epoch = progress.epochs_done
-        net.train()
-        generator = torch.Generator(device=device).manual_seed(_derived_seed(settings.seed, _MASK_STREAM, epoch))
-        learning_rate = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        started = time.perf_counter()
-        plan = sampler.epoch_plan(epoch, steps, settings.batch_size)
-        for rows, patches in zip(plan, sampler.batches(plan)):
-            targets = torch.from_numpy(patches).to(device, non_blocking=True)
-            inputs, masks = mask_plan_batch(targets, rows, generator, mask_options)
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                prediction = net(inputs)
-            loss = masked_mse(prediction, targets, masks)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach()
-        train_loss = float(loss_sum) / steps
-        train_seconds = time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise RuntimeError(
-                f"training diverged in epoch {epoch + 1} (train loss {train_loss}); lower "
-                f"n2v.learning_rate (now {settings.learning_rate}) or check the input images"
-            )
-        val_loss = _validation_loss(
-            net, val_inputs, val_targets, val_masks, settings.batch_size, autocast_dtype, device
-        )
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_loss)
-        elif scheduler is not None:
-            scheduler.step()
-
-        progress.epochs_done = epoch + 1
-        progress.steps += steps
-        progress.seconds += time.perf_counter() - started
-        if val_loss < progress.best_val_loss:
-            progress.best_val_loss, progress.best_epoch, progress.epochs_since_best = val_loss, epoch + 1, 0
-            best_weights = _cpu_state(net)
-        else:
-            progress.epochs_since_best += 1
-        progress.stopped_early = (
-            progress.epochs_since_best >= settings.early_stopping_patience
-            and progress.epochs_done < settings.epochs
-        )
-        progress.rows.append(
-            {
-                "epoch": epoch + 1,
-                "step": progress.steps,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "learning_rate": learning_rate,
-                "seconds": round(progress.seconds, 3),
-            }
-        )
-        log.info(
-            "epoch %d/%d: train loss %.5f, val loss %.5f%s, lr %.3g, %.0f patches/s",
-            epoch + 1, settings.epochs, train_loss, val_loss,
-            " (best)" if progress.best_epoch == epoch + 1 else "", learning_rate,
-            patches_per_epoch / train_seconds,
-        )
-        if progress.stopped_early:
-            log.info(
-                "early stopping: no better validation loss for %d epochs (best %.5f at epoch %d)",
-                progress.epochs_since_best, progress.best_val_loss, progress.best_epoch,
-            )
-        _save_checkpoint(
-            checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "model": _cpu_state(net),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(),
-                "rng": _global_rng_state(),
-                "progress": dataclasses.asdict(progress),
-                "best_weights": best_weights,
-            },
-        )
-
-    posterior, posterior_evidence = None, {"fitted": False, "reason": "no noise model"}
-    if noise_model is not None:
-        best_net = build_unet(settings.depth, settings.base_filters, settings.variant).to(device)
-        best_net.load_state_dict(best_weights)
-        posterior, posterior_evidence = fit_posterior(
-            best_net, val_targets, norm.mean, norm.std, noise_model, batch_size=settings.batch_size,
-            seed=_derived_seed(settings.seed, _POSTERIOR_STREAM),
-        )
-    if posterior is not None:
-        log.info(
-            "posterior step: raw-pixel weights %s over signal %s; estimated MSE %.4g -> %.4g",
-            [round(w, 3) for w in posterior.weight], [round(c, 1) for c in posterior.signal],
-            posterior_evidence["estimated_mse_network"], posterior_evidence["estimated_mse_posterior"],
-        )
-    else:
-        log.info("posterior step not fitted: %s", posterior_evidence["reason"])
-
-    metadata = {
-        "settings": settings.to_dict(),
-        "normalization": {"mean": norm.mean, "std": norm.std},
-        "training": {
-            "best_val_loss": progress.best_val_loss,
-            "best_epoch": progress.best_epoch,
-            "epochs_run": progress.epochs_done,
-            "steps": progress.steps,
-            "seconds": round(progress.seconds, 3),
-            "stopped_early": progress.stopped_early,
-            "resumed_from_epoch": resumed_from,
-            "patches_per_second": (
-                progress.steps * settings.batch_size / progress.seconds if progress.seconds > 0 else None
-            ),
-        },
-        "data": {
-            "arrays": names,
-            "train_images": [list(image) for image in sampler.train_images],
-            "validation_images": [list(image) for image in sampler.validation_images],
-        },
-        "seed": settings.seed,
-        "versions": _versions(),
-        "blind_spot": blind_spot,
-        "noise_model": noise_model.to_dict() if noise_model is not None else None,
-        "posterior": {**posterior_evidence, **(posterior.to_dict() if posterior is not None else {})},
-    }
-    _write_outputs(model_dir, settings, best_weights, norm, metadata, progress.rows)
-    checkpoint_path.unlink(missing_ok=True)
-    log.info(
-        "wrote %s: best val loss %.5f at epoch %d of %d",
-        model_dir, progress.best_val_loss, progress.best_epoch, progress.epochs_done,
-    )
-    return metadata
+def _setup_validation(
+    sampler: PatchSampler, settings: N2VSettings, device: torch.device, mask_options: Mapping[str, Any]
+) -> _ValidationSet:
+    """Mask the sampler's validation patches once, from their own random stream."""
+    targets = torch.from_numpy(sampler.validation).to(device)
+    generator = torch.Generator(device=device).manual_seed(_derived_seed(settings.seed, _VALIDATION_MASK_STREAM))
+    inputs, masks = mask_batch(targets, generator=generator, **mask_options)
+    return _ValidationSet(targets=targets, inputs=inputs.contiguous(memory_format=torch.channels_last), masks=masks)
 
 
 def _versions() -> dict[str, str]:
