@@ -408,8 +408,8 @@ def test_after_kill_9_in_mid_training_the_readmes_slurm_recovery_finishes_the_ru
         assert metadata["training"]["epochs_run"] == 2  # the tiny config's epochs, all of them
         trained = load_trained(model_dir)
         assert trained.std > 0 and not (model_dir / "checkpoint.pt").exists()
-        raw = zarr.open_array(results / "TinyPlate" / "raw" / f"{channel}.zarr", mode="r")
-        denoised = zarr.open_array(results / "TinyPlate" / "denoised" / f"{channel}.zarr", mode="r")
+        raw = open_channel_array(results / "TinyPlate" / "raw" / f"{channel}.zarr", mode="r")
+        denoised = open_channel_array(results / "TinyPlate" / "denoised" / f"{channel}.zarr", mode="r")
         assert denoised.shape == raw.shape == (4, 64, 64)
         assert np.isfinite(denoised[:]).all() and denoised.attrs["image_ids"] == raw.attrs["image_ids"]
     assert (results / "report" / "report.html").stat().st_size > 0
