@@ -101,5 +101,5 @@ def test_plate_geometry_helpers():
     assert split_well("B03") == ("B", 3) and split_well("af48") == ("AF", 48)
     assert row_names_through("C") == ["A", "B", "C"] and row_names_through("AF")[-1] == "AF"
     assert resolution_factors((1080, 1080), 256) == [2, 4] and resolution_factors((64, 64), 256) == []
-    with pytest.raises(ValueError, match="not a row letter"):
+    with pytest.raises(ValueError, match="not a well name"):
         split_well("12")

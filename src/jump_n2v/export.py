@@ -53,8 +53,9 @@ import zarr
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.dtypes import integer_bounds
-from jump_n2v.ingest.discover import LOAD_DATA_ROW, _find_column, normalise_well, read_index, read_table
+from jump_n2v.ingest.discover import LOAD_DATA_ROW, _find_column, read_index, read_table
 from jump_n2v.ngff import open_channel_array
+from jump_n2v.wells import normalise_well
 
 LAYOUTS = ("flat", "mirror")
 EXPORT_DTYPES = ("source", "float32")

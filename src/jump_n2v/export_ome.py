@@ -32,7 +32,7 @@ import zarr
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.export import _index_by_image, _open_denoised
-from jump_n2v.ingest.discover import WELL_PATTERN
+from jump_n2v.wells import parse_well, row_label
 
 # Display colours (RRGGBB) for the Cell Painting stains, as viewers usually show them; others cycle.
 STAIN_COLORS = {"DNA": "0000FF", "ER": "00FF00", "RNA": "FFFF00", "AGP": "FF0000", "Mito": "FF00FF"}
@@ -42,18 +42,16 @@ PIXEL_SIZE_TOLERANCE = 1e-6  # relative; pixel sizes of one plate's channels mus
 
 def split_well(well: str) -> tuple[str, int]:
     """("B", 3) for well "B03": the plate row name and the column number."""
-    match = WELL_PATTERN.match(str(well))
-    if match is None:
-        raise ValueError(f"well {well!r} is not a row letter followed by a column number (e.g. B03)")
-    return match.group(1).upper(), int(match.group(2))
+    row, column = parse_well(well)
+    return row_label(row), column + 1
 
 
 def row_names_through(last_row: str) -> list[str]:
     """Plate row names from A up to ``last_row``: A..Z, then AA..AF for 1536-well plates."""
-    names = [chr(ord("A") + i) for i in range(26)] + [f"A{chr(ord('A') + i)}" for i in range(26)]
-    if last_row not in names:
+    last = parse_well(f"{last_row}1")[0]
+    if last >= 52:
         raise ValueError(f"plate row {last_row!r} is beyond AZ")
-    return names[: names.index(last_row) + 1]
+    return [row_label(row) for row in range(last + 1)]
 
 
 def resolution_factors(shape: tuple[int, int], min_level_size: int) -> list[int]:

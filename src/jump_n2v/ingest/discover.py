@@ -38,7 +38,7 @@ from jump_n2v.storage import (
     read_bytes,
     storage_settings,
 )
-from jump_n2v.wells import WELL_PATTERN, normalise_well, parse_well, well_name  # noqa: F401 (WELL_PATTERN: export_ome's)
+from jump_n2v.wells import normalise_well, parse_well, well_name
 
 SOURCE_PREFIX = "source_"
 INDEX_COLUMNS = ("image", "plate", "well", "site")
