@@ -131,7 +131,7 @@ def train_ours(dataset: dict, blind_spot: str, args, work: Path) -> dict:
     settings = N2VSettings.from_dict({
         "depth": 2, "base_filters": 32, "patch_size": args.patch_size, "batch_size": args.batch_size,
         "epochs": epochs, "steps_per_epoch": args.steps // epochs, "learning_rate": 1e-3,
-        "validation_patches": args.validation_patches, "device": "cpu", "seed": args.seed,
+        "validation_patches": args.validation_patches, "device": args.device, "seed": args.seed,
         "early_stopping_patience": 1000, "blind_spot": blind_spot,
     })
     model_dir = work / f"model-{blind_spot}"
@@ -142,9 +142,9 @@ def train_ours(dataset: dict, blind_spot: str, args, work: Path) -> dict:
             "blind_spot": metadata["blind_spot"], "posterior": metadata["posterior"]}
 
 
-def predict_ours(trained, noisy: np.ndarray, posterior: bool, tta: bool = False) -> tuple[np.ndarray, float]:
+def predict_ours(trained, noisy: np.ndarray, posterior: bool, tta: bool, device: str) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    settings = {"device": "cpu", "posterior": "auto" if posterior else "none", "tta": tta}
+    settings = {"device": device, "posterior": "auto" if posterior else "none", "tta": tta}
     denoised = np.stack([
         denoise_image(trained.net, image.astype(np.float32), trained.mean, trained.std, settings,
                       posterior=trained.posterior)
@@ -194,6 +194,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sites", type=int, default=4, help="synthetic sites per stain")
     parser.add_argument("--size", type=int, default=256, help="side of a synthetic site")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="jump-n2v's training and prediction device (cpu, cuda); CAREamics and BM3D are unaffected")
     parser.add_argument("--seed", type=int, default=1, help="seeds data and training (CAREamics needs > 0)")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--stains", default=",".join(DEMO_CHANNELS))
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
                     if method.startswith("n2v-"):
                         name = "auto" if method.startswith("n2v-auto") else "pixel"
                         model = models[name]
-                        denoised, seconds = predict_ours(model["trained"], noisy, "+posterior" in method, method.endswith("+tta"))
+                        denoised, seconds = predict_ours(model["trained"], noisy, "+posterior" in method, method.endswith("+tta"), args.device)
                         # A reused model is charged its training anyway: auto costs a training of its own.
                         record(method, denoised, model["train_seconds"], seconds)
                     elif method == "careamics-n2v":
