@@ -6,7 +6,7 @@ PYTHON ?= python3
 CORES ?= 2
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup system-deps lint bench-env cellprofiler-env
+.PHONY: demo test setup system-deps lint bench-env cellprofiler-env real-fields
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ demo: setup
 system-deps:
 	bash tests/install_system_deps.sh
 
-test: setup system-deps cellprofiler-env
+test: setup system-deps cellprofiler-env real-fields
 	$(PY) -m pytest -ra
 
 lint: setup
@@ -52,3 +52,7 @@ $(CP_VENV)/.installed: tests/cellprofiler/requirements.txt
 	touch $@
 
 cellprofiler-env: $(CP_VENV)/.installed
+
+# The real Opera Phenix sites of the pe2loaddata 0.2.0 sdist (tests/real_fields.py), fetched once into tests/.cache.
+real-fields: setup
+	PYTHON=$(abspath $(PY)) bash tests/fetch_real_fields.sh
