@@ -15,7 +15,7 @@ checkpoint plate_index:
         plate=plate_cfg,
         channels=lambda w: experiment_cfg(w.experiment)["channels"],
         ingest=lambda w: experiment_settings(config, w.experiment, "ingest"),
-        remote_table=remote_table_fingerprint,
+        table=table_identity,
         files=plate_listing,
     script:
         "../scripts/plate_index.py"
@@ -30,7 +30,9 @@ rule split_raw:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/raw/{{channel}}.zarr"),
         rejects=f"{RESULTS}/{{experiment}}/{{plate}}/rejects/{{channel}}.csv",
     log:
-        f"{RESULTS}/{{experiment}}/logs/split_raw/{{plate}}/{{channel}}.log",
+        log=f"{RESULTS}/{{experiment}}/logs/split_raw/{{plate}}/{{channel}}.log",
+        # A failed split's rejects table: Snakemake deletes a failed job's outputs, but not its logs.
+        failed_rejects=f"{RESULTS}/{{experiment}}/logs/split_raw/{{plate}}/{{channel}}.rejects.csv",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/split_raw/{{plate}}/{{channel}}.tsv"
     conda:
@@ -57,7 +59,8 @@ rule split_ground_truth:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/clean/{{channel}}.zarr"),
         rejects=f"{RESULTS}/{{experiment}}/{{plate}}/rejects/clean_{{channel}}.csv",
     log:
-        f"{RESULTS}/{{experiment}}/logs/split_ground_truth/{{plate}}/{{channel}}.log",
+        log=f"{RESULTS}/{{experiment}}/logs/split_ground_truth/{{plate}}/{{channel}}.log",
+        failed_rejects=f"{RESULTS}/{{experiment}}/logs/split_ground_truth/{{plate}}/{{channel}}.rejects.csv",
     benchmark:
         f"{RESULTS}/{{experiment}}/benchmarks/split_ground_truth/{{plate}}/{{channel}}.tsv"
     conda:
@@ -71,6 +74,6 @@ rule split_ground_truth:
         channel_order=lambda w: experiment_cfg(w.experiment).get("channel_order"),
         ingest=lambda w: settings_for(w, "ingest"),
         ground_truth=True,
-        remote_table=lambda w: remote_table_fingerprint(w, "ground_truth"),
+        table=lambda w: table_identity(w, "ground_truth"),
     script:
         "../scripts/split.py"

@@ -481,16 +481,17 @@ def listing_digest(plate: str, plate_cfg: Mapping) -> str | None:
 
 def check_patch_fits(sources: Sequence[str], patch_size: int, where: str) -> None:
     """Raise DiscoveryError when the first readable source image is smaller than the training
-    ``patch_size``, so the workflow stops once the index exists instead of after the split.
+    ``patch_size``, so the plate stops once its index exists instead of after its split.
 
-    Only a TIFF header is read; files that cannot be read are left to the split to report."""
-    import tifffile
+    Only the first image's TIFF header is read (planning must stay cheap on a 17,280-file plate); a
+    later image of another size is named by its split (it differs from the plate's majority), and a
+    majority smaller than the patches by training. Files that cannot be read are left to the split."""
+    from jump_n2v.ingest.readers import BadImageError, plane_size
 
     for path in sources[:1]:
         try:
-            with tifffile.TiffFile(path) as tiff:
-                height, width = tiff.series[0].shape[-2:] if tiff.series else tiff.pages[0].shape[:2]
-        except Exception:
+            height, width = plane_size(path)
+        except BadImageError:
             return
         if height < patch_size or width < patch_size:
             raise DiscoveryError(
