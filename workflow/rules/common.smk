@@ -42,21 +42,19 @@ localrules:
     planning_problem,
 
 
-class PlanningProblem(RuntimeError):
-    """A plate that cannot be planned; the message names the plate, the file and the problem."""
-
-
 rule planning_problem:
     """Fails with a problem found while planning one plate (see planning_problem_file): that plate's
-    jobs wait on it and do not run; the other plates' jobs run on (all of them with -k)."""
+    jobs wait on it and do not run; the other plates' jobs run on (all of them with -k). A shell
+    command: Snakemake runs it from the process that recorded the problem (a run: block would be
+    planned again in a fresh process, which never saw it)."""
     output:
         f"{RESULTS}/{{experiment}}/{{plate}}/planning_problems/{{step}}.txt",
     params:
         problem=lambda w: _PLANNING_PROBLEMS.get(
             (w.experiment, w.plate, w.step), f"experiment {w.experiment}, plate {w.plate}: planning step {w.step} failed"
         ),
-    run:
-        raise PlanningProblem(params.problem)
+    shell:
+        "echo PlanningProblem: {params.problem:q} >&2; exit 1"
 
 
 def experiment_cfg(experiment):
