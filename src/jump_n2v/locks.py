@@ -87,8 +87,11 @@ def writer_lock(path: str | os.PathLike, what: str, log: str | os.PathLike | Non
             "cwd": os.getcwd(),
             "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        # On a full disk the holder goes unnamed rather than the job failing here: its own write then
+        # fails naming the output it was writing.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
         if log is not None:
             _keep_log(path, log)
         yield
@@ -107,12 +110,13 @@ def _holder_log(lock: Path) -> Path:
 
 def _keep_log(lock: Path, log: str | os.PathLike) -> None:
     """Give the holder's ``log`` (created empty if missing) a second name beside the lock."""
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    Path(log).touch()
     link = _holder_log(lock)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(link)
-    with contextlib.suppress(OSError):  # a filesystem without hard links: the log is not kept twice
+    # A filesystem without hard links, or a full one: the log is not kept twice (the job still runs).
+    with contextlib.suppress(OSError):
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).touch()
         os.link(log, link)
 
 
