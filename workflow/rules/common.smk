@@ -200,8 +200,9 @@ _REMOTE_FINGERPRINTS = {}
 
 
 def remote_channel_fingerprints(wildcards):
-    """``channel -> digest`` of the plate's s3 sources (see channel_remote_sources); raises
-    StorageError when a folder cannot be listed. Listed once per plate per Snakemake run."""
+    """``channel -> digest`` of the plate's s3 sources (see channel_remote_sources), listed once per
+    plate per Snakemake run. A folder that cannot be listed is left to the split, which names each
+    object; an OSError here (the storage itself unusable) is the plate's planning problem."""
     from jump_n2v.ingest import read_index, remote_source_fingerprints
 
     index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
