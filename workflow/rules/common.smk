@@ -42,21 +42,6 @@ localrules:
     planning_problem,
 
 
-rule planning_problem:
-    """Fails with a problem found while planning one plate (see planning_problem_file): that plate's
-    jobs wait on it and do not run; the other plates' jobs run on (all of them with -k). A shell
-    command: Snakemake runs it from the process that recorded the problem (a run: block would be
-    planned again in a fresh process, which never saw it)."""
-    output:
-        f"{RESULTS}/{{experiment}}/{{plate}}/planning_problems/{{step}}.txt",
-    params:
-        problem=lambda w: _PLANNING_PROBLEMS.get(
-            (w.experiment, w.plate, w.step), f"experiment {w.experiment}, plate {w.plate}: planning step {w.step} failed"
-        ),
-    shell:
-        "echo PlanningProblem: {params.problem:q} >&2; exit 1"
-
-
 def experiment_cfg(experiment):
     return config["experiments"][experiment]
 
@@ -230,7 +215,10 @@ def channel_remote_sources(wildcards):
 
 def ground_truth_inputs(wildcards):
     plate = plate_cfg(wildcards)
-    inputs = {"index": f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/index.csv", **table_inputs(wildcards, "ground_truth")}
+    inputs = {
+        "index": f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/index.csv",
+        **table_inputs(wildcards, "ground_truth"),
+    }
     if demo_settings(plate) is not None:
         inputs["demo"] = f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/demo_manifest.json"
     return inputs

@@ -1,3 +1,23 @@
+rule planning_problem:
+    """Fails with a problem found while planning one plate (see planning_problem_file): that plate's
+    jobs wait on it and do not run; the other plates' jobs run on (all of them with -k). A shell
+    command: Snakemake runs it from the process that recorded the problem (a run: block would be
+    planned again in a fresh process, which never saw it)."""
+    output:
+        f"{RESULTS}/{{experiment}}/{{plate}}/planning_problems/{{step}}.txt",
+    log:
+        f"{RESULTS}/{{experiment}}/logs/planning_problem/{{plate}}/{{step}}.log",
+    conda:
+        "../../envs/io.yaml"
+    params:
+        problem=lambda w: _PLANNING_PROBLEMS.get(
+            (w.experiment, w.plate, w.step),
+            f"experiment {w.experiment}, plate {w.plate}: planning step {w.step} failed",
+        ),
+    shell:
+        "echo PlanningProblem: {params.problem:q} > {log:q}; cat {log:q} >&2; exit 1"
+
+
 checkpoint plate_index:
     """The plate's image index: one row per site with its source file(s) per channel."""
     input:
