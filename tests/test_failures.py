@@ -191,3 +191,161 @@ def test_after_kill_9_mid_run_the_readmes_recovery_finishes_the_run(tmp_path):
     leftovers = [str(path) for path in results.rglob("*") if path.name.startswith((".tmp-", ".old-"))]
     assert leftovers == []
     assert "Nothing to be done" in (snakemake(workdir, "--dry-run").stdout)
+
+
+def write_rgba_site(path: Path, seed: int, shape=(64, 48), labels: bool = True) -> None:
+    """An 8-bit RGBA site, samples last (YXS), with or without ImageJ channel labels."""
+    import numpy as np
+    import tifffile
+
+    data = np.random.default_rng(seed).integers(0, 250, (*shape, 4)).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"imagej": True, "metadata": {"axes": "YXS", "Labels": ["DNA", "ER", "RNA", "AGP"]}} if labels else {}
+    tifffile.imwrite(path, data, photometric="rgb", extrasamples=["unassalpha"], **metadata)
+
+
+@pytest.fixture(scope="module")
+def unplannable_plates(tmp_path_factory, s3_endpoint):
+    """One run (-k) over five plates of one experiment, four of which cannot be planned or split:
+    RGBA (good: RGBA hyperstacks), Small (images smaller than the patches), Rejects (2 of 3 images
+    broken, past max_rejected_fraction), NoBucket (its table in a bucket that does not exist) and
+    SameNames (two sources a flat export would write to one file)."""
+    tmp_path = tmp_path_factory.mktemp("unplannable")
+    images = tmp_path / "images"
+    for site in (1, 2, 3):
+        write_rgba_site(images / "RGBA" / f"B02_s{site}.tif", seed=site, labels=site != 2)
+        write_rgba_site(images / "Small" / f"B02_s{site}.tif", seed=site, shape=(16, 16))
+        write_rgba_site(images / "Rejects" / f"B02_s{site}.tif", seed=site)
+    for site in (2, 3):
+        (images / "Rejects" / f"B02_s{site}.tif").write_bytes(b"broken")
+    for folder, well in (("a", "B02"), ("b", "B03")):
+        write_rgba_site(images / "same" / folder / "site.tif", seed=7)
+    same_names = tmp_path / "same_names.csv"
+    same_names.write_text(
+        "Metadata_Plate,Metadata_Well,Metadata_Site,FileName_OrigDNA,PathName_OrigDNA,FileName_OrigER,PathName_OrigER\n"
+        "SameNames,B02,1,site.tif,images/same/a,site.tif,images/same/a\n"
+        "SameNames,B03,1,site.tif,images/same/b,site.tif,images/same/b\n"
+    )
+    config = {"results": "results", "experiments": {"planned": {
+        "channels": ["DNA", "ER"], "channel_order": ["DNA", "ER", "RNA", "AGP"],
+        "storage": {"endpoint_url": s3_endpoint, "retries": 0, "connect_timeout": 5, "read_timeout": 30},
+        "settings": {"n2v": {"patch_size": 32}, "ingest": {"on_bad_image": "skip", "max_rejected_fraction": 0.3},
+                     "predict": {"export_tiff": True}}}}}
+    plates = [{"experiment": "planned", "plate": plate, "format": "hyperstack", "pattern": f"images/{plate}/{{well}}_s{{site}}.tif"}
+              for plate in ("RGBA", "Small", "Rejects")]
+    plates += [{"experiment": "planned", "plate": "NoBucket", "format": "loaddata", "load_data": "s3://no-such-bucket-jump/BR1/load_data.csv"},
+               {"experiment": "planned", "plate": "SameNames", "format": "loaddata", "load_data": "same_names.csv",
+                "base_folder": "."}]
+    workdir = workflow_copy(tmp_path, config, plates)
+    targets = [f"results/planned/{plate['plate']}/raw/{channel}.zarr" for plate in plates for channel in ("DNA", "ER")]
+    result = snakemake(workdir, "--cores", "2", "--keep-going", *targets)
+    return workdir / "results" / "planned", result.returncode, result.stdout + result.stderr
+
+
+def test_rgba_hyperstacks_are_planned_and_split_while_other_plates_fail(unplannable_plates):
+    # The size check read 64x4 (height x samples) and stopped every plate of the run, even with -k.
+    import numpy as np
+
+    from jump_n2v.ngff import open_channel_array
+
+    results, returncode, output = unplannable_plates
+    assert returncode != 0
+    for channel in ("DNA", "ER"):
+        array = open_channel_array(results / "RGBA" / "raw" / f"{channel}.zarr", mode="r")
+        assert (array.shape, array.dtype) == ((3, 64, 48), np.uint8), output[-4000:]
+    assert "images are 64x4" not in output
+
+
+def test_a_plate_with_images_smaller_than_the_patches_stops_only_its_own_jobs(unplannable_plates):
+    results, _, output = unplannable_plates
+    assert "experiment planned, plate Small: channel DNA: images are 16x16 pixels" in output, output[-4000:]
+    assert "results/planned/Small/planning_problems/split_raw-DNA.txt" in output
+    assert not (results / "Small" / "raw").exists()
+
+
+def test_a_table_in_a_missing_bucket_names_the_table_and_the_bucket_and_stops_only_its_plate(unplannable_plates):
+    results, _, output = unplannable_plates
+    assert ("experiment planned, plate NoBucket: LoadData table s3://no-such-bucket-jump/BR1/load_data.csv cannot be "
+            "read: bucket no-such-bucket-jump does not exist") in output, output[-4000:]
+    assert not (results / "NoBucket" / "index.csv").exists()
+
+
+def test_two_sources_of_one_flat_export_name_are_refused_at_planning(unplannable_plates):
+    # They were refused by export_tiff, after the plate had been split, trained and predicted.
+    results, _, output = unplannable_plates
+    assert "experiment planned, plate SameNames: export layout flat: sources" in output, output[-4000:]
+    assert "use export_layout: mirror" in output
+    assert (results / "SameNames" / "index.csv").exists() and not (results / "SameNames" / "raw").exists()
+
+
+def test_a_split_failing_past_max_rejected_fraction_keeps_its_rejects_table_where_the_error_points(unplannable_plates):
+    # Snakemake deleted rejects/DNA.csv as an output of the failed job; the error pointed to it.
+    import pandas as pd
+
+    results, _, output = unplannable_plates
+    kept = results / "logs" / "split_raw" / "Rejects" / "DNA.rejects.csv"
+    assert f"they are listed in {kept.relative_to(results.parents[1])}" in output, output[-4000:]
+    table = pd.read_csv(kept)
+    assert table.file.tolist() == ["images/Rejects/B02_s2.tif", "images/Rejects/B02_s3.tif"]
+    assert not (results / "Rejects" / "rejects" / "DNA.csv").exists()
+
+
+HOLD_WRITER_LOCK = """
+import sys, time
+from pathlib import Path
+from jump_n2v.locks import model_folder_lock, output_lock
+lock = model_folder_lock if sys.argv[1] == "model" else output_lock
+with lock(sys.argv[2], log=sys.argv[3]):
+    with open(sys.argv[3], "a") as log:
+        log.write("the other run's job: still writing\\n")
+    Path(sys.argv[4]).touch()
+    time.sleep(600)
+"""
+
+
+def other_run_writing(kind: str, output: Path, log: Path, ready: Path):
+    """A process holding the writer lock of ``output`` as another run's job would (its log open)."""
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITER_LOCK, kind, str(output), str(log), str(ready)])
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+        time.sleep(0.05)
+    return holder
+
+
+def test_a_run_refused_by_another_runs_writer_lock_leaves_that_runs_store_and_log_alone(tmp_path):
+    # Two runs on one results folder both split the same channel (one replaced the other's raw
+    # array), and a train job refused by the model folder's lock first emptied the holder's log.
+    import signal
+
+    for site in (1, 2):
+        write_hyperstack_site(tmp_path / "images" / f"B02_s{site}.tif", seed=site)
+    config = {"results": "results", "experiments": {"locks": {"channels": ["DNA", "Mito"], "settings": {
+        "n2v": {"patch_size": 32, "base_filters": 4, "depth": 1, "batch_size": 2, "epochs": 1, "steps_per_epoch": 1,
+                "validation_patches": 2}}}}}
+    plates = [{"experiment": "locks", "plate": "P1", "format": "hyperstack", "pattern": "images/{well}_s{site}.tif"}]
+    workdir = workflow_copy(tmp_path, config, plates)
+    results = workdir / "results" / "locks"
+    runs = {
+        "split": ("output", results / "P1" / "raw" / "DNA.zarr", results / "logs" / "split_raw" / "P1" / "DNA.log"),
+        "train": ("model", results / "models" / "P1" / "DNA", results / "logs" / "train" / "P1" / "DNA.log"),
+    }
+    for stage, (kind, output, log) in runs.items():
+        target = str((output / "model.json" if kind == "model" else output).relative_to(workdir))
+        holder = other_run_writing(kind, output, log, tmp_path / f"{stage}.ready")
+        try:
+            refused = snakemake(workdir, "--cores", "1", target)
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        output_text = refused.stdout + refused.stderr
+        assert refused.returncode != 0, output_text[-3000:]
+        assert "WriterLockedError" in output_text, output_text[-3000:]
+        assert f"{output.relative_to(workdir)} is being written by another run: pid {holder.pid}" in output_text
+        assert log.read_text() == "the other run's job: still writing\n", stage
+        assert not (output.exists() if kind == "output" else (output / "model.pt").exists())
+        if stage == "split":
+            finished = snakemake(workdir, "--cores", "1", "results/locks/P1/raw/DNA.zarr", "results/locks/P1/raw/Mito.zarr")
+            assert finished.returncode == 0, finished.stderr[-3000:]

@@ -330,3 +330,53 @@ def test_loaddata_columns_differing_only_in_case_are_ambiguous_and_named(tmp_pat
     with pytest.raises(DiscoveryError, match="column FileName_OrigdNA is ambiguous: FileName_OrigDNA and FileName_OrigDna"):
         discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["dNA"])
     assert discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["DNA"])["source_DNA"].str.endswith("_DNA.tiff").all()
+
+
+def test_loaddata_empty_pathname_is_an_error_naming_the_row_and_column_not_a_file_beside_the_table(tmp_path):
+    # The split read a same-named image beside the table when the folder cell was empty.
+    rows = loaddata_rows(str(tmp_path / "images"), "P1", [("A01", 1), ("A01", 2)], ["DNA"])
+    rows[1]["PathName_OrigDNA"] = ""
+    csv = tmp_path / "ld.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    touch(tmp_path / rows[1]["FileName_OrigDNA"])  # a different image of that name beside the table
+    with pytest.raises(DiscoveryError, match=r"ld\.csv, data row 2, column PathName_OrigDNA: empty, while "
+                       r"FileName_OrigDNA names 'P1_A01_s2_DNA\.tiff'"):
+        discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["DNA"])
+    skipped = discover_plate("P1", {"format": "loaddata", "load_data": str(csv)}, ["DNA"], ingest={"on_bad_image": "skip"})
+    assert skipped.source_DNA.tolist() == [str(tmp_path / "images" / "P1_A01_s1_DNA.tiff"), ""]  # the split rejects it
+
+
+def test_loaddata_relative_paths_are_taken_from_base_folder_after_the_path_map(tmp_path):
+    # The real pe2loaddata table names its images relative to the sdist's root ("tests/data/Version5/images/").
+    from real_fields import load_data_table, sdist_root
+
+    table_csv = load_data_table("Version5")
+    text = pd.read_csv(table_csv).PathName_OrigRNA[0]
+    assert text == "tests/data/Version5/images/"
+    plate = pd.read_csv(table_csv).Metadata_Plate[0]
+    real_image = sdist_root() / text / pd.read_csv(table_csv).FileName_OrigRNA[0]
+
+    by_default = discover_plate(plate, {"format": "loaddata", "load_data": str(table_csv)}, ["RNA"])
+    assert by_default.source_RNA[0] == str(table_csv.parent / text / real_image.name)  # the table's folder
+    based = discover_plate(plate, {"format": "loaddata", "load_data": str(table_csv), "base_folder": str(sdist_root())}, ["RNA"])
+    assert based.source_RNA[0] == str(real_image) and real_image.is_file()
+    # A path_map written for the table's own text applies before any resolution.
+    mapped = discover_plate(plate, {"format": "loaddata", "load_data": str(table_csv),
+                                    "path_map": {"tests/data/": f"{sdist_root()}/tests/data/"}}, ["RNA"])
+    assert mapped.source_RNA[0] == str(real_image)
+    mirror = tmp_path / "mirror"
+    mapped_relative = discover_plate(plate, {"format": "loaddata", "load_data": str(table_csv), "base_folder": str(mirror),
+                                             "path_map": {"tests/data/Version5/": "v5/"}}, ["RNA"])
+    assert mapped_relative.source_RNA[0] == str(mirror / "v5" / "images" / real_image.name)
+
+
+def test_loaddata_urls_follow_the_same_path_map_then_base_folder_rule(tmp_path):
+    rows = [{"Metadata_Plate": "P1", "Metadata_Well": "A01", "Metadata_Site": 1, "URL_OrigDNA": "images/a.tiff",
+             "URL_OrigER": "s3://bucket/x/b.tiff"}]
+    csv = tmp_path / "ld.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    cfg = {"format": "loaddata", "load_data": str(csv), "base_folder": str(tmp_path / "base"),
+           "path_map": {"s3://bucket/": f"{tmp_path}/mirror/"}}
+    table = discover_plate("P1", cfg, ["DNA", "ER"])
+    assert table.source_DNA[0] == str(tmp_path / "base" / "images" / "a.tiff")
+    assert table.source_ER[0] == str(tmp_path / "mirror" / "x" / "b.tiff")

@@ -255,3 +255,37 @@ def test_labels_differing_only_in_case_are_ambiguous_and_named(tmp_path):
     np.testing.assert_array_equal(read_channel(path, "DNA").pixels, planes(3)[0])  # an exact match wins
     with pytest.raises(BadImageError, match=r"channel 'Dna' is ambiguous: .* hold \['DNA', 'dna'\]"):
         read_channel(path, "Dna")
+
+
+RGB_NAMES = ["DNA", "ER", "RNA", "Alpha"]
+
+
+def rgb_site(path, samples: int, *, imagej_metadata: bool, labels: bool, shape=(64, 48), seed: int = 0):
+    """An 8-bit RGB (3 samples) or RGBA (4) site, samples last (YXS), as the JUMP sources' RGBA hyperstacks."""
+    data = np.random.default_rng(seed).integers(0, 250, (*shape, samples)).astype(np.uint8)
+    extra = {"extrasamples": ["unassalpha"]} if samples == 4 else {}
+    if imagej_metadata:
+        extra.update(imagej=True, metadata={"axes": "YXS", **({"Labels": RGB_NAMES[:samples]} if labels else {})})
+    elif labels:
+        extra.update(metadata={"axes": "YXS", "Labels": RGB_NAMES[:samples]})  # tifffile's own JSON description
+    tifffile.imwrite(path, data, photometric="rgb", **extra)
+    return data
+
+
+RGB_CASES = [(samples, imagej_metadata, labels) for samples in (3, 4) for imagej_metadata in (False, True) for labels in (False, True)]
+
+
+@pytest.mark.parametrize("samples, imagej_metadata, labels", RGB_CASES)
+def test_the_planning_size_check_reads_y_and_x_of_rgb_and_rgba_files(tmp_path, samples, imagej_metadata, labels):
+    # The check took the last two axes: 64x48 RGBA read as "64x4 pixels ... lower n2v.patch_size to at most 4".
+    from jump_n2v.ingest import DiscoveryError, check_patch_fits
+    from jump_n2v.ingest.readers import plane_size
+
+    path = tmp_path / "A01_s1.tif"
+    data = rgb_site(path, samples, imagej_metadata=imagej_metadata, labels=labels)
+    assert tifffile.TiffFile(path).series[0].axes == "YXS"
+    assert plane_size(path) == (64, 48)
+    check_patch_fits([str(path)], 32, "plate P1, channel ER")
+    with pytest.raises(DiscoveryError, match=r"plate P1, channel ER: images are 64x48 pixels .*at most 48"):
+        check_patch_fits([str(path)], 64, "plate P1, channel ER")
+    np.testing.assert_array_equal(read_channel(path, "ER", channel_order=RGB_NAMES[:samples]).pixels, data[..., 1])

@@ -369,3 +369,38 @@ def test_max_rejected_fraction_defaults_to_five_percent():
     from jump_n2v.config import resolve_section
 
     assert resolve_section("ingest")["max_rejected_fraction"] == 0.05
+
+
+def test_a_failed_split_writes_its_rejects_table_where_the_error_sends_the_user(tmp_path):
+    # In the workflow, Snakemake deletes a failed job's outputs (rejects/ER.csv among them): the table
+    # the error pointed to was gone. failed_rejects_csv (beside the job's log) survives.
+    folder = tmp_path / "raw"
+    index = hyperstack_plate(folder, 4)
+    for name in ("A02_s1.tif", "A03_s1.tif"):
+        (folder / name).write_bytes(b"broken")
+    kept = tmp_path / "logs" / "ER.rejects.csv"
+    with pytest.raises(BadImageError, match=rf"2 of 4 images .* they are listed in {kept}\."):
+        run_split(index, tmp_path, skip=True, max_rejected_fraction=0.25, failed_rejects_csv=kept)
+    assert pd.read_csv(kept).file.tolist() == [str(folder / "A02_s1.tif"), str(folder / "A03_s1.tif")]
+    for name in folder.iterdir():
+        name.write_bytes(b"broken")
+    with pytest.raises(BadImageError, match=rf"all 4 rejected \(listed in {kept}\)"):
+        run_split(index, tmp_path, skip=True, failed_rejects_csv=kept)
+    assert len(pd.read_csv(kept)) == 4
+
+
+@pytest.mark.parametrize("samples", [3, 4])
+def test_rgb_and_rgba_uint8_hyperstacks_split_by_channel_order_or_labels(tmp_path, samples):
+    from test_ingest_readers import RGB_NAMES, rgb_site
+
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    written = {}
+    for number, labels in enumerate([True, False, True]):
+        written[number] = rgb_site(folder / f"A{number + 1:02d}_s1.tif", samples, imagej_metadata=labels, labels=labels, seed=number)
+    index = discover_plate("P1", {"format": "hyperstack", "pattern": str(folder / "{well}_s{site}.tif")}, ["DNA", "RNA"])
+    _, out, _ = run_split(index, tmp_path, channel="RNA", channel_order=RGB_NAMES[:samples])
+    array = open_channel_array(out)
+    assert array.shape == (3, 64, 48) and array.dtype == np.uint8
+    for number, data in written.items():
+        np.testing.assert_array_equal(array[number], data[..., 2])

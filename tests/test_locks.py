@@ -79,3 +79,45 @@ def test_training_into_a_model_folder_another_run_is_writing_fails_before_traini
     assert result.returncode != 0
     assert f"is being written by another run: pid {holder.pid}" in result.stderr
     assert not (model_dir / "checkpoint.pt").exists() and not (model_dir / "model.pt").exists()
+
+
+HOLD_WITH_LOG = """
+import sys, time
+from pathlib import Path
+from jump_n2v.locks import output_lock
+with output_lock(sys.argv[1], log=sys.argv[3]):
+    with open(sys.argv[3], "a") as log:
+        log.write("holder: epoch 1 of 2\\n")
+    Path(sys.argv[2]).touch()
+    time.sleep(600)
+"""
+
+
+def test_a_refused_writer_puts_the_holders_log_back_where_snakemake_deleted_it(tmp_path):
+    from jump_n2v.locks import output_lock
+
+    store = tmp_path / "results" / "e" / "P1" / "raw" / "DNA.zarr"
+    log = tmp_path / "results" / "e" / "logs" / "split_raw" / "P1" / "DNA.log"
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_LOG, str(store), str(ready), str(log)], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+            time.sleep(0.05)
+        log.unlink()  # what Snakemake does to a job's log before the job starts
+        with pytest.raises(WriterLockedError) as caught:
+            with output_lock(store, log=log):
+                pytest.fail("entered a store another process is writing")
+        assert f"{store} is being written by another run: pid {holder.pid}" in str(caught.value)
+        assert f"its log is {log}" in str(caught.value)
+        assert log.read_text() == "holder: epoch 1 of 2\n"
+        with open(store.parent / ".DNA.zarr.writer.log", "a") as same_file:
+            same_file.write("holder: epoch 2 of 2\n")  # the holder writes on: the same file
+        assert log.read_text().endswith("epoch 2 of 2\n")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with output_lock(store, log=log):
+        assert (store.parent / ".DNA.zarr.writer.log").samefile(log)
+    assert not (store.parent / ".DNA.zarr.writer.log").exists()

@@ -157,3 +157,11 @@ def test_a_two_plate_experiment_listed_in_a_sheet_runs_end_to_end(tmp_path):
     for plate in ("PlateA", "PlateB"):
         assert (results / plate / "denoised" / "DNA.zarr").is_dir()
         assert len(pd.read_csv(results / plate / "index.csv")) == len(tiny["demo"]["wells"])
+
+
+def test_base_folder_is_a_loaddata_plates_column_and_refused_elsewhere():
+    # The folder relative image paths of a LoadData table are taken from (README: the path rule).
+    config = validate_config(config_with([{**LOADDATA, "base_folder": "/data/pe2loaddata"}]))
+    assert config["experiments"]["exp"]["plates"]["P2"]["base_folder"] == "/data/pe2loaddata"
+    with pytest.raises(ConfigError, match=r"line 2 \(plate P1\), column base_folder"):
+        validate_config(config_with([{**HYPERSTACK, "base_folder": "/data"}]))

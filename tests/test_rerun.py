@@ -199,6 +199,23 @@ def test_rewriting_one_channel_image_reruns_only_that_channels_split_and_downstr
     assert planned_jobs(finished_run) == set()
 
 
+def test_a_loaddata_table_edited_in_place_with_its_mtime_kept_reruns_the_index(finished_run):
+    # cp -p and rsync -a keep the mtime: a row pointing at another image was accepted silently, and
+    # the exported table pointed at images denoised from the old files.
+    table = finished_run / "plates" / "P1.csv"
+    original, before = table.read_text(), table.stat()
+    try:
+        edited = original.replace("B02_s1_DNA.tif", "B02_s2_DNA.tif", 1)
+        assert edited != original and len(edited) == len(original)
+        table.write_text(edited)
+        os.utime(table, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert job("plate_index", experiment=EXPERIMENT, plate="P1") in planned_jobs(finished_run)
+    finally:
+        table.write_text(original)
+        os.utime(table, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert planned_jobs(finished_run) == set()
+
+
 def test_editing_the_report_script_reruns_only_the_report(finished_run):
     script = finished_run / "workflow" / "scripts" / "report.py"
     original, before = script.read_text(), script.stat()

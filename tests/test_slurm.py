@@ -30,7 +30,7 @@ GPU_RULES = {"train", "predict"}
 # What the tiny plate runs through SLURM: every rule of the workflow that does work; the cheap
 # bookkeeping rules (localrules) run on the submit host.
 EXPECTED_SLURM_RULES = {"split_raw", "split_ground_truth", "train", "predict", "qc"}
-LOCAL_RULES = {"plate_index", "export_load_data"}
+LOCAL_RULES = {"plate_index", "export_load_data", "planning_problem"}
 # Copied into the temporary working copy the cluster run uses.
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "config", "slurm", "profiles"]
 # Test-node memory request per job: small enough for two jobs on any CI machine. Nothing enforces

@@ -231,3 +231,15 @@ def test_storage_settings_are_checked_with_the_config(tmp_path):
         validate_config(config({"format": "loaddata", "load_data": "t.csv"}, storage={"retries": -1}))
     valid = validate_config(config({"format": "loaddata", "load_data": "s3://b/t.csv"}, storage={"endpoint_url": "http://127.0.0.1:1"}))
     assert storage_settings(valid["experiments"]["e"]["plates"]["P"])["anonymous"] is True
+
+
+def test_a_table_in_a_missing_bucket_is_told_from_a_missing_table(gallery_copy):
+    # Both said only "the object does not exist".
+    from jump_n2v.storage import StorageError, object_fingerprint
+
+    settings = storage_settings({"storage": storage(gallery_copy["endpoint"])})
+    missing_bucket = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/BR1/load_data.csv"
+    with pytest.raises(StorageError, match=rf"bucket {missing_bucket[5:].split('/')[0]} does not exist"):
+        object_fingerprint(missing_bucket, settings)
+    with pytest.raises(StorageError, match=r"the object does not exist \(not in its folder's listing\)"):
+        object_fingerprint(f"s3://{gallery.BUCKET}/no/such/load_data.csv", settings)

@@ -99,12 +99,18 @@ def test_bad_settings_are_refused_with_a_clear_message(overrides, message):
 # -- learning ------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("pinned_torch")
 def test_training_reduces_the_loss_on_a_noisy_image(tmp_path):
+    # What every honest training shows, not one CPU's trajectory. With 10 steps per epoch the denoised
+    # image came out worse than the noisy one on seeds 2, 6 and 7 (a fresh CPU is another seed); with 40
+    # it was at most 0.63 of the noisy MSE on seeds 0-7. The first epoch's validation loss is no
+    # reference (after 40 steps it is near the best on some seeds); predicting the mean is: about 1 in
+    # normalised units, where the best validation loss was at most 0.25 on seeds 0-7.
     path, clean = _noisy_plate(tmp_path / "plate.zarr", images=4, size=48)
-    settings = _settings(epochs=6, steps_per_epoch=10, batch_size=8, base_filters=8, patch_size=32)
+    settings = _settings(epochs=6, steps_per_epoch=40, batch_size=8, base_filters=8, patch_size=32)
     metadata = train_channel([path], settings, tmp_path / "model")
     rows = _log_rows(tmp_path / "model")
-    assert metadata["training"]["best_val_loss"] < 0.8 * float(rows[0]["val_loss"])
+    assert metadata["training"]["best_val_loss"] < 0.8 * 1.0
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
     # The trained network denoises: closer to the clean image than the noisy input is.

@@ -310,6 +310,9 @@ def read_plate_sheet(path: str | Path) -> list[dict[str, Any]]:
             if column in row:
                 raise ConfigError(f"{where}, column {column}: format {row['format']} reads {LOCATION_COLUMN[row['format']]}; "
                                   f"leave {column} empty")
+        if "base_folder" in row and row["format"] != "loaddata":
+            raise ConfigError(f"{where}, column base_folder: only a LoadData table's relative image paths are "
+                              f"taken from a base folder; leave it empty for format {row['format']}")
         if row["format"] == "hyperstack":
             for field in ("{well}", "{site}"):
                 if field not in row["pattern"]:

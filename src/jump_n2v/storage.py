@@ -104,10 +104,24 @@ def object_fingerprint(url: str, settings: Mapping) -> str:
     """
     value = list_objects([url], settings)[url]
     if value == "missing":
+        bucket = _strip_scheme(url).split("/", 1)[0]
+        if not bucket_exists(bucket, settings):
+            raise StorageError(url, f"bucket {bucket} does not exist (or these storage settings cannot see it)")
         raise StorageError(url, "the object does not exist (not in its folder's listing)")
     if value.startswith("unlisted: "):
         raise StorageError(url, value[len("unlisted: "):])
     return value
+
+
+def bucket_exists(bucket: str, settings: Mapping) -> bool:
+    """Whether ``bucket`` can be listed; asked only after an object was not found, to say which is missing."""
+    try:
+        filesystem(settings).ls(f"{S3_PREFIX}{bucket}", refresh=True)
+    except FileNotFoundError:
+        return False
+    except Exception:  # denied or unreachable: the bucket may exist, so not "missing"
+        return True
+    return True
 
 
 def list_objects(urls: Iterable[str], settings: Mapping) -> dict[str, str]:

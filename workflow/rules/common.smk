@@ -1,3 +1,4 @@
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ wildcard_constraints:
     plate=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     group=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     channel=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    step=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
 def grows_with_attempt(base):
@@ -37,6 +39,7 @@ localrules:
     all,
     plate_index,
     export_load_data,
+    planning_problem,
 
 
 def experiment_cfg(experiment):
@@ -75,23 +78,71 @@ def plate_table(plate, key="load_data"):
     return map_path(plate[key], plate.get("path_map"))
 
 
+# A problem found while planning one plate (its table missing or in a missing bucket, its images
+# smaller than the patches, two sources exported to one file) must stop that plate's jobs only:
+# raised in an input or params function it would stop every plate of the run, even with -k. So it
+# becomes an input of the plate's jobs, made by the planning_problem job, which fails with it.
+_PLANNING_PROBLEMS = {}
+
+
+def planning_problem_file(wildcards, step, problem):
+    """The file the planning_problem job fails to make, with ``problem`` recorded as its message."""
+    _PLANNING_PROBLEMS[(wildcards.experiment, wildcards.plate, step)] = (
+        f"experiment {wildcards.experiment}, plate {wildcards.plate}: {problem}"
+    )
+    return f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/planning_problems/{step}.txt"
+
+
+_TABLE_STATES = {}
+
+
+def table_state(wildcards, key="load_data"):
+    """(what identifies the plate's LoadData table, problem or None) for a loaddata plate; ("", None)
+    otherwise. A local table is identified by a digest of its content, so a table edited in place
+    (mtime kept, as cp -p and rsync -a do) reruns the index; an s3:// table by its ETag/size/mtime
+    (one listing). Computed once per table per Snakemake run."""
+    plate = plate_cfg(wildcards)
+    if plate["format"] != "loaddata" or key not in plate:
+        return "", None
+    table = plate_table(plate, key)
+    if table not in _TABLE_STATES:
+        if is_remote(table):
+            try:
+                _TABLE_STATES[table] = object_fingerprint(table, storage_settings(plate)), None
+            except OSError as error:  # StorageError
+                _TABLE_STATES[table] = "", f"LoadData table {table} cannot be read: {getattr(error, 'problem', error)}"
+        else:
+            try:
+                with open(table, "rb") as handle:
+                    _TABLE_STATES[table] = hashlib.file_digest(handle, "sha256").hexdigest(), None
+            except OSError as error:
+                _TABLE_STATES[table] = "", f"LoadData table {table} cannot be read: {error.strerror or error}"
+    return _TABLE_STATES[table]
+
+
+def table_inputs(wildcards, key="load_data"):
+    """A local table as an input; a table that cannot be read as the plate's planning problem."""
+    plate = plate_cfg(wildcards)
+    _, problem = table_state(wildcards, key)
+    if problem is not None:
+        return {"planning_problem": planning_problem_file(wildcards, key, problem)}
+    if plate["format"] == "loaddata" and key in plate and not is_remote(plate_table(plate, key)):
+        return {"load_data": plate_table(plate, key)}
+    return {}
+
+
 def plate_index_inputs(wildcards):
     """What the plate's index is built from: a local LoadData table, or the demo generator's manifest."""
     plate = plate_cfg(wildcards)
-    inputs = {}
-    if plate["format"] == "loaddata" and not is_remote(plate_table(plate)):
-        inputs["load_data"] = plate_table(plate)
+    inputs = table_inputs(wildcards)
     if demo_settings(plate) is not None:
         inputs["demo"] = f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/demo_manifest.json"
     return inputs
 
 
-def remote_table_fingerprint(wildcards, key="load_data"):
-    """ETag/size/mtime of an s3:// LoadData table (one HEAD request); "" for a local one (an input)."""
-    plate = plate_cfg(wildcards)
-    if plate["format"] != "loaddata" or key not in plate or not is_remote(plate_table(plate, key)):
-        return ""
-    return object_fingerprint(plate_table(plate, key), storage_settings(plate))
+def table_identity(wildcards, key="load_data"):
+    """The params entry that reruns a job when its LoadData table's content changes (see table_state)."""
+    return table_state(wildcards, key)[0]
 
 
 def plate_listing(wildcards):
@@ -108,28 +159,35 @@ def channel_source_files(wildcards):
     """The existing local source files of one channel, read from the plate index (a checkpoint).
 
     Missing files are left to the split, which names them (on_bad_image: fail) or lists them in
-    the rejects table (skip), rather than Snakemake refusing to start the job.
+    the rejects table (skip), rather than Snakemake refusing to start the job. What can be judged
+    from the index alone (images smaller than the training patches, s3 folders that cannot be
+    listed, two sources of a flat export with one file name) becomes the plate's planning problem,
+    before any split or training.
     """
-    from jump_n2v.ingest import channel_sources, check_patch_fits, read_index
+    from jump_n2v.export import exported_paths
+    from jump_n2v.ingest import DiscoveryError, channel_sources, check_patch_fits, read_index
 
-    index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
-    sources = channel_sources(read_index(index_csv), wildcards.channel, existing_only=True)
-    # Images smaller than the training patches stop the run here, before any split or training.
-    where = f"experiment {wildcards.experiment}, plate {wildcards.plate}, channel {wildcards.channel}"
-    check_patch_fits(sources, settings_for(wildcards, "n2v")["patch_size"], where)
+    e, p, c = wildcards.experiment, wildcards.plate, wildcards.channel
+    index_csv = checkpoints.plate_index.get(experiment=e, plate=p).output.index
+    index = read_index(index_csv)
+    sources = channel_sources(index, c, existing_only=True)
+    try:
+        check_patch_fits(sources, settings_for(wildcards, "n2v")["patch_size"], f"channel {c}")
+        if settings_for(wildcards, "predict")["export_tiff"]:
+            exported_paths(index, c, export_dir(e, p, c), settings_for(wildcards, "predict")["export_layout"])
+        remote_channel_fingerprints(wildcards)
+    except (DiscoveryError, ValueError, OSError) as error:
+        return [planning_problem_file(wildcards, f"split_raw-{c}", error)]
     return sources
 
 
 _REMOTE_FINGERPRINTS = {}
 
 
-def channel_remote_sources(wildcards):
-    """Digest of the channel's s3 sources (ETag, size, mtime); "" for a plate on local disk.
-
-    s3 objects cannot be Snakemake inputs, so the split job carries this as a param instead: a
-    changed object changes its channel's digest, and Snakemake reruns that channel only. The
-    whole plate is listed once per Snakemake run (one LIST per folder), not once per channel.
-    """
+def remote_channel_fingerprints(wildcards):
+    """``channel -> digest`` of the plate's s3 sources (see channel_remote_sources), listed once per
+    plate per Snakemake run. A folder that cannot be listed is left to the split, which names each
+    object; an OSError here (the storage itself unusable) is the plate's planning problem."""
     from jump_n2v.ingest import read_index, remote_source_fingerprints
 
     index_csv = checkpoints.plate_index.get(experiment=wildcards.experiment, plate=wildcards.plate).output.index
@@ -138,14 +196,29 @@ def channel_remote_sources(wildcards):
         _REMOTE_FINGERPRINTS[key] = remote_source_fingerprints(
             read_index(index_csv), storage_settings(plate_cfg(wildcards))
         )
-    return _REMOTE_FINGERPRINTS[key].get(wildcards.channel, "")
+    return _REMOTE_FINGERPRINTS[key]
+
+
+def channel_remote_sources(wildcards):
+    """Digest of the channel's s3 sources (ETag, size, mtime); "" for a plate on local disk.
+
+    s3 objects cannot be Snakemake inputs, so the split job carries this as a param instead: a
+    changed object changes its channel's digest, and Snakemake reruns that channel only. The
+    whole plate is listed once per Snakemake run (one LIST per folder), not once per channel.
+    A listing that fails is the plate's planning problem (channel_source_files), so "" here.
+    """
+    try:
+        return remote_channel_fingerprints(wildcards).get(wildcards.channel, "")
+    except OSError:
+        return ""
 
 
 def ground_truth_inputs(wildcards):
     plate = plate_cfg(wildcards)
-    inputs = {"index": f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/index.csv"}
-    if plate["format"] == "loaddata" and not is_remote(plate_table(plate, "ground_truth")):
-        inputs["load_data"] = plate_table(plate, "ground_truth")
+    inputs = {
+        "index": f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/index.csv",
+        **table_inputs(wildcards, "ground_truth"),
+    }
     if demo_settings(plate) is not None:
         inputs["demo"] = f"{RESULTS}/{wildcards.experiment}/{wildcards.plate}/demo_manifest.json"
     return inputs
@@ -209,10 +282,8 @@ def export_load_data_inputs(wildcards):
         "zarrs": [f"{RESULTS}/{e}/{p}/denoised/{c}.zarr" for c in channels],
         "tiffs": [export_dir(e, p, c) for c in channels],
     }
-    plate = experiment_cfg(e)["plates"][p]
-    if plate["format"] == "loaddata" and not is_remote(plate_table(plate)):
-        inputs["load_data"] = plate_table(plate)  # an s3 table is followed by the remote_table param instead
-    return inputs
+    # an s3 table is followed by the table param instead
+    return {**inputs, **table_inputs(wildcards)}
 
 
 def export_source_table(wildcards):

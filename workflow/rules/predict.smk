@@ -69,7 +69,7 @@ rule export_load_data:
         },
         source_table=export_source_table,
         storage=lambda w: plate_cfg(w).get("storage"),
-        remote_table=remote_table_fingerprint,
+        table=table_identity,
     script:
         "../scripts/export_load_data.py"
 

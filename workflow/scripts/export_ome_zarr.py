@@ -1,11 +1,13 @@
 from jump_n2v.export_ome import write_hcs_plate
+from jump_n2v.locks import output_lock
 from jump_n2v.logs import rule_logger
 
-log = rule_logger(snakemake.log[0])
-write_hcs_plate(
-    snakemake.input.index,
-    dict(zip(snakemake.params.channels, snakemake.input.zarrs)),
-    snakemake.output.plate,
-    plate_name=snakemake.wildcards.plate,
-    log=log,
-)
+with output_lock(snakemake.output.plate, log=snakemake.log[0]):  # one run at a time writes this store
+    log = rule_logger(snakemake.log[0])
+    write_hcs_plate(
+        snakemake.input.index,
+        dict(zip(snakemake.params.channels, snakemake.input.zarrs)),
+        snakemake.output.plate,
+        plate_name=snakemake.wildcards.plate,
+        log=log,
+    )

@@ -1,20 +1,23 @@
 import torch
 
+from jump_n2v.locks import output_lock
 from jump_n2v.logs import rule_logger
 from jump_n2v.n2v import load_trained
 from jump_n2v.predict import PredictSettings, predict_array
 
-log = rule_logger(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-trained = load_trained(snakemake.input.model_json)
-predict_array(
-    trained.net,
-    trained.mean,
-    trained.std,
-    snakemake.input.raw,
-    snakemake.output.zarr,
-    PredictSettings.from_dict(snakemake.params.predict),
-    attrs={"model": snakemake.input.model_json},
-    log=log,
-    posterior=trained.posterior,
-)
+# A second run predicting this channel into the same results folder fails at once, naming this one.
+with output_lock(snakemake.output.zarr, log=snakemake.log[0]):
+    log = rule_logger(snakemake.log[0])
+    trained = load_trained(snakemake.input.model_json)
+    predict_array(
+        trained.net,
+        trained.mean,
+        trained.std,
+        snakemake.input.raw,
+        snakemake.output.zarr,
+        PredictSettings.from_dict(snakemake.params.predict),
+        attrs={"model": snakemake.input.model_json},
+        log=log,
+        posterior=trained.posterior,
+    )

@@ -72,7 +72,14 @@ def discover_plate(
 
     With ``ground_truth=True`` the plate's ``ground_truth`` entry (same layout as the raw images:
     a pattern, a LoadData table or a Phenix folder) is indexed instead. ``ingest`` is the resolved
-    ingest settings of the experiment (only ``phenix_plane`` is used here; None means the defaults).
+    ingest settings of the experiment (``phenix_plane``, and ``on_bad_image`` for a LoadData row whose
+    path cell is empty; None means the defaults).
+
+    A LoadData table's image paths are its own text with the plate's ``path_map`` applied first; a
+    path that is still relative is then taken relative to the plate's ``base_folder`` (default: the
+    folder of the table). A row naming a file in an empty ``PathName_Orig*`` cell is an error naming
+    the row and column (with ``on_bad_image: skip`` the row has no file for that channel, and its
+    split rejects the image), never a file looked up beside the table.
     """
     channels = list(channels)
     if not channels:
@@ -89,7 +96,8 @@ def discover_plate(
         sites = _hyperstack_sites(plate, str(location), channels)
     elif fmt == "loaddata":
         location = map_path(str(location), plate_cfg.get("path_map"))
-        sites = _loaddata_sites(plate, location, channels, plate_cfg)
+        skip = resolve_section("ingest", ingest)["on_bad_image"] == "skip"
+        sites = _loaddata_sites(plate, location, channels, plate_cfg, skip=skip)
     else:
         plane = resolve_section("ingest", ingest)["phenix_plane"]
         sites = _phenix_sites(plate, str(location), channels, plate_cfg.get("channel_numbers") or {}, plane)
@@ -261,7 +269,7 @@ def read_table(path: str | os.PathLike, storage: Mapping | None = None) -> pd.Da
     return table.reset_index(drop=True)
 
 
-def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str], plate_cfg: Mapping) -> list[dict]:
+def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str], plate_cfg: Mapping, *, skip: bool) -> list[dict]:
     table = read_table(csv_path, plate_cfg.get("storage"))
     for column in ("Metadata_Well", "Metadata_Site"):
         if column not in table.columns:
@@ -278,7 +286,7 @@ def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str], plate_cf
         table = selected
     if table.empty:
         raise DiscoveryError(f"LoadData table {csv_path} has no rows")
-    base = csv_path.rsplit("/", 1)[0] if is_remote(csv_path) else os.path.dirname(csv_path)
+    base = plate_cfg.get("base_folder") or (csv_path.rsplit("/", 1)[0] if is_remote(csv_path) else os.path.dirname(csv_path))
     sites = {"well": [], "site": []}
     for row_number, (well, site) in enumerate(zip(table["Metadata_Well"], table["Metadata_Site"])):
         try:
@@ -291,8 +299,7 @@ def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str], plate_cf
             ) from None
     sites[LOAD_DATA_ROW] = [int(position) for position in table.index]
     for channel in channels:
-        paths = _channel_paths(table, channel, csv_path, base)
-        sites[source_column(channel)] = [map_path(path, plate_cfg.get("path_map")) for path in paths]
+        sites[source_column(channel)] = _channel_paths(table, channel, csv_path, base, plate_cfg.get("path_map"), skip)
     return [dict(zip(sites, values)) for values in zip(*sites.values())]
 
 
@@ -310,17 +317,32 @@ def _find_column(columns: Iterable[str], wanted: str, csv_path: str = "") -> str
     return folded[0] if folded else None
 
 
-def _channel_paths(table: pd.DataFrame, channel: str, csv_path: str, base: str) -> list[str]:
+def _channel_paths(
+    table: pd.DataFrame, channel: str, csv_path: str, base: str, path_map: Mapping | None, skip: bool
+) -> list[str]:
+    """The channel's file per row: the table's text, path_map applied, then resolved against ``base``."""
     file_column = _find_column(table.columns, f"FileName_Orig{channel}", csv_path)
     path_column = _find_column(table.columns, f"PathName_Orig{channel}", csv_path)
     url_column = _find_column(table.columns, f"URL_Orig{channel}", csv_path)
     if file_column and path_column:
-        return [
-            _resolve(join(folder.strip(), name.strip()), base, csv_path) if name.strip() else ""
-            for folder, name in zip(table[path_column], table[file_column])
-        ]
+        paths = []
+        for row_number, folder, name in zip(table.index, table[path_column], table[file_column]):
+            folder, name = folder.strip(), name.strip()
+            if name and not folder:
+                if not skip:
+                    raise DiscoveryError(
+                        f"LoadData table {csv_path}, data row {row_number + 1}, column {path_column}: empty, "
+                        f"while {file_column} names {name!r}; every file needs its folder (ingest on_bad_image: "
+                        "skip would leave the image out and list it in the rejects table)"
+                    )
+                name = ""  # no file for this channel: the split rejects the image
+            paths.append(_resolve(map_path(join(folder, name), path_map), base, csv_path) if name else "")
+        return paths
     if url_column:
-        return [_url_to_path(url.strip(), base, csv_path) if url.strip() else "" for url in table[url_column]]
+        return [
+            _url_to_path(map_path(url.strip(), path_map), base, csv_path) if url.strip() else ""
+            for url in table[url_column]
+        ]
     image_columns = [c for c in table.columns if c.split("_", 1)[0] in ("FileName", "PathName", "URL")]
     raise DiscoveryError(
         f"LoadData table {csv_path} has no FileName_Orig{channel} + PathName_Orig{channel} or URL_Orig{channel} "
@@ -481,16 +503,17 @@ def listing_digest(plate: str, plate_cfg: Mapping) -> str | None:
 
 def check_patch_fits(sources: Sequence[str], patch_size: int, where: str) -> None:
     """Raise DiscoveryError when the first readable source image is smaller than the training
-    ``patch_size``, so the workflow stops once the index exists instead of after the split.
+    ``patch_size``, so the plate stops once its index exists instead of after its split.
 
-    Only a TIFF header is read; files that cannot be read are left to the split to report."""
-    import tifffile
+    Only the first image's TIFF header is read (planning must stay cheap on a 17,280-file plate); a
+    later image of another size is named by its split (it differs from the plate's majority), and a
+    majority smaller than the patches by training. Files that cannot be read are left to the split."""
+    from jump_n2v.ingest.readers import BadImageError, plane_size
 
     for path in sources[:1]:
         try:
-            with tifffile.TiffFile(path) as tiff:
-                height, width = tiff.series[0].shape[-2:] if tiff.series else tiff.pages[0].shape[:2]
-        except Exception:
+            height, width = plane_size(path)
+        except BadImageError:
             return
         if height < patch_size or width < patch_size:
             raise DiscoveryError(

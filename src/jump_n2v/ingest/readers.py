@@ -255,6 +255,24 @@ def _plane_shape(series) -> tuple[int, int]:
     return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
 
 
+def plane_size(path: str | os.PathLike) -> tuple[int, int]:
+    """The (height, width) of the local TIFF's image plane, read from its header alone.
+
+    Taken from the series' Y and X axes, wherever they sit: an RGB(A) file is YXS, so its last two
+    axes are height and samples. Raises BadImageError when the file cannot be read or has no Y/X axes.
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            if "Y" not in series.axes or "X" not in series.axes:
+                raise BadImageError(path, f"unsupported axes {series.axes!r} (shape {series.shape}): no Y and X axes")
+            return _plane_shape(series)
+    except BadImageError:
+        raise
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise BadImageError(path, f"cannot read the TIFF header: {type(error).__name__}: {error}") from error
+
+
 def _ome_channel_names(ome_xml: str) -> list[str] | None:
     pixels = _ome_pixels_element(ome_xml)
     if pixels is None:

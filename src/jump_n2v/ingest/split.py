@@ -75,6 +75,7 @@ def split_channel(
     ingest: Mapping | None,
     out_zarr: str | os.PathLike,
     rejects_csv: str | os.PathLike,
+    failed_rejects_csv: str | os.PathLike | None = None,
     threads: int = 2,
     log: Callable[[str], Any] | logging.Logger | None = None,
 ) -> dict:
@@ -86,12 +87,14 @@ def split_channel(
     Shape and dtype must match the plate's majority (shape, dtype) among its readable images, so an
     odd first image cannot make every good one look wrong. Rejecting more than ``max_rejected_fraction``
     of the images fails the split (after writing the rejects table) rather than train on what is left.
+    ``failed_rejects_csv`` is where a failed split writes its rejects table instead, when ``rejects_csv``
+    would not survive the failure (Snakemake deletes a failed job's outputs); the error names it.
     Progress lines go to ``log`` (a logging.Logger or any callable taking a string). Returns a summary
     (counts, shape, throughput).
     """
     split = _ChannelSplit(
         index, channel, experiment=experiment, plate=plate, plate_cfg=plate_cfg, channel_order=channel_order,
-        ingest=ingest, rejects_csv=rejects_csv, threads=threads, log=log,
+        ingest=ingest, failed_rejects_csv=failed_rejects_csv or rejects_csv, threads=threads, log=log,
     )
     with atomic_output(out_zarr) as temporary:
         temporary.mkdir()
@@ -108,14 +111,14 @@ class _ChannelSplit:
 
     def __init__(
         self, index: pd.DataFrame, channel: str, *, experiment: str, plate: str, plate_cfg: Mapping,
-        channel_order: Sequence[str] | None, ingest: Mapping | None, rejects_csv: str | os.PathLike,
+        channel_order: Sequence[str] | None, ingest: Mapping | None, failed_rejects_csv: str | os.PathLike,
         threads: int, log: Callable[[str], Any] | logging.Logger | None,
     ) -> None:
         """Set up: check the index, list its (image, well, site, file) rows and size the thread pool."""
         self.settings = resolve_section("ingest", ingest)
         self.log = log.info if isinstance(log, logging.Logger) else (log or logger.info)
         self.channel, self.experiment, self.plate, self.plate_cfg = channel, experiment, plate, plate_cfg
-        self.rejects_csv = rejects_csv
+        self.failed_rejects_csv = failed_rejects_csv  # where a failed split lists its rejects
         self.rows = _index_rows(index, channel, plate)
         self.table_rows = (
             dict(zip(index["image"].astype(int), index[LOAD_DATA_ROW])) if LOAD_DATA_ROW in index.columns else {}
@@ -242,12 +245,12 @@ class _ChannelSplit:
         rejected, and too many rejects, or no usable image, fail the split after the rejects table is written."""
         rows, rejects = self.rows, self.rejects
         if not self.groups:
-            _write_rejects(rejects, self.rejects_csv)
+            _write_rejects(rejects, self.failed_rejects_csv)
             first = rejects[0]
             raise BadImageError(
                 first["file"],
                 f"no usable image for channel {self.channel} of plate {self.plate}: all {len(rows)} rejected "
-                f"(listed in {self.rejects_csv}); the first problem: {first['problem']}",
+                f"(listed in {self.failed_rejects_csv}); the first problem: {first['problem']}",
             )
         # Ties go to the group seen first (index order).
         majority = max(self.groups.values(), key=len)
@@ -258,13 +261,13 @@ class _ChannelSplit:
         rejects.sort(key=lambda record: record["image"])
         allowed = self.settings["max_rejected_fraction"]
         if len(rejects) > allowed * len(rows):
-            _write_rejects(rejects, self.rejects_csv)
+            _write_rejects(rejects, self.failed_rejects_csv)
             examples = "; ".join(f"{record['file'] or '<no file>'}: {record['problem']}" for record in rejects[:3])
             raise BadImageError(
                 rejects[0]["file"],
                 f"{len(rejects)} of {len(rows)} images of channel {self.channel} of plate {self.plate} were rejected "
                 f"({len(rejects) / len(rows):.1%}), more than ingest max_rejected_fraction {allowed:g} allows; "
-                f"they are listed in {self.rejects_csv}. First: {examples}",
+                f"they are listed in {self.failed_rejects_csv}. First: {examples}",
             )
         return majority
 
