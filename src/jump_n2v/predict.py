@@ -617,7 +617,12 @@ def predict_array(
 
     start = time.perf_counter()
     with atomic_output(dst_path) as temporary:
-        target = create_channel_array(temporary, shape=source.shape, chunks=source.chunks, dtype=dtype, fill_value=0)
+        # write_empty_chunks: zarr would otherwise compare every chunk with the fill value before writing
+        # it (1.8 ms of CPU per 1080 x 1080 float32 field, a tenth of the pipeline's cost per field).
+        target = create_channel_array(
+            temporary, shape=source.shape, chunks=source.chunks, dtype=dtype, fill_value=0,
+            config={"write_empty_chunks": True},
+        )
         set_channel_attributes(target, {**dict(source.attrs), "output_dtype": settings.output_dtype, **dict(attrs or {})})
         if count:
             denoised = denoise_graph(runner, source, mean, std, dtype, per_block)
