@@ -413,7 +413,7 @@ def main(argv=None) -> int:
         print(f"predict_array on {args.sites} sites of {SITE_SIZE}x{SITE_SIZE}: {plate['mpx_per_s']:.3f} Mpx/s "
               f"({plate['mpx_per_s_per_thread']:.3f} per torch thread; {plate['seconds']:.1f} s) -> one plate channel ({PLATE_SITES} sites): "
               f"{plate['plate_channel_seconds']:.0f} s = {hours:.2f} h; 5 channels: {5 * hours:.2f} h")
-        print(f"  {plate['cpu_seconds']:.2f} CPU s: {plate['mpx_per_cpu_s']:.1f} Mpx per CPU second (per fully used core)")
+        print(f"  {plate['cpu_seconds']:.2f} CPU s: {plate['mpx_per_cpu_s']:.3g} Mpx per CPU second (per fully used core)")
         if "files_written" in plate:
             print(f"  {plate['files_written']} files ({plate['bytes_written'] / 1e9:.2f} GB) written; peak RSS "
                   f"{plate['peak_rss_mib_before']:.0f} MiB before prediction, {plate['peak_rss_mib']:.0f} MiB after; "
