@@ -434,16 +434,22 @@ def test_predict_array_is_a_dask_graph_built_around_one_network_copy(tmp_path, m
         pickled.append(self)
         raise TypeError("pickled")
 
-    real_forward = predict._Runner.forward
+    real_forward, real_prepare = predict._Runner.forward, predict._Runner.prepare
+    prepare_threads = set()
 
     def recording_forward(self, batch):
         forward_threads.add(threading.current_thread().name)
         return real_forward(self, batch)
 
+    def recording_prepare(self, *args):
+        prepare_threads.add(threading.current_thread().name)
+        return real_prepare(self, *args)
+
     monkeypatch.setattr(predict.da, "store", spy_store)
     monkeypatch.setattr(predict, "inference_copy", counting_copy)
     monkeypatch.setattr(predict._Runner, "__getstate__", refuse_pickle)
     monkeypatch.setattr(predict._Runner, "forward", recording_forward)
+    monkeypatch.setattr(predict._Runner, "prepare", recording_prepare)
     halo, multiple = halo_size(net), net.size_multiple
     # One whole-image tile per image and 2 tiles per pass: blocks of 2 images (the last one partial).
     settings = {"tile_size": 2 * halo + 14 * multiple, "batch_size": 2, "device": "cpu"}
@@ -452,9 +458,11 @@ def test_predict_array_is_a_dask_graph_built_around_one_network_copy(tmp_path, m
     assert isinstance(sources, da.Array) and sources.numblocks == (3, 1, 1) and sources.chunks[0] == (2, 2, 1)
     assert kwargs["scheduler"] == "threads" and kwargs["pool"]._max_workers == 2
     assert summary["images_per_block"] == 2 and summary["workers"] == 2 and summary["tiles_per_image"] == 1
-    # The network was copied for inference once, never pickled into tasks, and ran on dask's threads.
+    # The network was copied for inference once and never pickled into tasks; blocks were read and
+    # padded on dask's worker threads, and every forward pass ran on the device's one thread.
     assert len(copies) == 1 and pickled == []
-    assert forward_threads and all(name.startswith("jump-n2v-predict") for name in forward_threads)
+    assert prepare_threads and all(name.startswith("jump-n2v-predict_") for name in prepare_threads)
+    assert len(forward_threads) == 1 and forward_threads.pop().startswith("jump-n2v-predict-cpu")
     with pytest.raises(TypeError, match="pickled"):
         pickle.dumps(predict._Runner(net, PredictSettings.from_dict(settings)))
     output = open_channel_array(str(tmp_path / "out.zarr"))

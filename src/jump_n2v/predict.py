@@ -53,11 +53,13 @@ DEFAULT_TILE_SIZE = {"cpu": 512, "cuda": 1024}
 WHOLE_IMAGE_TILE_MAX = 2048
 # Progress lines are logged at most this often (seconds), plus one when the array is done.
 PROGRESS_INTERVAL_S = 5.0
-# One forward pass at a time per device (a lock each, see device_lock): torch already uses the job's
-# cores (or the whole GPU) for one pass, so concurrent passes would oversubscribe the CPU (or the
-# GPU's memory), while reading, padding, encoding and writing run on the other workers beside it.
-_DEVICE_LOCKS: dict[tuple[str, int], threading.Lock] = {}
-_DEVICE_LOCKS_GUARD = threading.Lock()
+# Forward passes run on one thread per device (see device_thread), one at a time: torch already uses
+# the job's cores (or the whole GPU) for one pass, so concurrent passes would oversubscribe the CPU
+# (or the GPU's memory), while reading, padding, encoding and writing run on the other workers beside
+# it. One thread rather than a lock taken by whichever worker has a batch: malloc keeps an arena per
+# thread, and CPU activations freed on every worker's thread held +250 MB RSS with 2 workers.
+_DEVICE_THREADS: dict[tuple[str, int], ThreadPoolExecutor] = {}
+_DEVICE_THREADS_GUARD = threading.Lock()
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -122,11 +124,15 @@ def _as_settings(settings: PredictSettings | Mapping[str, Any] | None) -> Predic
 _RECEPTIVE_FIELDS: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
 
 
-def device_lock(device: torch.device) -> threading.Lock:
-    """The lock a forward pass on ``device`` holds (one per device and process)."""
+def device_thread(device: torch.device) -> ThreadPoolExecutor:
+    """The thread that runs every forward pass on ``device`` (one per device and process)."""
     index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else 0)
-    with _DEVICE_LOCKS_GUARD:
-        return _DEVICE_LOCKS.setdefault((device.type, index), threading.Lock())
+    with _DEVICE_THREADS_GUARD:
+        if (device.type, index) not in _DEVICE_THREADS:
+            _DEVICE_THREADS[device.type, index] = ThreadPoolExecutor(
+                1, thread_name_prefix=f"jump-n2v-predict-{device.type}{index}"
+            )
+        return _DEVICE_THREADS[device.type, index]
 
 
 def _size_multiple(net: nn.Module) -> int:
@@ -349,7 +355,7 @@ class _Runner:
         self.tta = settings.tta
         # The posterior step (jump_n2v.n2v.posterior.Posterior) mixes the raw pixel back in.
         self.posterior = posterior if settings.posterior == "auto" else None
-        self.lock = device_lock(self.device)
+        self.device_thread = device_thread(self.device)
         # Pinned host batches, one per worker thread: several threads fill batches while one runs.
         self._local = threading.local()
 
@@ -359,7 +365,7 @@ class _Runner:
         return ("jump-n2v-runner", id(self))
 
     def __getstate__(self) -> None:
-        raise TypeError("a prediction runner holds the network and its device lock: it is not pickled into "
+        raise TypeError("a prediction runner holds the network: it is not pickled into "
                         "tasks (predict_array runs dask's threaded scheduler in this process)")
 
     def tile_size(self, image_shape: tuple[int, int]) -> int:
@@ -377,9 +383,9 @@ class _Runner:
 
     def _host_batch(self, count: int, tile_shape: tuple[int, int]) -> np.ndarray:
         """Host memory for one batch of tiles. On CUDA a page-locked (pinned) buffer reused by the calling
-        thread, so the copy to
-        the GPU is one asynchronous DMA without the driver's staging copy (unmeasured: no GPU here). It
-        can be refilled once :meth:`forward` returned, because that waits for the result on the host."""
+        thread, so the copy to the GPU is one asynchronous DMA without the driver's staging copy
+        (unmeasured: no GPU here). It can be refilled once :meth:`forward` returned, because that waits
+        for the result on the host."""
         if self.device.type != "cuda":
             return np.empty((count, *tile_shape), dtype=np.float32)
         pinned = getattr(self._local, "pinned", None)
@@ -456,8 +462,7 @@ class _Runner:
             slot[...] = image.padded[y : y + tile_y, x : x + tile_x]
             slot -= image.mean
             slot /= image.std
-        with self.lock:
-            result = self.forward(batch)
+        result = self.device_thread.submit(self.forward, batch).result()
         halo = self.halo
         for (image, y, x), tile in zip(tiles, result):
             # Tile (y, x) in padded coordinates has its core at image coordinates (y, x).
@@ -585,7 +590,7 @@ def predict_array(
     block writes whole chunks of its own. dask's threaded scheduler runs it on ``num_workers``
     threads (default: the ``workers`` setting, else torch's thread count, which the predict rule sets
     to the job's threads); each thread reads, decodes, pads, converts, encodes and writes its block,
-    and the forward passes take the device's lock, one at a time. The network is held by one runner
+    and hands its batches of tiles to the device's thread, which runs them one at a time. The network is held by one runner
     object that the tasks reference, never copied or pickled into them. dask runs the blocks in order
     with at most ``num_workers`` in flight, so memory is a few blocks whatever the number of images.
     ``posterior`` as in :func:`denoise_image`. Returns a summary (images, megapixels, seconds,
