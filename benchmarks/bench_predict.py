@@ -230,7 +230,8 @@ def bench_stages(args, settings: dict) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-stages-", dir=args.workdir) as work:
         source = write_sites(f"{work}/raw.zarr", args.stages)
-        target = create_channel_array(f"{work}/out.zarr", shape=source.shape, chunks=source.chunks, dtype=dtype)
+        target = create_channel_array(f"{work}/out.zarr", shape=source.shape, chunks=source.chunks, dtype=dtype,
+                                      fill_value=0, config={"write_empty_chunks": True})  # as predict_array
         blosc_raw = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE, typesize=2)
         out_codec = numcodecs.Blosc(cname=CHANNEL_CODEC.cname.value, clevel=CHANNEL_CODEC.clevel,
                                     shuffle=numcodecs.Blosc.SHUFFLE, typesize=np.dtype(dtype).itemsize)
@@ -341,6 +342,9 @@ def main(argv=None) -> int:
     parser.add_argument("--identity", action="store_true", help="an identity network with the U-Net's halo "
                         "instead of the U-Net: the pipeline's own overhead")
     parser.add_argument("--careamics", choices=["auto", "skip"], default="auto")
+    parser.add_argument("--output-codec", choices=["default", "zstd"], default="default", help="zstd: write the "
+                        "denoised store with zarr's former default (zstd level 0) instead of the channel stores' codec, "
+                        "to tell the codec's share of the pipeline's cost from the graph's")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--careamics-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--halo", type=int, default=32, help=argparse.SUPPRESS)
@@ -351,6 +355,12 @@ def main(argv=None) -> int:
 
     global NETWORK
     NETWORK = "identity" if args.identity else "unet"
+    if args.output_codec == "zstd":
+        from zarr.codecs import ZstdCodec
+
+        from jump_n2v import ngff
+
+        ngff.CHANNEL_CODEC = ZstdCodec(level=0)
     if args.identity:
         args.careamics = "skip"
     torch.set_num_threads(args.threads)
