@@ -146,28 +146,112 @@ def bench_ours(image: np.ndarray, settings: dict, repeats: int) -> dict:
     }
 
 
-def bench_plate(args, settings: dict) -> dict:
+def write_sites(path: str, sites: int) -> "zarr.Array":
+    """``sites`` synthetic uint16 1080 x 1080 sites, one chunk each, coded as split writes the raw store
+    (Blosc LZ4, byte shuffle), so old and new prediction code read the same source."""
     import zarr
+    from zarr.codecs import BloscCodec
+
+    source = zarr.create_array(
+        store=path, shape=(sites, SITE_SIZE, SITE_SIZE), chunks=(1, SITE_SIZE, SITE_SIZE), dtype=np.uint16,
+        compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+    )
+    base = np.clip(synthetic_image(SITE_SIZE), 0, 65535).astype(np.uint16)
+    for site in range(sites):
+        source[site] = np.roll(base, 37 * site, axis=1)
+    return source
+
+
+def bench_plate(args, settings: dict) -> dict:
+    import resource
 
     from jump_n2v.predict import denoise_image, predict_array
 
-    with tempfile.TemporaryDirectory(prefix="bench-predict-") as work:
-        source = zarr.create_array(
-            store=f"{work}/raw.zarr", shape=(args.sites, SITE_SIZE, SITE_SIZE), chunks=(1, SITE_SIZE, SITE_SIZE),
-            dtype=np.uint16,
-        )
-        base = synthetic_image(SITE_SIZE)
-        for site in range(args.sites):
-            source[site] = np.clip(np.roll(base, 37 * site, axis=1), 0, 65535).astype(np.uint16)
+    with tempfile.TemporaryDirectory(prefix="bench-predict-", dir=args.workdir) as work:
+        started = time.perf_counter()
+        write_sites(f"{work}/raw.zarr", args.sites)
+        writing_source = time.perf_counter() - started
         net = default_net()
         # Warm-up on one site so one-off costs (receptive field, kernel selection) are not extrapolated.
-        denoise_image(net, base, 500.0, 200.0, settings)
+        denoise_image(net, synthetic_image(SITE_SIZE), 500.0, 200.0, settings)
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        cpu_started = time.process_time()
         summary = predict_array(
             net, 500.0, 200.0, f"{work}/raw.zarr", f"{work}/denoised.zarr", settings, num_workers=args.workers
         )
+        # CPU seconds of all the process's threads: Mpx per CPU second is the rate per fully used core,
+        # which a loaded machine does not change (much), unlike the wall-clock rate.
+        summary["cpu_seconds"] = time.process_time() - cpu_started
+        summary["mpx_per_cpu_s"] = summary["megapixels"] / summary["cpu_seconds"]
+        files = [path for path in Path(work, "denoised.zarr").rglob("*") if path.is_file()]
+        summary["files_written"] = len(files)
+        summary["bytes_written"] = sum(path.stat().st_size for path in files)
+    summary["source_seconds"] = writing_source
+    # Peak RSS of the process (MiB): before prediction (source written, model warm) and at the end.
+    summary["peak_rss_mib_before"] = rss_before
+    summary["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary["mpx_per_s_per_thread"] = summary["mpx_per_s"] / args.threads
     summary["plate_channel_seconds"] = PLATE_SITES * SITE_SIZE**2 / 1e6 / summary["mpx_per_s"]
     return summary
+
+
+def bench_stages(args, settings: dict) -> dict:
+    """CPU milliseconds per 1080 x 1080 field for each step of a block's way through predict_array, run
+    one after the other on this thread with the functions the graph runs (the median over ``--stages``
+    fields): the chunk file's read and decode, zarr's whole read; padding; tiling and pasting; the
+    network; back to intensity units; the output's encode and write, zarr's whole write."""
+    import numcodecs
+
+    from jump_n2v.ngff import CHANNEL_CODEC, create_channel_array
+    from jump_n2v.predict import PredictSettings, _Runner, output_dtype_for, to_output_dtype
+
+    resolved = PredictSettings.from_dict(settings)
+    runner = _Runner(default_net(), resolved)
+    dtype = output_dtype_for(np.uint16, resolved.output_dtype)
+    forward_seconds = []
+    forward = runner.forward
+
+    def timed_forward(batch):
+        started = time.process_time()
+        result = forward(batch)
+        forward_seconds.append(time.process_time() - started)
+        return result
+
+    runner.forward = timed_forward
+    steps: dict[str, list[float]] = {}
+
+    def timed(step, function, *arguments):
+        # CPU time of the whole process (zarr codes chunks on its own threads), not wall time: the
+        # machine may be loaded.
+        started = time.process_time()
+        result = function(*arguments)
+        steps.setdefault(step, []).append(1e3 * (time.process_time() - started))
+        return result
+
+    with tempfile.TemporaryDirectory(prefix="bench-stages-", dir=args.workdir) as work:
+        source = write_sites(f"{work}/raw.zarr", args.stages)
+        target = create_channel_array(f"{work}/out.zarr", shape=source.shape, chunks=source.chunks, dtype=dtype,
+                                      fill_value=0, config={"write_empty_chunks": True})  # as predict_array
+        blosc_raw = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE, typesize=2)
+        out_codec = numcodecs.Blosc(cname=CHANNEL_CODEC.cname.value, clevel=CHANNEL_CODEC.clevel,
+                                    shuffle=numcodecs.Blosc.SHUFFLE, typesize=np.dtype(dtype).itemsize)
+        numcodecs.blosc.use_threads = False
+        for site in range(args.stages):
+            chunk_file = Path(work, "raw.zarr", "c", str(site), "0", "0")
+            encoded = timed("read (chunk file)", chunk_file.read_bytes)
+            timed("decode (Blosc LZ4)", blosc_raw.decode, encoded)
+            image = timed("zarr read = read + decode + zarr", source.__getitem__, site)
+            prepared = timed("pad (reflect)", runner.prepare, image, 500.0, 200.0)
+            forward_seconds.clear()
+            done = timed("tile + network + paste", lambda: list(runner.run([prepared])))
+            steps.setdefault("network (identity: ~0)", []).append(1e3 * sum(forward_seconds))
+            denoised = timed("back to intensities + convert", lambda: to_output_dtype(runner.finish(done[0], 500.0, 200.0), dtype))
+            frame = timed("encode (Blosc LZ4)", out_codec.encode, denoised)
+            timed("write (file)", Path(work, f"frame-{site}").write_bytes, frame)
+            timed("zarr write = encode + write + zarr", target.__setitem__, site, denoised)
+    medians = {step: statistics.median(values) for step, values in steps.items()}
+    medians["tile + paste"] = medians["tile + network + paste"] - medians["network (identity: ~0)"]
+    return medians
 
 
 # -- CAREamics (run inside .venv-bench) ------------------------------------------------------------
@@ -209,10 +293,11 @@ def careamics_worker(args) -> None:
             predictions, _ = predict()
             seconds.append(time.perf_counter() - start)
         shape = list(np.asarray(predictions[0]).squeeze().shape)
+        device = str(next(careamist.model.parameters()).device)
     median = statistics.median(seconds)
     print(json.dumps({
         "version": careamics.__version__, "parameters": parameters, "seconds": median, "all_seconds": seconds,
-        "mpx_per_s": image.size / median / 1e6, "output_shape": shape, "tile_overlap": overlap[0],
+        "mpx_per_s": image.size / median / 1e6, "output_shape": shape, "tile_overlap": overlap[0], "device": device,
     }))
 
 
@@ -251,9 +336,15 @@ def main(argv=None) -> int:
     parser.add_argument("--sites", type=int, default=0, help="also run predict_array on this many 1080x1080 sites "
                         "and extrapolate to a 3,456-site plate channel")
     parser.add_argument("--workers", type=int, default=None, help="predict_array's num_workers (default: its own)")
+    parser.add_argument("--workdir", default=None, help="folder for the temporary Zarr stores (default: the system's)")
+    parser.add_argument("--stages", type=int, default=0, help="also time each step of predict_array on this many "
+                        "1080x1080 sites, one after the other on one thread (ms per field)")
     parser.add_argument("--identity", action="store_true", help="an identity network with the U-Net's halo "
                         "instead of the U-Net: the pipeline's own overhead")
     parser.add_argument("--careamics", choices=["auto", "skip"], default="auto")
+    parser.add_argument("--output-codec", choices=["default", "zstd"], default="default", help="zstd: write the "
+                        "denoised store with zarr's former default (zstd level 0) instead of the channel stores' codec, "
+                        "to tell the codec's share of the pipeline's cost from the graph's")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--careamics-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--halo", type=int, default=32, help=argparse.SUPPRESS)
@@ -264,6 +355,12 @@ def main(argv=None) -> int:
 
     global NETWORK
     NETWORK = "identity" if args.identity else "unet"
+    if args.output_codec == "zstd":
+        from zarr.codecs import ZstdCodec
+
+        from jump_n2v import ngff
+
+        ngff.CHANNEL_CODEC = ZstdCodec(level=0)
     if args.identity:
         args.careamics = "skip"
     torch.set_num_threads(args.threads)
@@ -294,12 +391,12 @@ def main(argv=None) -> int:
     ours["fraction_of_peak"] = ours["gflops_useful"] / peak
     ours["executed_fraction_of_peak"] = ours["gflops_executed"] / peak
     results["jump_n2v"] = ours
-    if device.type == "cpu":
-        results["careamics"] = bench_careamics(args, ours["tile_size"], ours["halo"])
-    else:
-        results["careamics"] = "skipped: the CAREamics comparison runs on the CPU bench venv only"
+    # CAREamics (Lightning, accelerator "auto") runs on the GPU when its venv's torch sees one.
+    results["careamics"] = bench_careamics(args, ours["tile_size"], ours["halo"])
     if args.sites:
         results["plate"] = bench_plate(args, settings)
+    if args.stages:
+        results["stages_ms_per_field"] = bench_stages(args, settings)
 
     print(f"machine: {results['machine']}")
     print(f"peak (matmul): {peak_fp32:.1f} GFLOP/s fp32" + (f", {results['peak_gflops_bf16']:.1f} GFLOP/s bf16" if "peak_gflops_bf16" in results else ""))
@@ -314,7 +411,7 @@ def main(argv=None) -> int:
           f"{ours['gflops_executed']:.1f} GFLOP/s executed incl. halos ({100 * ours['executed_fraction_of_peak']:.1f}% of peak)")
     care = results["careamics"]
     if isinstance(care, dict):
-        print(f"CAREamics {care['version']} predict (tile {ours['tile_size']}, overlap {care['tile_overlap']}, "
+        print(f"CAREamics {care['version']} predict on {care.get('device', '?')} (tile {ours['tile_size']}, overlap {care['tile_overlap']}, "
               f"batch {args.batch_size}): {care['mpx_per_s']:.3f} Mpx/s ({care['seconds']:.2f} s) -> "
               f"jump_n2v is {ours['mpx_per_s'] / care['mpx_per_s']:.2f}x as fast; CAREamics reaches "
               f"{care['mpx_per_s'] * mflop * 1e3:.1f} GFLOP/s useful ({100 * care['mpx_per_s'] * mflop * 1e3 / peak_fp32:.1f}% of peak)")
@@ -326,8 +423,20 @@ def main(argv=None) -> int:
         print(f"predict_array on {args.sites} sites of {SITE_SIZE}x{SITE_SIZE}: {plate['mpx_per_s']:.3f} Mpx/s "
               f"({plate['mpx_per_s_per_thread']:.3f} per torch thread; {plate['seconds']:.1f} s) -> one plate channel ({PLATE_SITES} sites): "
               f"{plate['plate_channel_seconds']:.0f} s = {hours:.2f} h; 5 channels: {5 * hours:.2f} h")
+        print(f"  {plate['cpu_seconds']:.2f} CPU s: {plate['mpx_per_cpu_s']:.3g} Mpx per CPU second (per fully used core)")
+        if "files_written" in plate:
+            print(f"  {plate['files_written']} files ({plate['bytes_written'] / 1e9:.2f} GB) written; peak RSS "
+                  f"{plate['peak_rss_mib_before']:.0f} MiB before prediction, {plate['peak_rss_mib']:.0f} MiB after; "
+                  f"writing the source took {plate['source_seconds']:.1f} s")
+    if args.stages:
+        print(f"steps one after the other, CPU ms per {SITE_SIZE}x{SITE_SIZE} field (median of {args.stages}):")
+        for step, milliseconds in results["stages_ms_per_field"].items():
+            print(f"  {step}: {milliseconds:.2f}")
     if device.type == "cuda":
         results["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory: {results['peak_gpu_memory_gib']:.2f} GiB")
+    results["load_average_1min_after"] = os.getloadavg()[0]
+    print(f"load average (1 min): {results['machine']['load_average_1min']:.2f} before, {results['load_average_1min_after']:.2f} after")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

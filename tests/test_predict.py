@@ -3,8 +3,11 @@ atomicity and settings."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import pickle
+import threading
 import tracemalloc
 
 import numpy as np
@@ -402,3 +405,133 @@ def test_config_minimum_tile_size_is_what_the_network_needs(variant, depth):
     plan_axis(1000, smallest, halo_size(net), 2**depth)
     with pytest.raises(ConfigError):
         plan_axis(1000, smallest - 1, halo_size(net), 2**depth)
+
+
+# --------------------------------------------------------------------------------------------------
+# The dask graph (issue 19)
+
+
+def test_predict_array_is_a_dask_graph_built_around_one_network_copy(tmp_path, monkeypatch):
+    import dask.array as da
+
+    from jump_n2v import predict
+
+    net = NETS[2, "n2v"]
+    images = np.stack([noisy_image((40, 52), seed=s) for s in range(5)]).astype(np.float32)
+    write_source(tmp_path / "raw.zarr", images)
+    stored, copies, pickled, forward_threads = [], [], [], set()
+    real_store, real_copy = da.store, predict.inference_copy
+
+    def spy_store(sources, targets, **kwargs):
+        stored.append((sources, kwargs))
+        return real_store(sources, targets, **kwargs)
+
+    def counting_copy(module, device):
+        copies.append(module)
+        return real_copy(module, device)
+
+    def refuse_pickle(self):
+        pickled.append(self)
+        raise TypeError("pickled")
+
+    real_forward, real_prepare = predict._Runner.forward, predict._Runner.prepare
+    prepare_threads = set()
+
+    def recording_forward(self, batch):
+        forward_threads.add(threading.current_thread().name)
+        return real_forward(self, batch)
+
+    def recording_prepare(self, *args):
+        prepare_threads.add(threading.current_thread().name)
+        return real_prepare(self, *args)
+
+    monkeypatch.setattr(predict.da, "store", spy_store)
+    monkeypatch.setattr(predict, "inference_copy", counting_copy)
+    monkeypatch.setattr(predict._Runner, "__getstate__", refuse_pickle)
+    monkeypatch.setattr(predict._Runner, "forward", recording_forward)
+    monkeypatch.setattr(predict._Runner, "prepare", recording_prepare)
+    halo, multiple = halo_size(net), net.size_multiple
+    # One whole-image tile per image and 2 tiles per pass: blocks of 2 images (the last one partial).
+    settings = {"tile_size": 2 * halo + 14 * multiple, "batch_size": 2, "device": "cpu"}
+    summary = predict_array(net, MEAN, STD, tmp_path / "raw.zarr", tmp_path / "out.zarr", settings, num_workers=2)
+    (sources, kwargs), = stored
+    assert isinstance(sources, da.Array) and sources.numblocks == (3, 1, 1) and sources.chunks[0] == (2, 2, 1)
+    assert kwargs["scheduler"] == "threads" and kwargs["pool"]._max_workers == 2
+    assert summary["images_per_block"] == 2 and summary["workers"] == 2 and summary["tiles_per_image"] == 1
+    # The network was copied for inference once and never pickled into tasks; blocks were read and
+    # padded on dask's worker threads, and every forward pass ran on the device's one thread.
+    assert len(copies) == 1 and pickled == []
+    assert prepare_threads and all(name.startswith("jump-n2v-predict_") for name in prepare_threads)
+    assert len(forward_threads) == 1 and forward_threads.pop().startswith("jump-n2v-predict-cpu")
+    with pytest.raises(TypeError, match="pickled"):
+        pickle.dumps(predict._Runner(net, PredictSettings.from_dict(settings)))
+    output = open_channel_array(str(tmp_path / "out.zarr"))
+    for index, image in enumerate(images):
+        np.testing.assert_allclose(output[index], whole_image_reference(net, image), rtol=0, atol=1e-4 * STD)
+
+
+@pytest.mark.parametrize("depth,variant", [(2, "n2v2"), (3, "n2v")])
+@pytest.mark.parametrize("tiles", [1, 3])
+def test_predict_array_is_exact_at_image_borders(tmp_path, depth, variant, tiles):
+    # Non-trivial networks (N2V2's blur pooling, depth 3), odd image sizes, blocks of several images,
+    # one or several tiles per axis: every pixel, the borders included, equals the network applied
+    # once to the whole reflect-padded image.
+    net = NETS[depth, variant]
+    halo, multiple = halo_size(net), net.size_multiple
+    shape = (90, 87)
+    tile_size = 2 * halo + multiple * math.ceil(max(shape) / tiles / multiple)
+    images = np.stack([noisy_image(shape, seed=10 + s) for s in range(3)]).astype(np.float32)
+    write_source(tmp_path / "raw.zarr", images)
+    settings = {"tile_size": tile_size, "batch_size": 2 * tiles * tiles, "device": "cpu"}
+    summary = predict_array(net, MEAN, STD, tmp_path / "raw.zarr", tmp_path / "out.zarr", settings, num_workers=2)
+    assert summary["tiles_per_image"] == tiles * tiles and summary["images_per_block"] == 2
+    output = open_channel_array(str(tmp_path / "out.zarr"))[:]
+    border = np.ones(shape, dtype=bool)
+    border[halo:-halo, halo:-halo] = False
+    for image, denoised in zip(images, output):
+        reference = whole_image_reference(net, image)
+        np.testing.assert_allclose(denoised, reference, rtol=0, atol=1e-4 * STD)
+        # The comparison can see a wrong boundary: edge-repeating ("symmetric") padding moves the border.
+        after = [math.ceil(length / multiple) * multiple - length + halo for length in shape]
+        padded = np.pad((image - MEAN) / STD, ((halo, after[0]), (halo, after[1])), mode="symmetric")
+        symmetric = net_on_padded(net, padded)[halo : halo + shape[0], halo : halo + shape[1]] * STD + MEAN
+        assert np.abs(symmetric - reference)[border].max() > 1e-2 * STD
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, "4", True])
+def test_workers_setting_is_validated(workers):
+    with pytest.raises(ConfigError, match=f"predict workers must be null or an integer >= 1, got {workers!r}"):
+        PredictSettings.from_dict({"workers": workers})
+
+
+def test_workers_default_to_the_job_threads_and_the_setting_is_used(tmp_path):
+    assert PredictSettings.from_dict({}).workers is None
+    assert PredictSettings.from_dict({"workers": 3}).workers == 3
+    write_source(tmp_path / "raw.zarr", np.stack([noisy_image((20, 24), seed=s) for s in range(2)]))
+    common = {"tile_size": 96, "device": "cpu"}
+    default = predict_array(Stretch(), MEAN, STD, tmp_path / "raw.zarr", tmp_path / "a.zarr", common)
+    assert default["workers"] == torch.get_num_threads()
+    configured = predict_array(Stretch(), MEAN, STD, tmp_path / "raw.zarr", tmp_path / "b.zarr", {**common, "workers": 3})
+    assert configured["workers"] == 3
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 1"):
+        predict_array(Stretch(), MEAN, STD, tmp_path / "raw.zarr", tmp_path / "c.zarr", common, num_workers=0)
+
+
+@pytest.mark.parametrize("output_dtype", ["float32", "input"])
+def test_denoised_store_is_coded_with_blosc_lz4_byteshuffle(tmp_path, output_dtype):
+    images = np.random.default_rng(5).integers(0, 4000, size=(2, 30, 40), dtype=np.uint16)
+    source = write_source(tmp_path / "raw.zarr", images)
+    # The source carries zarr's default zstd (stores written before the codec changed): it still reads.
+    assert [type(codec).__name__ for codec in source.metadata.codecs] == ["BytesCodec", "ZstdCodec"]
+    predict_array(Stretch(), 2000.0, 500.0, tmp_path / "raw.zarr", tmp_path / "out.zarr",
+                  {"tile_size": 64, "device": "cpu", "output_dtype": output_dtype})
+    output = open_channel_array(str(tmp_path / "out.zarr"))
+    bytes_codec, blosc = output.metadata.codecs
+    assert type(blosc).__name__ == "BloscCodec"
+    assert (blosc.cname.value, blosc.shuffle.value, blosc.clevel) == ("lz4", "shuffle", 5)
+    assert blosc.typesize == output.dtype.itemsize
+    # And on disk: the chunk's zarr.json entry, as any other Zarr reader sees it.
+    metadata = json.loads((tmp_path / "out.zarr" / "0" / "zarr.json").read_text())
+    assert metadata["codecs"][1]["name"] == "blosc" and metadata["codecs"][1]["configuration"]["cname"] == "lz4"
+    np.testing.assert_allclose(output[:], 3.0 * images - 2 * 2000.0 if output_dtype == "float32"
+                               else np.clip(np.rint(3.0 * images - 4000.0), 0, 65535), rtol=0, atol=0.05)

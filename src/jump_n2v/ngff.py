@@ -24,8 +24,14 @@ import posixpath
 from typing import Any, Mapping
 
 import zarr
+from zarr.codecs import BloscCodec
 
 NGFF_VERSION = "0.5"
+# Every channel store's chunks (raw, clean, denoised): Blosc LZ4 with byte shuffle. On 1080 x 1080
+# fields (benchmarks/bench_codecs.py, README "Chunk codec") it encodes uint16 ~10x and float32 ~4x
+# faster than zarr's default (zstd level 0 = 3) and decodes 2-6x faster, at about the same size
+# (uint16) or smaller (float32): at the rates a GPU denoises, zstd's encoder was the bottleneck.
+CHANNEL_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 FULL_RESOLUTION = "0"  # the path of the only dataset, relative to the image group
 DIMENSION_NAMES = ("image", "y", "x")
 # The first axis holds the plate's sites (the ``image`` column of index.csv), not time points, channels
@@ -48,7 +54,10 @@ def create_channel_array(
 ) -> zarr.Array:
     """Create an NGFF image group at ``store`` (a path, e.g. an atomic_output temporary, or a zarr
     store) holding one empty (image, y, x) array; return that array. ``array_options`` go to
-    ``zarr.create_array`` (compressors, fill_value, config ...)."""
+    ``zarr.create_array`` (fill_value, config ...; compressors default to CHANNEL_CODEC). Stores
+    written with another codec (zarr's default zstd, before) read as before: zarr takes the codec
+    from the array's metadata."""
+    array_options.setdefault("compressors", [CHANNEL_CODEC])
     if len(shape) != len(DIMENSION_NAMES):
         raise ValueError(f"a channel array is (image, y, x), got shape {tuple(shape)}")
     group = zarr.open_group(store=str(store) if isinstance(store, (str, os.PathLike)) else store, mode="w")

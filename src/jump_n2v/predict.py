@@ -6,9 +6,11 @@ grid, and only each tile's centre ("core") is kept. The result therefore equals 
 once to the whole image after reflect padding (``halo`` pixels on the top and left, enough on the
 bottom and right to reach the tile grid), to float rounding; tests/test_predict.py checks this.
 
-Arrays are read one source chunk (whole images) at a time by reader threads, denoised on the calling
-thread with tiles of consecutive images sharing forward passes, and converted and written chunk by
-chunk by writer threads, so memory is bounded by a few chunks and one tile batch, never by the plate.
+A whole array is denoised as one dask array computation (:func:`predict_array`): read with
+``da.from_zarr`` in blocks of whole images, each block tiled as above and run through the network
+(tiles of the block's images sharing forward passes, one pass per device at a time), and stored with
+``da.store`` chunk by chunk, on dask's threaded scheduler, so memory is bounded by a few blocks and
+one tile batch, never by the plate.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import os
 import re
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import dask.array as da
 import numpy as np
 import torch
 import zarr
@@ -49,9 +53,13 @@ DEFAULT_TILE_SIZE = {"cpu": 512, "cuda": 1024}
 WHOLE_IMAGE_TILE_MAX = 2048
 # Progress lines are logged at most this often (seconds), plus one when the array is done.
 PROGRESS_INTERVAL_S = 5.0
-# One forward pass at a time per process: torch already uses every core (or the whole GPU) for one pass,
-# so concurrent passes would oversubscribe the CPU (or the GPU's memory).
-_NET_LOCK = threading.Lock()
+# Forward passes run on one thread per device (see device_thread), one at a time: torch already uses
+# the job's cores (or the whole GPU) for one pass, so concurrent passes would oversubscribe the CPU
+# (or the GPU's memory), while reading, padding, encoding and writing run on the other workers beside
+# it. One thread rather than a lock taken by whichever worker has a batch: malloc keeps an arena per
+# thread, and CPU activations freed on every worker's thread held +250 MB RSS with 2 workers.
+_DEVICE_THREADS: dict[tuple[str, int], ThreadPoolExecutor] = {}
+_DEVICE_THREADS_GUARD = threading.Lock()
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -70,6 +78,7 @@ class PredictSettings:
     export_layout: str
     export_dtype: str
     export_ome_zarr: bool
+    workers: int | None = None
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any] | None = None) -> "PredictSettings":
@@ -80,6 +89,9 @@ class PredictSettings:
             raise ConfigError(f"predict tile_size must be null or an integer >= 32, got {tile_size!r}")
         if not _is_int(resolved["batch_size"]) or resolved["batch_size"] < 1:
             raise ConfigError(f"predict batch_size must be an integer >= 1, got {resolved['batch_size']!r}")
+        workers = resolved["workers"]
+        if workers is not None and (not _is_int(workers) or workers < 1):
+            raise ConfigError(f"predict workers must be null or an integer >= 1, got {workers!r}")
         for flag in ("tta", "export_tiff", "export_ome_zarr"):
             if not isinstance(resolved[flag], bool):
                 raise ConfigError(f"predict {flag} must be true or false, got {resolved[flag]!r}")
@@ -110,6 +122,17 @@ def _as_settings(settings: PredictSettings | Mapping[str, Any] | None) -> Predic
 # Receptive field and tiling geometry
 
 _RECEPTIVE_FIELDS: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+def device_thread(device: torch.device) -> ThreadPoolExecutor:
+    """The thread that runs every forward pass on ``device`` (one per device and process)."""
+    index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else 0)
+    with _DEVICE_THREADS_GUARD:
+        if (device.type, index) not in _DEVICE_THREADS:
+            _DEVICE_THREADS[device.type, index] = ThreadPoolExecutor(
+                1, thread_name_prefix=f"jump-n2v-predict-{device.type}{index}"
+            )
+        return _DEVICE_THREADS[device.type, index]
 
 
 def _size_multiple(net: nn.Module) -> int:
@@ -332,7 +355,18 @@ class _Runner:
         self.tta = settings.tta
         # The posterior step (jump_n2v.n2v.posterior.Posterior) mixes the raw pixel back in.
         self.posterior = posterior if settings.posterior == "auto" else None
-        self._pinned: torch.Tensor | None = None
+        self.device_thread = device_thread(self.device)
+        # Pinned host batches, one per worker thread: several threads fill batches while one runs.
+        self._local = threading.local()
+
+    def __dask_tokenize__(self) -> tuple[str, int]:
+        # dask names tasks by hashing their arguments, which for a plain object means pickling it: the
+        # network, on every graph built. The runner is used in this process only (threaded scheduler).
+        return ("jump-n2v-runner", id(self))
+
+    def __getstate__(self) -> None:
+        raise TypeError("a prediction runner holds the network: it is not pickled into "
+                        "tasks (predict_array runs dask's threaded scheduler in this process)")
 
     def tile_size(self, image_shape: tuple[int, int]) -> int:
         return resolve_tile_size(self.settings, self.device, self.halo, multiple=self.multiple, image_shape=image_shape)
@@ -348,14 +382,18 @@ class _Runner:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _host_batch(self, count: int, tile_shape: tuple[int, int]) -> np.ndarray:
-        """Host memory for one batch of tiles. On CUDA a reused page-locked (pinned) buffer, so the copy to
-        the GPU is one asynchronous DMA without the driver's staging copy (unmeasured: no GPU here). It
-        can be refilled once :meth:`forward` returned, because that waits for the result on the host."""
+        """Host memory for one batch of tiles. On CUDA a page-locked (pinned) buffer reused by the calling
+        thread, so the copy to the GPU is one asynchronous DMA without the driver's staging copy
+        (unmeasured: no GPU here). It can be refilled once :meth:`forward` returned, because that waits
+        for the result on the host."""
         if self.device.type != "cuda":
             return np.empty((count, *tile_shape), dtype=np.float32)
-        if self._pinned is None or tuple(self._pinned.shape[1:]) != tile_shape or self._pinned.shape[0] < count:
-            self._pinned = torch.empty((max(count, self.batch_size), *tile_shape), dtype=torch.float32, pin_memory=True)
-        return self._pinned[:count].numpy()
+        pinned = getattr(self._local, "pinned", None)
+        if pinned is None or tuple(pinned.shape[1:]) != tile_shape or pinned.shape[0] < count:
+            pinned = self._local.pinned = torch.empty(
+                (max(count, self.batch_size), *tile_shape), dtype=torch.float32, pin_memory=True
+            )
+        return pinned[:count].numpy()
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Network output for a (B, Ty, Tx) float32 batch, averaged over the 8 symmetries with TTA."""
@@ -424,8 +462,7 @@ class _Runner:
             slot[...] = image.padded[y : y + tile_y, x : x + tile_x]
             slot -= image.mean
             slot /= image.std
-        with _NET_LOCK:
-            result = self.forward(batch)
+        result = self.device_thread.submit(self.forward, batch).result()
         halo = self.halo
         for (image, y, x), tile in zip(tiles, result):
             # Tile (y, x) in padded coordinates has its core at image coordinates (y, x).
@@ -537,22 +574,27 @@ def predict_array(
     num_workers: int | None = None,
     posterior: Any = None,
 ) -> dict[str, Any]:
-    """Denoise every image of a (images, Y, X) Zarr array into a new Zarr v3 array at ``dst_path``.
+    """Denoise every image of a (images, Y, X) Zarr array into a new channel store at ``dst_path``.
 
     The output has the source's shape and chunks and dtype float32, or with ``output_dtype: input``
     the source dtype (see :func:`to_output_dtype`: integers are rounded and clipped to the dtype's
-    range). Its attributes are the source's plus ``output_dtype`` and ``attrs``. The array is written
-    atomically: an interrupted run leaves nothing at ``dst_path``.
+    range), coded with the channel stores' codec (jump_n2v.ngff.CHANNEL_CODEC). Its attributes are the
+    source's plus ``output_dtype`` and ``attrs``. The store is written atomically: an interrupted run
+    leaves nothing at ``dst_path``.
 
-    Blocks of whole images, one source chunk along the image axis each (a source chunked in tiles is
-    read per image), are read, decoded and padded by ``num_workers - 1`` (at least 1) reader threads
-    at most that many blocks ahead; the calling thread runs the network, tiles of consecutive images
-    sharing forward passes of ``batch_size`` tiles; and ``num_workers`` writer threads (default: the
-    CPU count, at most 4) convert and store finished blocks, at most that many blocks behind.
-    So reading and writing overlap the network, and memory is bounded by about 2 ``num_workers`` + 2
-    blocks plus ceil(batch_size / tiles per image) + 1 images, whatever the number of images.
+    The work is one dask array computation: ``da.from_zarr`` of the source in blocks of whole images
+    (:func:`images_per_block` of them, so a block's tiles fill forward passes of ``batch_size``),
+    ``map_blocks`` of the network's tiled application (normalise, reflect pad, cut into overlapping
+    tiles whose halo covers the receptive field, forward passes, paste the cores: exactly
+    :func:`denoise_image`), and ``da.store`` into the output, whose chunks are the source's, so every
+    block writes whole chunks of its own. dask's threaded scheduler runs it on ``num_workers``
+    threads (default: the ``workers`` setting, else torch's thread count, which the predict rule sets
+    to the job's threads); each thread reads, decodes, pads, converts, encodes and writes its block,
+    and hands its batches of tiles to the device's thread, which runs them one at a time. The network is held by one runner
+    object that the tasks reference, never copied or pickled into them. dask runs the blocks in order
+    with at most ``num_workers`` in flight, so memory is a few blocks whatever the number of images.
     ``posterior`` as in :func:`denoise_image`. Returns a summary (images, megapixels, seconds,
-    mpx_per_s, tile_size, tile_shape, tiles_per_image, halo, batch).
+    mpx_per_s, tile_size, tile_shape, tiles_per_image, halo, batch, images_per_block, workers).
     """
     settings = _as_settings(settings)
     source = _open_source(src)
@@ -563,53 +605,33 @@ def predict_array(
     runner = _Runner(net, settings, posterior)
     tile_size = runner.tile_size((max(height, 1), max(width, 1)))
     rows, cols = runner.plan((max(height, 1), max(width, 1)))
+    workers = num_workers if num_workers is not None else settings.workers or torch.get_num_threads()
+    if not _is_int(workers) or workers < 1:
+        raise ValueError(f"predict_array: num_workers must be an integer >= 1, got {workers!r}")
+    per_block = images_per_block(rows.count * cols.count, runner.batch_size, source.chunks[0], count)
     progress = _Progress(count, height * width, log)
     if log is not None:
         log.info(
-            "denoising %d images of %dx%d from %s on %s: %d tiles of %dx%d per image (halo %d), batch %d%s",
+            "denoising %d images of %dx%d from %s on %s: %d tiles of %dx%d per image (halo %d), batch %d%s; "
+            "dask blocks of %d images on %d threads",
             count, height, width, _describe(src), runner.device, rows.count * cols.count, rows.tile, cols.tile,
-            runner.halo, runner.batch_size, ", 8-fold TTA" if runner.tta else "",
+            runner.halo, runner.batch_size, ", 8-fold TTA" if runner.tta else "", per_block, workers,
         )
         log.info("posterior step: %s", "applied" if runner.posterior is not None else (
             "off (predict posterior: none)" if posterior is not None else "none fitted for this model"))
 
-    def read(block: slice) -> list[_TiledImage]:
-        return [runner.prepare(image, mean, std) for image in source[block]]
-
-    def write(block: slice, images: list[_TiledImage]) -> None:
-        if len(images) == 1:  # the usual one image per chunk: no block buffer
-            denoised = to_output_dtype(runner.finish(images.pop(), mean, std), dtype)[None]
-        else:
-            denoised = np.empty((len(images), height, width), dtype=dtype)
-            for index, image in enumerate(images):
-                denoised[index] = to_output_dtype(runner.finish(image, mean, std), dtype)
-        target[block] = denoised
-        progress.add(block.stop - block.start)
-
     start = time.perf_counter()
     with atomic_output(dst_path) as temporary:
-        target = create_channel_array(temporary, shape=source.shape, chunks=source.chunks, dtype=dtype, fill_value=0)
+        # write_empty_chunks: zarr would otherwise compare every chunk with the fill value before writing
+        # it (1.8 ms of CPU per 1080 x 1080 float32 field, a tenth of the pipeline's cost per field).
+        target = create_channel_array(
+            temporary, shape=source.shape, chunks=source.chunks, dtype=dtype, fill_value=0,
+            config={"write_empty_chunks": True},
+        )
         set_channel_attributes(target, {**dict(source.attrs), "output_dtype": settings.output_dtype, **dict(attrs or {})})
         if count:
-            # Blocks follow the source's chunking along the image axis, so no two blocks ever write the
-            # same output chunk.
-            per_block = source.chunks[0]
-            blocks = [slice(first, min(first + per_block, count)) for first in range(0, count, per_block)]
-            workers = max(1, num_workers if num_workers is not None else min(4, os.cpu_count() or 1))
-            # Encoding the (float32) output costs about twice reading the source (77 vs 39 ms per
-            # 1080 x 1080 field with zarr's default zstd, measured on the 2-core CPU), so writers get
-            # the extra thread.
-            readers = ThreadPoolExecutor(max(1, workers - 1), thread_name_prefix="jump-n2v-predict-read")
-            writers = ThreadPoolExecutor(workers, thread_name_prefix="jump-n2v-predict-write")
-            try:
-                _denoise_blocks(
-                    runner, blocks, read, write, readers, writers, read_ahead=max(1, workers - 1), write_behind=workers
-                )
-            finally:
-                # On failure, blocks still being written must land before atomic_output deletes the
-                # temporary store, or the deletion races with them.
-                readers.shutdown(wait=True, cancel_futures=True)
-                writers.shutdown(wait=True, cancel_futures=True)
+            denoised = denoise_graph(runner, source, mean, std, dtype, per_block)
+            store_graph(denoised, _ProgressTarget(target, progress), workers)
     seconds = time.perf_counter() - start
     megapixels = count * height * width / 1e6
     return {
@@ -622,52 +644,78 @@ def predict_array(
         "tiles_per_image": rows.count * cols.count,
         "halo": runner.halo,
         "batch": runner.batch_size,
+        "images_per_block": per_block,
+        "workers": workers,
     }
 
 
-def _denoise_blocks(
-    runner: _Runner,
-    blocks: list[slice],
-    read: Callable[[slice], list[_TiledImage]],
-    write: Callable[[slice, list[_TiledImage]], None],
-    readers: ThreadPoolExecutor,
-    writers: ThreadPoolExecutor,
-    read_ahead: int,
-    write_behind: int,
-) -> None:
-    """Read ``blocks`` at most ``read_ahead`` ahead in ``readers``, run their images through the network
-    on this thread, and hand each finished block to ``writers``, waiting while ``write_behind`` writes
-    are pending. Raises the first error of any step."""
-    reads: deque[Future] = deque()
-    pending_blocks = iter(blocks)
+def images_per_block(tiles_per_image: int, batch_size: int, chunk_images: int, count: int) -> int:
+    """Images per dask block: enough whole images that their tiles fill a forward pass of ``batch_size``
+    tiles (4 whole-field tiles on a GPU; one image of 9 tiles on the CPU), rounded up to whole source
+    chunks so blocks never share a chunk, and no more than the array holds."""
+    wanted = math.ceil(batch_size / max(tiles_per_image, 1))
+    return max(1, min(math.ceil(wanted / chunk_images) * chunk_images, count))
 
-    def submit_reads() -> None:
-        while len(reads) < read_ahead:
-            block = next(pending_blocks, None)
-            if block is None:
-                return
-            reads.append(readers.submit(read, block))
 
-    def images() -> Iterator[_TiledImage]:
-        submit_reads()
-        while reads:
-            block_images = reads.popleft().result()
-            submit_reads()
-            yield from block_images
+def denoise_graph(
+    runner: "_Runner", source: zarr.Array, mean: float, std: float, dtype: np.dtype, per_block: int
+) -> da.Array:
+    """The lazy denoised array: ``source`` read in blocks of ``per_block`` whole images, each block
+    denoised by ``runner`` (tiles with halos, exact crop-and-stitch) and converted to ``dtype``."""
+    count, height, width = source.shape
+    raw = da.from_zarr(source, chunks=(per_block, height, width), name=f"jump-n2v-raw-{uuid.uuid4().hex}")
+    # An explicit name: dask would otherwise hash the function's arguments to name the tasks.
+    return raw.map_blocks(
+        _BlockDenoiser(runner, mean, std, dtype), dtype=dtype, meta=np.empty((0, 0, 0), dtype=dtype),
+        name=f"jump-n2v-denoise-{uuid.uuid4().hex}",
+    )
 
-    writes: deque[Future] = deque()
-    finished: list[_TiledImage] = []
-    block_index = 0
-    for image in runner.run(images()):
-        finished.append(image)
-        block = blocks[block_index]
-        if len(finished) == block.stop - block.start:
-            while len(writes) >= write_behind:
-                writes.popleft().result()
-            writes.append(writers.submit(write, block, finished))
-            finished, block_index = [], block_index + 1
-    for done in writes:
-        done.result()
+
+def store_graph(denoised: da.Array, target: Any, workers: int) -> None:
+    """Compute ``denoised`` into ``target`` with dask's threaded scheduler on ``workers`` threads."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="jump-n2v-predict")
+    try:
+        # Blocks are whole chunks of the target and no two share one: no lock needed.
+        da.store(denoised, target, lock=False, scheduler="threads", pool=pool)
+    finally:
+        # On a failure dask returns while other blocks may still be writing; they must land before
+        # atomic_output deletes the temporary store, or the deletion races with them.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _BlockDenoiser:
+    """The function dask maps over blocks of whole images: the runner's tiled denoising, converted."""
+
+    def __init__(self, runner: "_Runner", mean: float, std: float, dtype: np.dtype) -> None:
+        self.runner, self.mean, self.std, self.dtype = runner, mean, std, np.dtype(dtype)
+
+    def __dask_tokenize__(self) -> tuple[str, int]:
+        return ("jump-n2v-block-denoiser", id(self))
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        runner, mean, std = self.runner, self.mean, self.std
+        images = runner.run([runner.prepare(image, mean, std) for image in block])
+        if len(block) == 1 and self.dtype == np.float32:  # the usual CPU block: no block buffer
+            return runner.finish(next(images), mean, std)[None]
+        denoised = np.empty(block.shape, dtype=self.dtype)
+        for index, image in enumerate(images):
+            denoised[index] = to_output_dtype(runner.finish(image, mean, std), self.dtype)
+        return denoised
+
+
+class _ProgressTarget:
+    """The output array as da.store's target: writes a block, then counts its images for the log."""
+
+    def __init__(self, array: zarr.Array, progress: _Progress) -> None:
+        self.array, self.progress = array, progress
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def __dask_tokenize__(self) -> tuple[str, int]:
+        return ("jump-n2v-progress-target", id(self))
+
+    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
+        self.array[region] = block
+        self.progress.add(len(block))
 
 
 def _open_source(src: zarr.Array | str | os.PathLike) -> zarr.Array:

@@ -1,5 +1,5 @@
 rule predict:
-    """Denoise a plate's channel with overlapping tiles, chunk by chunk, into a Zarr array."""
+    """Denoise a plate's channel with overlapping tiles: a dask graph over blocks of whole images."""
     input:
         raw=f"{RESULTS}/{{experiment}}/{{plate}}/raw/{{channel}}.zarr",
         weights=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.pt",
