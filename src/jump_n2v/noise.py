@@ -373,38 +373,64 @@ def estimate_noise_model(
     *,
     dtype_range: tuple[float, float] | None = None,
     seed: int = 0,
+    correlation: np.ndarray | Sequence[Sequence[float]] | None = None,
 ) -> NoiseModel:
     """Fit a :class:`NoiseModel` to raw images (2-D arrays of one channel, or an (images, Y, X) stack).
 
     ``dtype_range`` is the (min, max) the camera could store (default: the integer dtype's range; none
     for floats): pixels at either end count as clipped / saturated and their blocks are left out.
-    ``seed`` fixes the subsample of blocks when there are more than 200,000.
+    ``seed`` fixes the subsample of blocks when there are more than 200,000. ``correlation`` (5 x 5,
+    lags -2..2) fixes the noise correlation instead of estimating it: the acquisition's pixel mixing,
+    measured where noise dominates (see :func:`estimate_site_noise_models`); cell texture then cannot
+    read as correlated noise.
     """
     listed = _as_image_list(images)
     rng = np.random.default_rng(seed)
     limits = _dtype_range(listed, dtype_range)
     processed, notes, step = _inspect_values(listed, rng)
+    blocks, clipped_fraction, saturated_fraction = _usable_blocks(listed, limits, rng, notes)
+    fixed = None if correlation is None else _checked_correlation(correlation)
     # Rounding to integers adds white noise of variance step^2 / 12 after any pixel mixing, so the
     # marginal correlation is a mix of the mixed part and this white part (matters for the high-pass).
-    quantisation = step**2 / 12.0
+    statistics = _BlockStatistics.of(blocks)
+    slope, intercept, fitted, fit_note = _fit_variance_and_correlation(statistics, step**2 / 12.0, fixed)
+    notes.append(fit_note)
+    if fixed is not None:
+        notes.append("correlation fixed by the caller (the acquisition's pixel mixing), not estimated from these images")
+    if slope <= 0:
+        notes.append("variance does not grow with the signal: no shot noise visible (processed data, or read noise only)")
+        slope = 0.0
+    return _assembled_model(statistics.means, slope, intercept, fitted, notes, processed=processed,
+                            clipped_fraction=clipped_fraction, saturated_fraction=saturated_fraction, blocks=blocks.shape[0])
 
+
+def _checked_correlation(correlation) -> np.ndarray:
+    grid = np.asarray(correlation, dtype=np.float64)
+    size = 2 * MAX_LAG + 1
+    if grid.shape != (size, size) or not np.isfinite(grid).all() or grid[MAX_LAG, MAX_LAG] != 1.0:
+        raise ValueError(f"a fixed noise correlation must be a finite {size} x {size} grid with 1 at its centre, got shape {grid.shape}")
+    if not np.allclose(grid, grid[::-1, ::-1]):
+        raise ValueError("a fixed noise correlation must be symmetric: lag (dy, dx) equal to lag (-dy, -dx)")
+    return grid
+
+
+def _usable_blocks(listed: list[np.ndarray], limits, rng: np.random.Generator, notes: list[str]) -> tuple[np.ndarray, float, float]:
+    """The 16 x 16 blocks without clipped or saturated pixels (subsampled to 200,000), and the clipped and
+    saturated fractions of all pixels (noted)."""
     total = sum(image.size for image in listed)
     clipped = saturated = 0
     blocks_list, bad_list = [], []
     for image in listed:
         values = np.asarray(image)
         if limits is not None:
-            low_mask = values <= limits[0]
-            high_mask = values >= limits[1]
+            low_mask, high_mask = values <= limits[0], values >= limits[1]
         else:
-            low_mask = np.zeros(values.shape, dtype=bool)
-            high_mask = np.zeros(values.shape, dtype=bool)
+            low_mask = high_mask = np.zeros(values.shape, dtype=bool)
         clipped += int(low_mask.sum())
         saturated += int(high_mask.sum())
         blocks_list.append(_blocks(values))
         bad_list.append(_blocks(low_mask | high_mask).any(axis=1))
-    clipped_fraction = clipped / total
-    saturated_fraction = saturated / total
+    clipped_fraction, saturated_fraction = clipped / total, saturated / total
     if clipped_fraction > 0:
         notes.append(
             f"clipped: {clipped_fraction:.2%} of pixels at the dtype minimum {limits[0]:g} "
@@ -412,10 +438,7 @@ def estimate_noise_model(
         )
     if saturated_fraction > 0:
         notes.append(f"saturated: {saturated_fraction:.2%} of pixels at the dtype maximum {limits[1]:g} (left out of the fit)")
-
-    blocks = np.concatenate(blocks_list)
-    usable = ~np.concatenate(bad_list)
-    blocks = blocks[usable]
+    blocks = np.concatenate(blocks_list)[~np.concatenate(bad_list)]
     if blocks.shape[0] > _MAX_BLOCKS:
         blocks = blocks[rng.choice(blocks.shape[0], _MAX_BLOCKS, replace=False)]
     if blocks.shape[0] < _MIN_BLOCKS_PER_BIN // 2:
@@ -423,77 +446,111 @@ def estimate_noise_model(
             f"only {blocks.shape[0]} usable 16 x 16 blocks (unclipped, unsaturated): "
             f"at least {_MIN_BLOCKS_PER_BIN // 2} are needed to fit a noise model"
         )
-    usable_blocks = blocks.shape[0]
     if blocks.shape[0] < _FEW_BLOCKS:
         notes.append(f"only {blocks.shape[0]} usable 16 x 16 blocks: a rough model (fit more or larger images)")
+    return blocks, clipped_fraction, saturated_fraction
 
-    means = blocks.mean(axis=1)
-    residuals = blocks @ _plane_projector()  # P is symmetric
-    squares = np.einsum("ij,ij->i", residuals, residuals)
-    highpass = blocks @ _highpass_matrix().T
-    highpass_squares = np.einsum("ij,ij->i", highpass, highpass)
-    products = {lag: np.einsum("ij,ij->i", residuals[:, first], residuals[:, second]) / first.size for lag, (first, second) in _lag_pairs().items()}
-    bins = _intensity_bins(means)
 
-    correlation = _full_correlation({lag: 0.0 for lag in _HALF_LAGS})
-    white = _full_correlation({lag: 0.0 for lag in _HALF_LAGS})
-    white_highpass_trace, _ = _highpass_expectations(white)
+@dataclass(frozen=True)
+class _BlockStatistics:
+    """Per-block mean, detrended sum of squares, high-pass sum of squares and normalised lag products,
+    and the blocks of each intensity bin."""
+
+    means: np.ndarray
+    squares: np.ndarray
+    highpass_squares: np.ndarray
+    products: dict
+    bins: list
+
+    @classmethod
+    def of(cls, blocks: np.ndarray) -> "_BlockStatistics":
+        means = blocks.mean(axis=1)
+        residuals = blocks @ _plane_projector()  # P is symmetric
+        highpass = blocks @ _highpass_matrix().T
+        products = {lag: np.einsum("ij,ij->i", residuals[:, first], residuals[:, second]) / first.size
+                    for lag, (first, second) in _lag_pairs().items()}
+        return cls(means, np.einsum("ij,ij->i", residuals, residuals), np.einsum("ij,ij->i", highpass, highpass),
+                   products, _intensity_bins(means))
+
+
+def _fit_variance_and_correlation(statistics: _BlockStatistics, quantisation: float, fixed: np.ndarray | None) -> tuple[float, float, np.ndarray, str]:
+    """Alternate the per-bin variances, the correlation (unless ``fixed``) and the variance line; returns
+    (slope, intercept, correlation, note on the line fit)."""
+    correlation = _full_correlation({lag: 0.0 for lag in _HALF_LAGS}) if fixed is None else fixed
     slope, intercept = 0.0, 1.0  # the first pass treats every block of a bin alike
     pooled_variance = math.inf
     for iteration in range(5):
-        trace, dof, _ = _residual_expectations(correlation)
-        # Correlation of the noise before rounding, from the marginal one at the pooled variance level.
-        white_share = quantisation / pooled_variance if pooled_variance > 4 * quantisation else 0.0
-        mixed = (correlation - white_share * white) / (1.0 - white_share)
-        highpass_trace, highpass_dof = _highpass_expectations(mixed)
-        detrended_variance = squares / trace
-        highpass_variance = (highpass_squares - quantisation * white_highpass_trace) / highpass_trace + quantisation
-        detrended_factor = stats.gamma.ppf(_LOW_QUANTILE, dof / 2, scale=2 / dof)
-        highpass_factor = stats.gamma.ppf(_LOW_QUANTILE, highpass_dof / 2, scale=2 / highpass_dof)
-        noise_only_factor = stats.gamma.ppf(_NOISE_ONLY_QUANTILE, dof / 2, scale=2 / dof)
-        bin_means, bin_variances, bin_counts, noise_only = [], [], [], []
-        # Within a bin, block variances are compared relative to the current line, so the spread of
-        # means inside a bin does not widen the distribution whose low quantile is taken.
-        line = np.maximum(slope * means + intercept, 1e-12)
-        for members in bins:
-            bin_mean = float(means[members].mean())
-            level = max(slope * bin_mean + intercept, 1e-12)
-            variance = float(np.quantile(detrended_variance[members] / line[members], _LOW_QUANTILE)) / detrended_factor * level
-            if iteration > 0:
-                # The detrended variance is exact for pure noise but texture raises it; the high-pass one
-                # barely sees texture but hangs on the correlation (a 2 x 2 box leaves it 1/9 of the
-                # noise). Where the detrended one is clearly higher, the bin holds texture: use the other.
-                textured = float(np.quantile(highpass_variance[members] / line[members], _LOW_QUANTILE)) / highpass_factor * level
-                if variance > (1.0 + _TEXTURE_MARGIN) * textured:
-                    variance = textured
-            bin_means.append(bin_mean)
-            bin_variances.append(variance)
-            bin_counts.append(members.size)
-            keep = members[detrended_variance[members] <= variance * noise_only_factor]
-            noise_only.append((keep, variance))
-        # Pool normalised lag products over the pure-noise blocks, then undo the plane removal's bias.
-        observed = {}
-        weight = sum(keep.size for keep, _ in noise_only)
-        if weight == 0:
-            raise ValueError("no 16 x 16 block looks like pure noise: cannot estimate the noise correlation")
-        pooled_variance = sum(keep.size * v for keep, v in noise_only) / weight
-        mean_square = sum(float(np.sum(squares[keep])) / (BLOCK * BLOCK) / v for keep, v in noise_only) / weight
-        for lag in _HALF_LAGS:
-            observed[lag] = sum(float(np.sum(products[lag][keep])) / v for keep, v in noise_only) / weight / mean_square
-        estimate = {lag: correlation[lag[0] + MAX_LAG, lag[1] + MAX_LAG] for lag in _HALF_LAGS}
-        for _ in range(6):
-            _, _, expected = _residual_expectations(_full_correlation(estimate))
-            estimate = {lag: estimate[lag] + observed[lag] - expected[lag] for lag in _HALF_LAGS}
-        correlation = _full_correlation(estimate)
+        bin_means, bin_variances, bin_counts, noise_only, dof = _bin_variances(
+            statistics, correlation, slope, intercept, quantisation, pooled_variance, use_highpass=iteration > 0)
+        correlation, pooled_variance = _pooled_correlation(statistics, noise_only, correlation, fixed)
         slope, intercept, fit_note = _fit_variance_line(np.array(bin_means), np.array(bin_variances), np.array(bin_counts), dof)
+        means = statistics.means
         if not slope * means.min() + intercept > 0 or not slope * means.max() + intercept > 0:
             # A line that goes negative inside the data cannot serve as a reference: fall back to a constant.
             slope, intercept = 0.0, float(np.median(bin_variances))
-    notes.append(fit_note)
-    if slope <= 0:
-        notes.append("variance does not grow with the signal: no shot noise visible (processed data, or read noise only)")
-        slope = 0.0
+    return slope, intercept, correlation, fit_note
 
+
+def _bin_variances(statistics: _BlockStatistics, correlation: np.ndarray, slope: float, intercept: float,
+                   quantisation: float, pooled_variance: float, *, use_highpass: bool):
+    """Per intensity bin: mean, noise variance, block count, and the blocks consistent with pure noise
+    (with the variance); plus the Satterthwaite degrees of freedom of a block's detrended variance."""
+    trace, dof, _ = _residual_expectations(correlation)
+    white = _full_correlation({lag: 0.0 for lag in _HALF_LAGS})
+    white_highpass_trace, _ = _highpass_expectations(white)
+    # Correlation of the noise before rounding, from the marginal one at the pooled variance level.
+    white_share = quantisation / pooled_variance if pooled_variance > 4 * quantisation else 0.0
+    highpass_trace, highpass_dof = _highpass_expectations((correlation - white_share * white) / (1.0 - white_share))
+    detrended_variance = statistics.squares / trace
+    highpass_variance = (statistics.highpass_squares - quantisation * white_highpass_trace) / highpass_trace + quantisation
+    detrended_factor = stats.gamma.ppf(_LOW_QUANTILE, dof / 2, scale=2 / dof)
+    highpass_factor = stats.gamma.ppf(_LOW_QUANTILE, highpass_dof / 2, scale=2 / highpass_dof)
+    noise_only_factor = stats.gamma.ppf(_NOISE_ONLY_QUANTILE, dof / 2, scale=2 / dof)
+    bin_means, bin_variances, bin_counts, noise_only = [], [], [], []
+    # Within a bin, block variances are compared relative to the current line, so the spread of
+    # means inside a bin does not widen the distribution whose low quantile is taken.
+    means = statistics.means
+    line = np.maximum(slope * means + intercept, 1e-12)
+    for members in statistics.bins:
+        bin_mean = float(means[members].mean())
+        level = max(slope * bin_mean + intercept, 1e-12)
+        variance = float(np.quantile(detrended_variance[members] / line[members], _LOW_QUANTILE)) / detrended_factor * level
+        if use_highpass:
+            # The detrended variance is exact for pure noise but texture raises it; the high-pass one
+            # barely sees texture but hangs on the correlation (a 2 x 2 box leaves it 1/9 of the
+            # noise). Where the detrended one is clearly higher, the bin holds texture: use the other.
+            textured = float(np.quantile(highpass_variance[members] / line[members], _LOW_QUANTILE)) / highpass_factor * level
+            if variance > (1.0 + _TEXTURE_MARGIN) * textured:
+                variance = textured
+        bin_means.append(bin_mean)
+        bin_variances.append(variance)
+        bin_counts.append(members.size)
+        noise_only.append((members[detrended_variance[members] <= variance * noise_only_factor], variance))
+    return bin_means, bin_variances, bin_counts, noise_only, dof
+
+
+def _pooled_correlation(statistics: _BlockStatistics, noise_only, correlation: np.ndarray, fixed: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """The correlation pooled over the pure-noise blocks, corrected for the detrending (``fixed`` is
+    returned as is), and the pooled noise variance of those blocks."""
+    weight = sum(keep.size for keep, _ in noise_only)
+    if weight == 0:
+        raise ValueError("no 16 x 16 block looks like pure noise: cannot estimate the noise correlation")
+    pooled_variance = sum(keep.size * v for keep, v in noise_only) / weight
+    if fixed is not None:
+        return fixed, pooled_variance
+    mean_square = sum(float(np.sum(statistics.squares[keep])) / (BLOCK * BLOCK) / v for keep, v in noise_only) / weight
+    observed = {lag: sum(float(np.sum(statistics.products[lag][keep])) / v for keep, v in noise_only) / weight / mean_square
+                for lag in _HALF_LAGS}
+    estimate = {lag: correlation[lag[0] + MAX_LAG, lag[1] + MAX_LAG] for lag in _HALF_LAGS}
+    for _ in range(6):
+        _, _, expected = _residual_expectations(_full_correlation(estimate))
+        estimate = {lag: estimate[lag] + observed[lag] - expected[lag] for lag in _HALF_LAGS}
+    return _full_correlation(estimate), pooled_variance
+
+
+def _assembled_model(means: np.ndarray, slope: float, intercept: float, correlation: np.ndarray, notes: list[str], *,
+                     processed: bool, clipped_fraction: float, saturated_fraction: float, blocks: int) -> NoiseModel:
+    """The model from the fitted line and correlation: dark level, read variance there, and notes."""
     # Dark level: the darkest usable blocks, assumed to hold no photons.
     offset = _dark_level(means, slope, intercept, correlation)
     read_variance = slope * offset + intercept
@@ -518,7 +575,7 @@ def estimate_noise_model(
         saturated_fraction=float(saturated_fraction),
         processed=bool(processed),
         notes=tuple(notes),
-        blocks=int(usable_blocks),
+        blocks=int(blocks),
     )
 
 
