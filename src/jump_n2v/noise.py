@@ -245,6 +245,25 @@ def _highpass_matrix() -> np.ndarray:
     return matrix
 
 
+@lru_cache(maxsize=1)
+def _haar_matrix() -> np.ndarray:
+    """The finest diagonal Haar detail (a - b - c + d) / 2 of each of the 64 non-overlapping 2 x 2 cells of a
+    16 x 16 block, as a (64, 256) matrix (what wavelet noise estimates take the median of)."""
+    matrix = np.zeros((BLOCK * BLOCK // 4, BLOCK * BLOCK))
+    for cell, (y, x) in enumerate((y, x) for y in range(0, BLOCK, 2) for x in range(0, BLOCK, 2)):
+        window = np.zeros((BLOCK, BLOCK))
+        window[y : y + 2, x : x + 2] = [[0.5, -0.5], [-0.5, 0.5]]
+        matrix[cell] = window.ravel()
+    return matrix
+
+
+def _haar_factor(correlation: np.ndarray) -> float:
+    """E[d^2] / variance of one diagonal Haar detail d for noise of this correlation (1 for white noise,
+    1/4 for a 2 x 2 box)."""
+    kernel = _haar_matrix()[0]
+    return float(kernel @ _block_covariance(correlation) @ kernel)
+
+
 def _highpass_expectations(correlation: np.ndarray) -> tuple[float, float]:
     """For noise of unit variance and this correlation: E[sum (h * n)^2] over a block and its
     Satterthwaite degrees of freedom."""
@@ -459,6 +478,7 @@ class _BlockStatistics:
     means: np.ndarray
     squares: np.ndarray
     highpass_squares: np.ndarray
+    haar: np.ndarray  # (blocks, 64) finest diagonal Haar details, float32
     products: dict
     bins: list
 
@@ -470,7 +490,7 @@ class _BlockStatistics:
         products = {lag: np.einsum("ij,ij->i", residuals[:, first], residuals[:, second]) / first.size
                     for lag, (first, second) in _lag_pairs().items()}
         return cls(means, np.einsum("ij,ij->i", residuals, residuals), np.einsum("ij,ij->i", highpass, highpass),
-                   products, _intensity_bins(means))
+                   (blocks @ _haar_matrix().T).astype(np.float32), products, _intensity_bins(means))
 
 
 def _fit_variance_and_correlation(statistics: _BlockStatistics, quantisation: float, fixed: np.ndarray | None) -> tuple[float, float, np.ndarray, str]:
@@ -481,20 +501,26 @@ def _fit_variance_and_correlation(statistics: _BlockStatistics, quantisation: fl
     pooled_variance = math.inf
     for iteration in range(5):
         bin_means, bin_variances, bin_counts, noise_only, dof = _bin_variances(
-            statistics, correlation, slope, intercept, quantisation, pooled_variance, use_highpass=iteration > 0)
+            statistics, correlation, slope, intercept, quantisation, pooled_variance,
+            use_highpass=iteration > 0, use_haar=fixed is not None)
         correlation, pooled_variance = _pooled_correlation(statistics, noise_only, correlation, fixed)
         slope, intercept, fit_note = _fit_variance_line(np.array(bin_means), np.array(bin_variances), np.array(bin_counts), dof)
         means = statistics.means
         if not slope * means.min() + intercept > 0 or not slope * means.max() + intercept > 0:
-            # A line that goes negative inside the data cannot serve as a reference: fall back to a constant.
-            slope, intercept = 0.0, float(np.median(bin_variances))
+            # A line that goes negative inside the data cannot serve as a reference: pivot it on the darkest
+            # bin (measured: on photon-starved real-texture fields the free line crossed zero just below the
+            # darkest blocks and the old constant fallback read gain 0).
+            slope, intercept = _pivoted_line(np.array(bin_means), np.array(bin_variances), np.array(bin_counts))
     return slope, intercept, correlation, fit_note
 
 
 def _bin_variances(statistics: _BlockStatistics, correlation: np.ndarray, slope: float, intercept: float,
-                   quantisation: float, pooled_variance: float, *, use_highpass: bool):
+                   quantisation: float, pooled_variance: float, *, use_highpass: bool, use_haar: bool):
     """Per intensity bin: mean, noise variance, block count, and the blocks consistent with pure noise
-    (with the variance); plus the Satterthwaite degrees of freedom of a block's detrended variance."""
+    (with the variance); plus the Satterthwaite degrees of freedom of a block's detrended variance.
+
+    ``use_haar`` (only with a known correlation: it calibrates the Haar details, and a wrong guess would
+    read low) lets a bin take the pixel-level median Haar estimate where texture raises the others."""
     trace, dof, _ = _residual_expectations(correlation)
     white = _full_correlation({lag: 0.0 for lag in _HALF_LAGS})
     white_highpass_trace, _ = _highpass_expectations(white)
@@ -506,6 +532,7 @@ def _bin_variances(statistics: _BlockStatistics, correlation: np.ndarray, slope:
     detrended_factor = stats.gamma.ppf(_LOW_QUANTILE, dof / 2, scale=2 / dof)
     highpass_factor = stats.gamma.ppf(_LOW_QUANTILE, highpass_dof / 2, scale=2 / highpass_dof)
     noise_only_factor = stats.gamma.ppf(_NOISE_ONLY_QUANTILE, dof / 2, scale=2 / dof)
+    haar_factor = (1.0 - white_share) * _haar_factor((correlation - white_share * white) / (1.0 - white_share)) + white_share
     bin_means, bin_variances, bin_counts, noise_only = [], [], [], []
     # Within a bin, block variances are compared relative to the current line, so the spread of
     # means inside a bin does not widen the distribution whose low quantile is taken.
@@ -520,6 +547,8 @@ def _bin_variances(statistics: _BlockStatistics, correlation: np.ndarray, slope:
             # barely sees texture but hangs on the correlation (a 2 x 2 box leaves it 1/9 of the
             # noise). Where the detrended one is clearly higher, the bin holds texture: use the other.
             textured = float(np.quantile(highpass_variance[members] / line[members], _LOW_QUANTILE)) / highpass_factor * level
+            if use_haar:
+                textured = min(textured, _haar_variance(statistics.haar[members], line[members], haar_factor) * level)
             if variance > (1.0 + _TEXTURE_MARGIN) * textured:
                 variance = textured
         bin_means.append(bin_mean)
@@ -529,15 +558,23 @@ def _bin_variances(statistics: _BlockStatistics, correlation: np.ndarray, slope:
     return bin_means, bin_variances, bin_counts, noise_only, dof
 
 
+def _haar_variance(details: np.ndarray, line: np.ndarray, factor: float) -> float:
+    """Noise variance relative to ``line`` from the median absolute Haar detail of a bin's pixels (Gaussian
+    MAD). Texture at the finest scale is sparse (edges, spots): the median ignores the pixels it holds,
+    where every 16 x 16 block of a confluent field holds some."""
+    relative = details / np.sqrt(line)[:, None]
+    return float((np.median(np.abs(relative)) / 0.6744897501960817) ** 2) / factor
+
+
 def _pooled_correlation(statistics: _BlockStatistics, noise_only, correlation: np.ndarray, fixed: np.ndarray | None) -> tuple[np.ndarray, float]:
     """The correlation pooled over the pure-noise blocks, corrected for the detrending (``fixed`` is
     returned as is), and the pooled noise variance of those blocks."""
     weight = sum(keep.size for keep, _ in noise_only)
+    if fixed is not None:
+        return fixed, (sum(keep.size * v for keep, v in noise_only) / weight if weight else math.inf)
     if weight == 0:
         raise ValueError("no 16 x 16 block looks like pure noise: cannot estimate the noise correlation")
     pooled_variance = sum(keep.size * v for keep, v in noise_only) / weight
-    if fixed is not None:
-        return fixed, pooled_variance
     mean_square = sum(float(np.sum(statistics.squares[keep])) / (BLOCK * BLOCK) / v for keep, v in noise_only) / weight
     observed = {lag: sum(float(np.sum(statistics.products[lag][keep])) / v for keep, v in noise_only) / weight / mean_square
                 for lag in _HALF_LAGS}
@@ -600,6 +637,17 @@ def _fit_variance_line(means: np.ndarray, variances: np.ndarray, counts: np.ndar
     spread = float(np.sqrt(np.mean(((variances[keep] - predicted) / predicted) ** 2)))
     note = f"variance line fitted to {int(keep.sum())} of {means.size} intensity bins (rms relative misfit {spread:.1%})"
     return float(slope), float(intercept), note
+
+
+def _pivoted_line(means: np.ndarray, variances: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """The weighted least-squares line through the darkest bin's (mean, variance), with a slope of at least 0."""
+    dark_mean, dark_variance = float(means[0]), float(variances[0])
+    if dark_variance <= 0 or means.size < 2:
+        return 0.0, float(np.median(variances))
+    weights = counts / np.maximum(variances, 1e-12) ** 2
+    run = means - dark_mean
+    slope = max(float(np.sum(weights * run * (variances - dark_variance)) / max(float(np.sum(weights * run * run)), 1e-12)), 0.0)
+    return slope, dark_variance - slope * dark_mean
 
 
 def _dark_level(means: np.ndarray, slope: float, intercept: float, correlation: np.ndarray) -> float:
