@@ -659,6 +659,127 @@ def _dark_level(means: np.ndarray, slope: float, intercept: float, correlation: 
 
 
 # --------------------------------------------------------------------------------------------------
+# One site, one camera: the pixel mixing shared by its channels
+
+# A channel whose fitted correlation stays within this of 0 at every lag-2 offset shows the acquisition's
+# mixing rather than cell texture: measured on the real Phenix sites, background-dominated channels
+# (Version5 Mito and brightfield, Version1) read lag-2 -0.05..0.08; confluent RNA / ER / AGP 0.16-0.55.
+SHORT_RANGE_TOLERANCE = 0.1
+# Channels that show the mixing must agree on their lag-1 correlations within this.
+MIXING_AGREEMENT = 0.05
+
+
+@dataclass(frozen=True)
+class SiteNoiseModels:
+    """Noise models of one site's channels that share the acquisition's pixel mixing.
+
+    ``mixing`` is the 5 x 5 correlation pooled over the background of ``mixing_channels``: the intensity
+    bins whose correlation shows the least lag-2 (texture) and at most SHORT_RANGE_TOLERANCE; every model in ``models`` was refitted with it fixed,
+    so gain and read noise stay per channel but no channel's texture can read as correlated noise.
+    ``agree`` says the mixing channels' lag-1 correlations there agree within :data:`MIXING_AGREEMENT`. Without
+    any such bin, ``mixing`` is None and ``models`` are the channels' own fits (see ``notes``).
+    """
+
+    models: Mapping[str, NoiseModel]
+    mixing: tuple[tuple[float, ...], ...] | None
+    mixing_channels: tuple[str, ...]
+    agree: bool
+    notes: tuple[str, ...]
+
+
+def shows_short_range_mixing(model: NoiseModel) -> bool:
+    """Whether the model's correlation vanishes (within SHORT_RANGE_TOLERANCE) at every lag-2 offset, as
+    nearest-neighbour pixel mixing does and cell texture does not."""
+    ring = [(dy, dx) for dy in range(-MAX_LAG, MAX_LAG + 1) for dx in range(-MAX_LAG, MAX_LAG + 1) if max(abs(dy), abs(dx)) == MAX_LAG]
+    return all(abs(model.lag(dy, dx)) <= SHORT_RANGE_TOLERANCE for dy, dx in ring)
+
+
+# Intensity bins need this many pure-noise blocks for their own correlation estimate.
+_MIN_BIN_BLOCKS = 50
+# Bins whose axial lag-2 correlation is within this of the least one count as equally free of texture.
+_LEAST_TEXTURE_SLACK = 0.03
+
+
+@dataclass(frozen=True)
+class _BinCorrelation:
+    channel: str
+    level: float
+    correlation: np.ndarray
+    blocks: int
+
+    @property
+    def texture(self) -> float:
+        """The larger axial lag-2 correlation: 0 for nearest-neighbour mixing, raised by cell texture."""
+        return max(abs(self.correlation[MAX_LAG, MAX_LAG + 2]), abs(self.correlation[MAX_LAG + 2, MAX_LAG]))
+
+
+def _bin_correlations(channel: str, images, model: NoiseModel, dtype_range, seed: int) -> list[_BinCorrelation]:
+    """The noise correlation of each intensity bin of a channel, on its pure-noise blocks under ``model``."""
+    listed = _as_image_list(images)
+    notes: list[str] = []
+    blocks, _, _ = _usable_blocks(listed, _dtype_range(listed, dtype_range), np.random.default_rng(seed), notes)
+    statistics = _BlockStatistics.of(blocks)
+    correlation = model.correlation_array
+    means, _, _, noise_only, _ = _bin_variances(statistics, correlation, model.gain, model.intercept, 0.0, math.inf,
+                                                use_highpass=True, use_haar=False)
+    found = []
+    for level, (keep, variance) in zip(means, noise_only):
+        if keep.size >= _MIN_BIN_BLOCKS:
+            estimate, _ = _pooled_correlation(statistics, [(keep, variance)], correlation, None)
+            found.append(_BinCorrelation(channel, float(level), estimate, int(keep.size)))
+    return found
+
+
+def _site_mixing(bins: list[_BinCorrelation]) -> tuple[np.ndarray | None, list[_BinCorrelation]]:
+    """The mixing pooled over the bins freest of texture (least axial lag-2 correlation), or None when even
+    those show more than SHORT_RANGE_TOLERANCE at lag 2; and the bins used."""
+    if not bins:
+        return None, []
+    least = min(item.texture for item in bins)
+    if least > SHORT_RANGE_TOLERANCE:
+        return None, []
+    chosen = [item for item in bins if item.texture <= min(least + _LEAST_TEXTURE_SLACK, SHORT_RANGE_TOLERANCE)]
+    mixing = np.average([item.correlation for item in chosen], axis=0, weights=[item.blocks for item in chosen])
+    mixing = (mixing + mixing[::-1, ::-1]) / 2
+    mixing[MAX_LAG, MAX_LAG] = 1.0
+    return mixing, chosen
+
+
+def estimate_site_noise_models(
+    channels: Mapping[str, Sequence[np.ndarray] | np.ndarray],
+    *,
+    dtype_range: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> SiteNoiseModels:
+    """Fit each channel of one site (or of several sites of one plate) on its own, measure the pixel mixing
+    where noise dominates (the intensity bins, of any channel, with the least lag-2 correlation: background),
+    and refit every channel with that mixing fixed (see :class:`SiteNoiseModels`)."""
+    if not channels:
+        raise ValueError("no channels to estimate noise models from")
+    own = {name: estimate_noise_model(images, dtype_range=dtype_range, seed=seed) for name, images in channels.items()}
+    bins = [item for name, images in channels.items() for item in _bin_correlations(name, images, own[name], dtype_range, seed)]
+    mixing, chosen = _site_mixing(bins)
+    if mixing is None:
+        note = ("no intensity bin of any channel shows a short-range noise correlation (texture at lag 2 everywhere): "
+                "the mixing is unmeasured and each channel keeps its own fit")
+        return SiteNoiseModels(models=own, mixing=None, mixing_channels=(), agree=False, notes=(note,))
+    mixing_channels = tuple(dict.fromkeys(item.channel for item in chosen))
+    per_channel = {name: np.average([item.correlation for item in chosen if item.channel == name], axis=0,
+                                    weights=[item.blocks for item in chosen if item.channel == name]) for name in mixing_channels}
+    spread = max(abs(grid[MAX_LAG + dy, MAX_LAG + dx] - mixing[MAX_LAG + dy, MAX_LAG + dx])
+                 for grid in per_channel.values() for dy, dx in ((0, 1), (1, 0)))
+    agree = spread <= MIXING_AGREEMENT
+    notes = [f"mixing measured on {sum(item.blocks for item in chosen)} background blocks of {', '.join(mixing_channels)} "
+             f"(least lag-2 correlation {min(item.texture for item in chosen):.2f}): lag-1 x {mixing[MAX_LAG, MAX_LAG + 1]:.2f}, "
+             f"y {mixing[MAX_LAG + 1, MAX_LAG]:.2f}; the channels' lag-1 values differ from it by up to {spread:.3f}"
+             + ("" if agree else f" (more than {MIXING_AGREEMENT}: they disagree)")]
+    models = {name: estimate_noise_model(images, dtype_range=dtype_range, seed=seed, correlation=mixing)
+              for name, images in channels.items()}
+    return SiteNoiseModels(models=models, mixing=tuple(tuple(float(v) for v in row) for row in mixing),
+                           mixing_channels=mixing_channels, agree=agree, notes=tuple(notes))
+
+
+# --------------------------------------------------------------------------------------------------
 # How much of its own noise an output carries
 
 
