@@ -48,6 +48,21 @@ def test_auto_masks_the_neighbours_that_share_noise_and_keeps_one_pixel_on_indep
     assert region is None and "no noise model" in record["evidence"]
 
 
+def test_texture_correlation_never_widens_the_region_past_the_eight_neighbours():
+    # Issue 18: on a confluent real field (Version5 RNA) the fit read texture as correlated noise (lag-1
+    # 0.77, lag-2 0.42 along x and y) and auto masked all 24 neighbours of the 5 x 5; the acquisition
+    # mixes nearest neighbours only.
+    texture = np.array([[.2, .3, .42, .3, .2], [.3, .55, .77, .55, .3], [.42, .77, 1, .77, .42],
+                        [.3, .55, .77, .55, .3], [.2, .3, .42, .3, .2]])
+    region, record = decide_blind_spot(N2VSettings.from_dict({}), _model(texture))
+    assert region == neighbourhood_region("square")
+    assert "texture" in record["evidence"]
+    # A streak along rows (lag 2 along x only) is a mixing, and keeps its lag-2 offsets.
+    streak = np.pad([[1 / 3, 2 / 3, 1, 2 / 3, 1 / 3]], ((2, 2), (0, 0)))
+    region, _ = decide_blind_spot(N2VSettings.from_dict({}), _model(streak))
+    assert set(region.offsets) == {(0, 1), (0, -1), (0, 2), (0, -2)}
+
+
 def test_settings_force_the_blind_spot():
     pixel = N2VSettings.from_dict({"blind_spot": "pixel"})
     assert decide_blind_spot(pixel, _model(BOX))[0] is None

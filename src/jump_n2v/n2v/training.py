@@ -49,6 +49,7 @@ from jump_n2v.n2v.masking import BlindRegion, StructMask, mask_batch, masked_mse
 from jump_n2v.n2v.posterior import Posterior, fit_posterior
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.sampling import PLAN_COLUMNS, PatchSampler, array_location
+from jump_n2v.noise import SHORT_RANGE_TOLERANCE
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,13 @@ def _correlation_evidence(model) -> str:
     )
 
 
+def _texture_signature(model) -> bool:
+    """Lag-2 correlation above SHORT_RANGE_TOLERANCE along both x and y: isotropic long-range correlation,
+    which cell texture gives and a camera's pixel mixing (a 2 x 2 box, a half-pixel shift) does not; a
+    one-axis streak (lag 2 along rows only) is a mixing and keeps its offsets."""
+    return min(abs(model.lag(0, 2)), abs(model.lag(2, 0))) > SHORT_RANGE_TOLERANCE
+
+
 def decide_blind_spot(settings: N2VSettings, noise_model) -> tuple[BlindRegion | None, dict]:
     """The blind-spot region to train with and the record of why (model.json ``blind_spot``).
 
@@ -192,6 +200,11 @@ def decide_blind_spot(settings: N2VSettings, noise_model) -> tuple[BlindRegion |
     threshold = settings.blind_spot_correlation
     evidence = "no noise model" if noise_model is None else _correlation_evidence(noise_model)
     estimated = [] if noise_model is None else [tuple(o) for o in noise_model.correlated_offsets(threshold)]
+    if noise_model is not None and _texture_signature(noise_model):
+        # Lag-2 correlation along both axes is cell texture, not an acquisition's mixing (every real Phenix
+        # site mixes nearest neighbours only: lag-2 ~0 on its background); the region stops at the 8 neighbours.
+        estimated = [(dy, dx) for dy, dx in estimated if max(abs(dy), abs(dx)) <= 1]
+        evidence += f"; lag-2 above {SHORT_RANGE_TOLERANCE} along x and y (texture): region kept within the 8 neighbours"
     if settings.blind_spot == "pixel":
         region, why = None, "forced by blind_spot: pixel"
     elif settings.blind_spot == "region" and settings.blind_spot_offsets is not None:
