@@ -6,8 +6,9 @@ pixel-scale texture). Its own noise is not zero and is part of the truth: each c
 ``A = (p00 + p11) / 2`` and ``B = (p01 + p10) / 2`` share the cell's centre, so their difference cancels
 texture to first order, and for the real fields' nearest-neighbour (2 x 2 box) mixing
 ``var(base noise) = 9/4 var(A - B)`` exactly (for independent noise it would be 1/4 var(A - B): the box
-assumption is the larger, so the truth errs towards more residual noise). That residual variance is fitted as
-a line in the base level and added to the truth; 2 x 2 mixing scales it by 49/144 (its own lag-1 correlation
+assumption is the larger, so the truth errs towards more residual noise). ``var(A - B)`` is taken from the
+median absolute difference in each of 8 intensity bins (the curvature of bright structures leaks into a few
+differences), and the residual variance is fitted as a line in the base level and added to the truth; 2 x 2 mixing scales it by 49/144 (its own lag-1 correlation
 is 1/6 per axis) where the added noise scales by 1/4.
 """
 
@@ -51,7 +52,9 @@ def clean_base(version: str, channel: str) -> CleanBase:
     for low, high in zip(edges[:-1], edges[1:]):
         chosen = (base >= low) & (base <= high)
         levels.append(base[chosen].mean())
-        variances.append(9.0 / 4.0 * difference[chosen].var())
+        # Median absolute deviation (Gaussian): bright structures' curvature leaks into a few differences.
+        spread = np.median(np.abs(difference[chosen] - np.median(difference[chosen]))) / 0.6744897501960817
+        variances.append(9.0 / 4.0 * spread**2)
     gain, intercept = np.polyfit(levels, variances, 1)
     return CleanBase(base, float(gain), float(intercept))
 

@@ -487,6 +487,7 @@ class _BlockStatistics:
     squares: np.ndarray
     highpass_squares: np.ndarray
     haar: np.ndarray  # (blocks, 64) finest diagonal Haar details, float32
+    cell_means: np.ndarray  # (blocks, 64) means of the 2 x 2 cells the details come from, float32
     products: dict
     bins: list
 
@@ -498,7 +499,8 @@ class _BlockStatistics:
         products = {lag: np.einsum("ij,ij->i", residuals[:, first], residuals[:, second]) / first.size
                     for lag, (first, second) in _lag_pairs().items()}
         return cls(means, np.einsum("ij,ij->i", residuals, residuals), np.einsum("ij,ij->i", highpass, highpass),
-                   (blocks @ _haar_matrix().T).astype(np.float32), products, _intensity_bins(means))
+                   (blocks @ _haar_matrix().T).astype(np.float32), (blocks @ np.abs(_haar_matrix()).T / 2).astype(np.float32),
+                   products, _intensity_bins(means))
 
 
 def _fit_variance_and_correlation(statistics: _BlockStatistics, quantisation: float, fixed: np.ndarray | None) -> tuple[float, float, np.ndarray, str]:
@@ -556,7 +558,8 @@ def _bin_variances(statistics: _BlockStatistics, correlation: np.ndarray, slope:
             # noise). Where the detrended one is clearly higher, the bin holds texture: use the other.
             textured = float(np.quantile(highpass_variance[members] / line[members], _LOW_QUANTILE)) / highpass_factor * level
             if use_haar:
-                textured = min(textured, _haar_variance(statistics.haar[members], line[members], haar_factor) * level)
+                cell_line = np.maximum(slope * statistics.cell_means[members] + intercept, 1e-12)
+                textured = min(textured, _haar_variance(statistics.haar[members], cell_line, haar_factor) * level)
             if variance > (1.0 + _TEXTURE_MARGIN) * textured:
                 variance = textured
         bin_means.append(bin_mean)
@@ -567,10 +570,12 @@ def _bin_variances(statistics: _BlockStatistics, correlation: np.ndarray, slope:
 
 
 def _haar_variance(details: np.ndarray, line: np.ndarray, factor: float) -> float:
-    """Noise variance relative to ``line`` from the median absolute Haar detail of a bin's pixels (Gaussian
-    MAD). Texture at the finest scale is sparse (edges, spots): the median ignores the pixels it holds,
-    where every 16 x 16 block of a confluent field holds some."""
-    relative = details / np.sqrt(line)[:, None]
+    """Noise variance relative to ``line`` (the current line at each detail's own 2 x 2 cell) from the median
+    absolute Haar detail of a bin's pixels (Gaussian MAD). Texture at the finest scale is sparse (edges,
+    spots): the median ignores the pixels it holds, where every 16 x 16 block of a confluent field holds
+    some. Normalised per cell, not per block: a block across a nucleus' edge mixes variances, and the median
+    of such a mixture reads low (measured: 0.7x the truth in Version7 DNA's nuclei bins)."""
+    relative = details / np.sqrt(line)
     return float((np.median(np.abs(relative)) / 0.6744897501960817) ** 2) / factor
 
 
