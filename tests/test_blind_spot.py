@@ -48,6 +48,21 @@ def test_auto_masks_the_neighbours_that_share_noise_and_keeps_one_pixel_on_indep
     assert region is None and "no noise model" in record["evidence"]
 
 
+def test_texture_correlation_never_widens_the_region_past_the_eight_neighbours():
+    # Issue 18: on a confluent real field (Version5 RNA) the fit read texture as correlated noise (lag-1
+    # 0.77, lag-2 0.42 along x and y) and auto masked all 24 neighbours of the 5 x 5; the acquisition
+    # mixes nearest neighbours only.
+    texture = np.array([[.2, .3, .42, .3, .2], [.3, .55, .77, .55, .3], [.42, .77, 1, .77, .42],
+                        [.3, .55, .77, .55, .3], [.2, .3, .42, .3, .2]])
+    region, record = decide_blind_spot(N2VSettings.from_dict({}), _model(texture))
+    assert region == neighbourhood_region("square")
+    assert "texture" in record["evidence"]
+    # A streak along rows (lag 2 along x only) is a mixing, and keeps its lag-2 offsets.
+    streak = np.pad([[1 / 3, 2 / 3, 1, 2 / 3, 1 / 3]], ((2, 2), (0, 0)))
+    region, _ = decide_blind_spot(N2VSettings.from_dict({}), _model(streak))
+    assert set(region.offsets) == {(0, 1), (0, -1), (0, 2), (0, -2)}
+
+
 def test_settings_force_the_blind_spot():
     pixel = N2VSettings.from_dict({"blind_spot": "pixel"})
     assert decide_blind_spot(pixel, _model(BOX))[0] is None
@@ -200,6 +215,33 @@ def test_posterior_weights_match_the_oracle_and_never_hurt(correlation):
     estimated_gain = evidence["estimated_mse_network"] - evidence["estimated_mse_posterior"]
     true_gain = np.mean((estimate - s) ** 2) - np.mean((combined - s) ** 2)
     assert estimated_gain == pytest.approx(true_gain, abs=0.2 * np.mean((estimate - s) ** 2) + 1e-4)
+
+
+@pytest.mark.parametrize("gain_error", [0.7, 1.4])
+def test_posterior_never_lowers_psnr_when_the_gain_is_misread(gain_error):
+    # Issue 18: a model reading DNA's gain as 0.69x the camera's gave SURE weights up to 0.32 and cost
+    # 1.4 dB. A good "network" (a blind 5 x 5 mean on a smooth signal: the raw pixel has little to add)
+    # with a model whose gain is off by 0.7x or 1.4x: the posterior must not lower the PSNR.
+    rng = np.random.default_rng(3)
+    gain, offset, read_variance = 2.0, 100.0, 9.0
+    photons = 40.0 + 160.0 * ndimage.gaussian_filter(rng.random((48, 96, 96)), (0, 6, 6)).clip(0, None)
+    photons = 40.0 + 160.0 * (photons - photons.min()) / np.ptp(photons)
+    clean = gain * photons + offset
+    noisy = gain * rng.poisson(photons) + offset + rng.normal(0, np.sqrt(read_variance), photons.shape)
+    blind_mean = np.full((5, 5), 1 / 24)
+    blind_mean[2, 2] = 0
+    net = _fixed_filter_net(blind_mean)
+    mean, std = float(noisy.mean()), float(noisy.std())
+    normalised = torch.from_numpy((noisy - mean) / std).float()[:, None]
+    model = _model(WHITE, gain=gain * gain_error, offset=offset, read_variance=read_variance)
+    posterior, evidence = fit_posterior(net, normalised, mean, std, model, batch_size=16, seed=1)
+    with torch.no_grad():
+        network = net(normalised).numpy()[:, 0].astype(np.float64) * std + mean
+    combined = np.stack([posterior.apply(n, f) for n, f in zip(noisy, network)]) if posterior else network
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    mse_network = np.mean((network - clean)[inner] ** 2)
+    mse_combined = np.mean((combined - clean)[inner] ** 2)
+    assert 10 * np.log10(mse_network / mse_combined) >= -0.01, (evidence["bins"], mse_network, mse_combined)
 
 
 def test_no_posterior_without_a_usable_noise_model():

@@ -49,6 +49,7 @@ from jump_n2v.n2v.masking import BlindRegion, StructMask, mask_batch, masked_mse
 from jump_n2v.n2v.posterior import Posterior, fit_posterior
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.sampling import PLAN_COLUMNS, PatchSampler, array_location
+from jump_n2v.noise import SHORT_RANGE_TOLERANCE
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,13 @@ def _correlation_evidence(model) -> str:
     )
 
 
+def _texture_signature(model) -> bool:
+    """Lag-2 correlation above SHORT_RANGE_TOLERANCE along both x and y: isotropic long-range correlation,
+    which cell texture gives and a camera's pixel mixing (a 2 x 2 box, a half-pixel shift) does not; a
+    one-axis streak (lag 2 along rows only) is a mixing and keeps its offsets."""
+    return min(abs(model.lag(0, 2)), abs(model.lag(2, 0))) > SHORT_RANGE_TOLERANCE
+
+
 def decide_blind_spot(settings: N2VSettings, noise_model) -> tuple[BlindRegion | None, dict]:
     """The blind-spot region to train with and the record of why (model.json ``blind_spot``).
 
@@ -192,6 +200,11 @@ def decide_blind_spot(settings: N2VSettings, noise_model) -> tuple[BlindRegion |
     threshold = settings.blind_spot_correlation
     evidence = "no noise model" if noise_model is None else _correlation_evidence(noise_model)
     estimated = [] if noise_model is None else [tuple(o) for o in noise_model.correlated_offsets(threshold)]
+    if noise_model is not None and _texture_signature(noise_model):
+        # Lag-2 correlation along both axes is cell texture, not an acquisition's mixing (every real Phenix
+        # site mixes nearest neighbours only: lag-2 ~0 on its background); the region stops at the 8 neighbours.
+        estimated = [(dy, dx) for dy, dx in estimated if max(abs(dy), abs(dx)) <= 1]
+        evidence += f"; lag-2 above {SHORT_RANGE_TOLERANCE} along x and y (texture): region kept within the 8 neighbours"
     if settings.blind_spot == "pixel":
         region, why = None, "forced by blind_spot: pixel"
     elif settings.blind_spot == "region" and settings.blind_spot_offsets is not None:
@@ -222,14 +235,18 @@ MIN_NOISE_BLOCKS = 100  # flat 16 x 16 blocks a noise model needs before trainin
 
 def _estimate_noise(sampler: PatchSampler, seed: int, log: logging.Logger):
     """The noise model of a bounded sample of training images, or None (logged) when it cannot be fitted."""
-    from jump_n2v.noise import estimate_noise_model
+    from jump_n2v.noise import estimate_site_noise_models
 
     chosen = sampler.train_images[:NOISE_SAMPLE_IMAGES]
     images = [sampler.image(a, i) for a, i in chosen]  # decoded once already in memory mode
     dtype = np.dtype(images[0].dtype)
     dtype_range = (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) if dtype.kind in "ui" else None
     try:
-        model = estimate_noise_model(images, dtype_range=dtype_range, seed=seed)
+        # The mixing is measured on the intensity bins freest of texture (background), then fixed: on a
+        # confluent real field the whole-image fit read texture as noise and masked 24 neighbours (issue 18).
+        fitted = estimate_site_noise_models({"channel": images}, dtype_range=dtype_range, seed=seed)
+        model = fitted.models["channel"]
+        log.info("noise model: %s", "; ".join(fitted.notes))
     except ValueError as error:  # too little flat background, constant images, ...
         log.warning("noise model could not be estimated from %d training image(s): %s", len(images), error)
         return None
