@@ -132,8 +132,36 @@ def test_normalisation_uses_the_training_images_only(tmp_path, mode):
     array, data = _write_array(tmp_path / "a.zarr", images=5, chunks=(1, 16, 40), dtype="float32")
     sampler = _sampler([array], **mode)
     pixels = np.stack([data[image] for _, image in sampler.train_images]).astype(np.float64)
-    assert sampler.normalization.mean == pytest.approx(pixels.mean(), rel=1e-10)
-    assert sampler.normalization.std == pytest.approx(pixels.std(), rel=1e-10)
+    norm = sampler.normalization
+    assert norm.pixel_mean == pytest.approx(pixels.mean(), rel=1e-10)
+    assert norm.pixel_std == pytest.approx(pixels.std(), rel=1e-10)
+    # The offset and scale applied are the robust ones (all pixels: 5 float images are below the sample cap).
+    median = np.sort(pixels.ravel())[(pixels.size - 1) // 2]
+    assert norm.method == "median_mad"
+    assert norm.mean == median
+    assert norm.std == pytest.approx(1.482602218505602 * np.sort(np.abs(pixels.ravel() - median))[(pixels.size - 1) // 2], rel=1e-12)
+
+
+def test_one_bright_object_does_not_set_the_normalisation_scale(tmp_path, mode):
+    # Version1's case: a dim background (700 ADU, noise 30) under one object 40 times brighter on
+    # 0.5 % of the pixels. Mean/std normalisation squeezed the background into 0.07 units.
+    rng = np.random.default_rng(4)
+    data = np.clip(np.rint(rng.normal(700, 30, size=(3, 96, 96))), 0, 65535).astype("uint16")
+    data[:, 10:17, 10:17] = 28000
+    array = zarr.create_array(store=str(tmp_path / "d.zarr"), shape=data.shape, chunks=(1, 32, 96), dtype="uint16")
+    array[:] = data
+    norm = _sampler([zarr.open_array(str(tmp_path / "d.zarr"), mode="r")], **mode).normalization
+    assert norm.mean == pytest.approx(700, abs=3)
+    assert norm.std == pytest.approx(30, rel=0.1)
+    assert norm.pixel_std > 40 * norm.std  # what the old normalisation divided by
+
+
+def test_integer_median_and_mad_are_exact_from_histograms():
+    from jump_n2v.n2v.sampling import median_and_mad
+
+    values = np.array([1, 2, 3, 4, 100])
+    assert median_and_mad(values) == (3.0, 1.0)
+    assert median_and_mad(np.array([1.0, 2.0, 3.0]), np.array([1, 5, 1])) == (2.0, 0.0)
 
 
 def test_images_are_chosen_per_array_and_split_across_arrays(tmp_path, mode):

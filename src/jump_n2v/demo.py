@@ -7,6 +7,12 @@ the cytoplasm). The clean image is in camera units (ADU); the raw image adds Poi
 Gaussian read noise, i.e. ``raw = gain * Poisson(clean_photons) + offset + N(0, read_noise)``,
 rounded to uint16. Both are written as ImageJ CYX hyperstacks with channel labels.
 
+``hazards: true`` adds what real plates hold on a fraction of their sites and what a denoiser's
+normalisation must survive: ``debris`` objects per site, bright in every channel (``debris_brightness``
+times each channel's peak), and ``saturated_cells`` cells per site so bright in DNA that the camera
+clips them at 65,535 (the clean reference is clipped the same way). Off by default, so the demo plate
+stays as it was.
+
 ``pixel_mixing: box2x2`` then averages every 2 x 2 block of neighbours (a half-pixel shift, as real
 Opera Phenix exports show: noise lag-1 autocorrelation about 0.5 in x and y, about 0 at lag 2); the
 clean reference is mixed the same way, so it stays the expectation of the raw image.
@@ -43,6 +49,10 @@ class DemoSpec:
     background_photons: float = 4.0
     pixel_mixing: str = "none"  # or "box2x2"
     seed: int = 7
+    hazards: bool = False
+    debris: int = 3  # per site, with hazards
+    debris_brightness: float = 40.0  # times each channel's peak photons
+    saturated_cells: int = 1  # per site, with hazards: DNA clipped at the camera's maximum
 
     def __post_init__(self) -> None:
         if self.pixel_mixing not in PIXEL_MIXING:
@@ -118,7 +128,30 @@ def render_site(spec: DemoSpec, rng: np.random.Generator) -> dict[str, np.ndarra
         image = np.clip(image, 0, None)
         image = image / (image.max() + 1e-12)
         photons[name] = spec.background_photons + spec.peak_photons[name] * image
+    if spec.hazards:
+        _add_hazards(spec, rng, photons, nuclei)
     return photons
+
+
+def _add_hazards(spec: DemoSpec, rng: np.random.Generator, photons: dict, nuclei: np.ndarray) -> None:
+    """Debris (compact blobs ``debris_brightness`` times each channel's peak, in every channel) and
+    saturated cells (nuclei whose DNA signal alone exceeds the camera's range), added in place."""
+    size = spec.size
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    debris = np.zeros((size, size))
+    for _ in range(spec.debris):
+        cy, cx = rng.uniform(0.05 * size, 0.95 * size, size=2)
+        radius = rng.uniform(0.015, 0.03) * size + 1.5
+        debris = np.maximum(debris, 1.0 / (1.0 + np.exp((np.hypot(yy - cy, xx - cx) - radius) / 0.7)))
+    for name in photons:
+        photons[name] += spec.debris_brightness * spec.peak_photons[name] * debris
+    if spec.saturated_cells:
+        labels, count = ndimage.label(nuclei > 0.3)
+        picked = rng.choice(np.arange(1, count + 1), size=min(spec.saturated_cells, count), replace=False) if count else []
+        # Twice the photons that reach the camera's maximum, so the cell's core clips.
+        full_scale = 2.0 * (65535 - spec.offset) / spec.gain
+        for label in picked:
+            photons["DNA"] += full_scale * ndimage.gaussian_filter((labels == label).astype(float), 1.0)
 
 
 def _write_hyperstack(path: Path, planes: list[np.ndarray], labels: list[str]) -> None:
@@ -146,7 +179,9 @@ def write_demo_plate(raw_pattern: str, clean_pattern: str, spec: DemoSpec = Demo
             clean_planes, raw_planes = [], []
             for name in DEMO_CHANNELS:
                 expected = photons[name]
-                clean = mix_pixels(spec.gain * expected + spec.offset, spec.pixel_mixing)
+                # The camera clips at 65,535 (a saturated cell): the clean reference, the raw image's
+                # expectation, is clipped too.
+                clean = np.minimum(mix_pixels(spec.gain * expected + spec.offset, spec.pixel_mixing), 65535)
                 clean_planes.append(clean.astype(np.float32))
                 counts = rng.poisson(expected)
                 noisy = spec.gain * counts + spec.offset + rng.normal(0, spec.read_noise, expected.shape)

@@ -196,7 +196,8 @@ def build_bmz_description(model_dir: str | os.PathLike, work_dir: Path, *, image
             source=files["state_dict"], pytorch_version=torch_version,
             architecture=ArchitectureFromFileDescr(
                 source=files["architecture"], sha256=_sha256(files["architecture"]), callable=Identifier("UNet"),
-                kwargs={"depth": settings.depth, "base_filters": settings.base_filters, "n2v2": settings.variant == "n2v2"},
+                kwargs={"depth": settings.depth, "base_filters": settings.base_filters, "n2v2": settings.variant == "n2v2",
+                        "baseline_radius": net.baseline_radius},
             ),
         ),
         torchscript=TorchscriptWeightsDescr(source=files["torchscript"], pytorch_version=torch_version, parent="pytorch_state_dict"),

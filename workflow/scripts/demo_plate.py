@@ -4,7 +4,7 @@ from jump_n2v.logs import rule_logger
 log = rule_logger(snakemake.log[0])
 demo = snakemake.params.demo
 spec = DemoSpec(wells=tuple(demo["wells"]), sites=demo["sites"], size=demo["size"],
-                cells_per_site=demo["cells_per_site"], seed=demo["seed"])
+                cells_per_site=demo["cells_per_site"], seed=demo["seed"], hazards=demo["hazards"])
 manifest = write_demo_plate(snakemake.params.pattern, snakemake.params.ground_truth, spec,
                             plate=snakemake.wildcards.plate)
 write_demo_manifest(manifest, snakemake.output.manifest)

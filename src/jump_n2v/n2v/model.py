@@ -5,6 +5,15 @@ benchmarks compare like with like. Two deliberate differences keep tiled predict
 upsampling is bilinear with ``align_corners=False`` (translation-equivariant on the 2**depth grid,
 unlike ``align_corners=True``) and every convolution is zero-padded "same", so a tile with a halo
 at least the receptive field reproduces the whole-image result.
+
+With ``baseline_radius`` r > 0 the network predicts a correction to a fixed baseline, the mean of the
+ring of pixels at distance exactly r (Chebyshev) around each pixel. Training sets r one beyond the blind
+spot, so the baseline never reads a pixel whose noise the blind spot hides. Why: the masked-pixel MSE
+of a heavy-tailed image (one debris object 40 times brighter than the cells) is dominated by the
+object's few patches, and a network that has not yet learnt to pass intensities through shifted the
+background of the real Version1 site by +35 % and the object by +47 % after 100 steps; predicting a
+correction to a local mean, which keeps every intensity where it is, brought both within 2 % at the
+same budget (README 'Intensities preserved').
 """
 
 from __future__ import annotations
@@ -53,15 +62,20 @@ class MaxBlurPool(nn.Module):
 class UNet(nn.Module):
     """N2V U-Net on single-channel images; ``n2v2=True`` gives the N2V2 architecture."""
 
-    def __init__(self, depth: int = 2, base_filters: int = 32, n2v2: bool = False) -> None:
+    def __init__(self, depth: int = 2, base_filters: int = 32, n2v2: bool = False, baseline_radius: int = 0) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"U-Net depth must be >= 1, got {depth}")
         if base_filters < 1:
             raise ValueError(f"U-Net base_filters must be >= 1, got {base_filters}")
+        if baseline_radius < 0:
+            raise ValueError(f"U-Net baseline_radius must be >= 0, got {baseline_radius}")
         self.depth = depth
         self.base_filters = base_filters
         self.n2v2 = n2v2
+        self.baseline_radius = baseline_radius
+        # Not persistent: it follows from baseline_radius, and weights files stay the same as without it.
+        self.register_buffer("ring", ring_kernel(baseline_radius) if baseline_radius else None, persistent=False)
 
         widths = [base_filters * 2**level for level in range(depth)]
         self.encoders = nn.ModuleList()
@@ -80,6 +94,10 @@ class UNet(nn.Module):
             out_channels = widths[level - 1] if level > 0 else widths[0]
             self.decoders.append(ConvBlock(in_channels, widths[level], out_channels))
         self.head = nn.Conv2d(widths[0], 1, 1)
+        if baseline_radius:
+            # An untrained network then predicts the baseline itself, not the baseline plus noise.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def size_multiple(self) -> int:
@@ -87,6 +105,15 @@ class UNet(nn.Module):
         return 2**self.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ring is None:
+            return self.correction(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            half = self.ring.shape[-1] // 2
+            padded = F.pad(x.to(torch.promote_types(x.dtype, torch.float32)), (half,) * 4, mode="replicate")
+            return F.conv2d(padded, self.ring) + self.correction(x)
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net's own output (the whole prediction without a baseline)."""
         skips = []
         for encoder, pool in zip(self.encoders, self.pools):
             x = encoder(x)
@@ -104,8 +131,23 @@ class UNet(nn.Module):
             return self.head(x.to(torch.promote_types(x.dtype, torch.float32)))
 
 
-def build_unet(depth: int, base_filters: int, variant: str) -> UNet:
-    """The network for an N2V ``variant`` ("n2v" or "n2v2")."""
+# The baseline averages this many rings of pixels, from baseline_radius outwards.
+BASELINE_RINGS = 3
+
+
+def ring_kernel(radius: int) -> torch.Tensor:
+    """Weights averaging the pixels at Chebyshev distance ``radius`` to ``radius + BASELINE_RINGS - 1``:
+    a square window with the centre square of side ``2 radius - 1`` left out."""
+    outer = radius + BASELINE_RINGS - 1
+    size = 2 * outer + 1
+    kernel = torch.ones(size, size)
+    inner = radius - 1
+    kernel[outer - inner : outer + inner + 1, outer - inner : outer + inner + 1] = 0.0
+    return (kernel / kernel.sum()).reshape(1, 1, size, size)
+
+
+def build_unet(depth: int, base_filters: int, variant: str, baseline_radius: int = 0) -> UNet:
+    """The network for an N2V ``variant`` ("n2v" or "n2v2"); ``baseline_radius`` see :class:`UNet`."""
     if variant not in ("n2v", "n2v2"):
         raise ValueError(f"unknown N2V variant {variant!r}: expected 'n2v' or 'n2v2'")
-    return UNet(depth=depth, base_filters=base_filters, n2v2=variant == "n2v2")
+    return UNet(depth=depth, base_filters=base_filters, n2v2=variant == "n2v2", baseline_radius=baseline_radius)

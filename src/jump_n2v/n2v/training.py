@@ -261,6 +261,16 @@ def _estimate_noise(sampler: PatchSampler, seed: int, log: logging.Logger):
 
 
 
+def network_architecture(settings: N2VSettings, region: BlindRegion | None) -> dict[str, Any]:
+    """The U-Net's build arguments (model.pt ``architecture``): the baseline ring one pixel beyond the
+    blind spot, so the baseline never reads a pixel whose noise the blind spot hides (see
+    :class:`~jump_n2v.n2v.model.UNet`)."""
+    return {
+        "depth": settings.depth, "base_filters": settings.base_filters, "variant": settings.variant,
+        "baseline_radius": (region.radius if region is not None else 0) + 1,
+    }
+
+
 def _derived_seed(*entropy: int) -> int:
     """A 63-bit seed for a torch generator from the settings seed and a stream id."""
     return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]) >> 1
@@ -477,6 +487,7 @@ class _TrainingRun:
     sampler: PatchSampler
     noise_model: Any
     blind_spot: dict
+    architecture: dict
     net: UNet
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -499,7 +510,8 @@ class _TrainingRun:
         _seed_everything(settings.seed)
         sampler = _setup_sampler(arrays, names, settings, device, autocast_dtype, log)
         noise_model, region, blind_spot = _setup_blind_spot(sampler, settings, log)
-        net = build_unet(settings.depth, settings.base_filters, settings.variant).to(device)
+        architecture = network_architecture(settings, region)
+        net = build_unet(**architecture).to(device)
         # channels_last lets oneDNN / cuDNN pick their fast NHWC convolution kernels.
         net = net.to(memory_format=torch.channels_last)
         optimizer, scheduler, scaler = _configure_optimizers(net, settings, device, autocast_dtype)
@@ -512,7 +524,7 @@ class _TrainingRun:
         return cls(
             settings=settings, log=log, checkpoint_path=checkpoint_path, fingerprint=fingerprint, names=names,
             device=device, autocast_dtype=autocast_dtype, sampler=sampler, noise_model=noise_model,
-            blind_spot=blind_spot, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            blind_spot=blind_spot, architecture=architecture, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             mask_options=mask_options, validation=_setup_validation(sampler, settings, device, mask_options),
             progress=_Progress(), best_weights=_cpu_state(net),
         )
@@ -666,7 +678,7 @@ class _TrainingRun:
         settings, norm = self.settings, self.sampler.normalization
         posterior, posterior_evidence = None, {"fitted": False, "reason": "no noise model"}
         if self.noise_model is not None:
-            best_net = build_unet(settings.depth, settings.base_filters, settings.variant).to(self.device)
+            best_net = build_unet(**self.architecture).to(self.device)
             best_net.load_state_dict(self.best_weights)
             posterior, posterior_evidence = fit_posterior(
                 best_net, self.validation.targets, norm.mean, norm.std, self.noise_model,
@@ -689,7 +701,7 @@ class _TrainingRun:
         noise_model = self.noise_model
         return {
             "settings": settings.to_dict(),
-            "normalization": {"mean": sampler.normalization.mean, "std": sampler.normalization.std},
+            "normalization": sampler.normalization.to_dict(),
             "training": {
                 "best_val_loss": progress.best_val_loss,
                 "best_epoch": progress.best_epoch,
@@ -717,7 +729,7 @@ class _TrainingRun:
     def write(self, model_dir: Path, metadata: dict) -> None:
         """Write the outputs from the best weights, then drop the checkpoint: the outputs now stand for the run."""
         progress = self.progress
-        _write_outputs(model_dir, self.settings, self.best_weights, self.sampler.normalization, metadata, progress.rows)
+        _write_outputs(model_dir, self.settings, self.architecture, self.best_weights, self.sampler.normalization, metadata, progress.rows)
         self.checkpoint_path.unlink(missing_ok=True)
         self.log.info(
             "wrote %s: best val loss %.5f at epoch %d of %d",
@@ -759,9 +771,9 @@ def _setup_sampler(
     )
     log.info(
         "training %s on %d image(s) from %d array(s), validating on %d held-out image(s); "
-        "mean %.4g, std %.4g; device %s, precision %s",
+        "normalised by %s: offset %.4g, scale %.4g (pixel mean %.4g, std %.4g); device %s, precision %s",
         settings.variant, len(sampler.train_images), len(arrays), len(sampler.validation_images),
-        norm.mean, norm.std, device, "fp32" if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
+        norm.method, norm.mean, norm.std, norm.pixel_mean, norm.pixel_std, device, "fp32" if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
     )
     if sampler.validation_from_training:
         log.warning("only one image: validation patches come from the training image itself")
@@ -821,19 +833,15 @@ def _versions() -> dict[str, str]:
 # -- outputs ----------------------------------------------------------------------------------------
 
 
-def _write_outputs(model_dir, settings, weights, norm, metadata, rows) -> None:
+def _write_outputs(model_dir, settings, architecture, weights, norm, metadata, rows) -> None:
     """All outputs, each atomically; model.json last, so its presence means the folder is complete."""
     with atomic_output(model_dir / "model.pt") as temporary:
         torch.save(
             {
                 "format": MODEL_FORMAT,
-                "architecture": {
-                    "depth": settings.depth,
-                    "base_filters": settings.base_filters,
-                    "variant": settings.variant,
-                },
+                "architecture": architecture,
                 "state_dict": weights,
-                "normalization": {"mean": norm.mean, "std": norm.std},
+                "normalization": norm.to_dict(),
             },
             temporary,
         )

@@ -55,7 +55,10 @@ SUMMARY_COLUMNS = (
     ("residual_signal_corr_median", "corr(residual, denoised)"),
     ("residual_autocorr_x_median", "residual autocorr x"),
     ("residual_autocorr_y_median", "residual autocorr y"),
-    ("bias_relative_median", "relative bias"),
+    ("mean_shift_relative_median", "image mean shift (denoised / raw − 1)"),
+    ("background_shift_relative_median", "background mean shift"),
+    ("bright_shift_relative_median", "bright-object mean shift"),
+    ("bias_relative_median", "offset / intensity range"),
     ("psnr_raw_db_mean", "PSNR raw (dB)"),
     ("psnr_denoised_db_mean", "PSNR denoised (dB)"),
     ("psnr_gain_db_mean", "PSNR gain (dB)"),
@@ -75,7 +78,7 @@ FLAG_COLUMNS = {
     "residual_autocorrelation": ("residual_autocorr_x_median", "residual_autocorr_y_median"),
     "noise_leak": ("noise_leak_median",),
     "no_estimated_gain": ("estimated_gain_db_median",),
-    "bias": ("bias_relative_median",),
+    "bias": ("mean_shift_relative_median", "background_shift_relative_median", "bright_shift_relative_median"),
     "psnr_drop": ("psnr_gain_db_mean", "psnr_denoised_db_mean"),
     "no_snr_gain": ("snr_gain_db_median",),
     "rejected_images": ("n_rejected",),
@@ -147,10 +150,21 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _cell(value: Any, classes: Sequence[str] = ()) -> dict[str, Any]:
-    """A table cell for the template: its text and CSS classes (text cells are left-aligned)."""
+def _cell(value: Any, classes: Sequence[str] = (), bound_reason: str | None = None) -> dict[str, Any]:
+    """A table cell for the template: its text and CSS classes (text cells are left-aligned); a value that
+    is only a lower bound reads "≥ value", with the reason as the cell's tooltip."""
     names = list(classes) + (["text"] if isinstance(value, str) else [])
-    return {"text": _format(value), "classes": names}
+    if bound_reason:
+        return {"text": f"≥ {_format(value)}", "classes": names, "title": bound_reason}
+    return {"text": _format(value), "classes": names, "title": None}
+
+
+def _bound_reason(record: Mapping[str, Any], column: str) -> str | None:
+    """The reason a summary cell is only a lower bound (the estimated gain's note), else None."""
+    if column != "estimated_gain_db_median":
+        return None
+    note = record.get("estimated_gain_note")
+    return note if isinstance(note, str) and note else None
 
 
 def _flag_list(flags: Any) -> list[str]:
@@ -205,7 +219,8 @@ def _summary_table(summary: pd.DataFrame) -> dict[str, Any]:
         flags = _flag_list(record.get("flags"))
         bad_columns = {column for flag in flags for column in FLAG_COLUMNS.get(flag, ())}
         cells = [
-            {"flags": flags} if name == "flags" else _cell(record.get(name), ["bad"] if name in bad_columns else [])
+            {"flags": flags} if name == "flags"
+            else _cell(record.get(name), ["bad"] if name in bad_columns else [], _bound_reason(record, name))
             for name, _ in columns
         ]
         rows.append({"flags": flags, "cells": cells})
