@@ -101,25 +101,31 @@ def test_bad_settings_are_refused_with_a_clear_message(overrides, message):
 
 @pytest.mark.usefixtures("pinned_torch")
 def test_training_reduces_the_loss_on_a_noisy_image(tmp_path):
-    # What every honest training shows, not one CPU's trajectory. With 10 steps per epoch the denoised
-    # image came out worse than the noisy one on seeds 2, 6 and 7 (a fresh CPU is another seed); with 40
-    # it was at most 0.63 of the noisy MSE on seeds 0-7. The first epoch's validation loss is no
-    # reference (after 40 steps it is near the best on some seeds); predicting the mean is: about 1 in
-    # normalised units, where the best validation loss was at most 0.25 on seeds 0-7.
+    # What every honest training shows, not one CPU's trajectory. Predicting the mean scores about 1 in
+    # normalised units; the best validation loss was at most 0.16 on seeds 0-7. The training loss is no
+    # reference since the network predicts a correction to a fixed baseline (the local mean outside the
+    # blind spot): it starts at the noise floor and moves within its batch-to-batch spread (seeds 0-7:
+    # first epoch 0.084-0.104, last 0.077-0.102). What training must add is measured against that
+    # baseline: on seeds 0-7 the trained network's MSE to the clean image was 0.12-0.24 of the noisy
+    # image's, the baseline alone 0.345.
     path, clean = _noisy_plate(tmp_path / "plate.zarr", images=4, size=48)
     settings = _settings(epochs=6, steps_per_epoch=40, batch_size=8, base_filters=8, patch_size=32)
     metadata = train_channel([path], settings, tmp_path / "model")
-    rows = _log_rows(tmp_path / "model")
     assert metadata["training"]["best_val_loss"] < 0.8 * 1.0
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
-    # The trained network denoises: closer to the clean image than the noisy input is.
+    # The trained network denoises: closer to the clean image than the noisy input is, and than its
+    # baseline alone (what an untrained correction would leave).
     trained = load_trained(tmp_path / "model")
     noisy = zarr.open_array(path, mode="r")[0]
     with torch.inference_mode():
         normalised = (torch.from_numpy(noisy) - trained.mean) / trained.std
         denoised = trained.net(normalised[None, None])[0, 0].numpy() * trained.std + trained.mean
-    assert np.mean((denoised - clean) ** 2) < 0.9 * np.mean((noisy - clean) ** 2)
+        half = trained.net.ring.shape[-1] // 2
+        padded = torch.nn.functional.pad(normalised[None, None], (half,) * 4, mode="replicate")
+        baseline = torch.nn.functional.conv2d(padded, trained.net.ring)[0, 0].numpy() * trained.std + trained.mean
+    noisy_mse = np.mean((noisy - clean) ** 2)
+    assert np.mean((denoised - clean) ** 2) < 0.9 * noisy_mse
+    assert np.mean((denoised - clean) ** 2) < np.mean((baseline - clean) ** 2)
 
 
 def test_the_same_seed_gives_identical_weights_and_log(tmp_path, plate):
