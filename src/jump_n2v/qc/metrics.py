@@ -310,11 +310,24 @@ def model_metrics(raw: np.ndarray, denoised: np.ndarray, model: NoiseModel, bins
 
 
 # The bright-object region of an image: the brightest 0.5 % of its pixels (the tail a debris object, an
-# aggregate or a saturated cell fills), chosen on the raw image smoothed with a Gaussian of this sigma so
-# that the choice barely depends on each pixel's own noise (choosing on the noisy values would favour
-# pixels with positive noise, and an unbiased denoiser would then seem to lower their mean).
+# aggregate or a saturated cell fills), chosen on the raw image smoothed with a Gaussian of this sigma
+# whose centre 3 x 3 is left out, so that whether a pixel is chosen never depends on its own noise nor
+# on its 8 neighbours' (independent or nearest-neighbour-mixed noise). Choosing on the noisy values, or
+# on a plain Gaussian smoothing, favours pixels with positive noise: on the demo's small Poisson-noisy
+# cells the clean image then read 0.2-2.2 % below the raw one there, and a perfect denoiser was biased.
 BRIGHT_FRACTION = 0.005
 REGION_SMOOTHING_SIGMA = 2.0
+
+
+def bright_region_selector(raw: np.ndarray) -> np.ndarray:
+    """``raw`` smoothed with a Gaussian of ``REGION_SMOOTHING_SIGMA`` that leaves out each pixel's 3 x 3
+    neighbourhood (weights renormalised), so the selector is blind to the noise it will be compared with."""
+    impulse = np.zeros((3, 3))
+    impulse[1, 1] = 1.0
+    # The Gaussian's own weights at offsets -1..1, exactly as gaussian_filter applies them.
+    centre = ndimage.gaussian_filter(np.pad(impulse, 8), REGION_SMOOTHING_SIGMA, mode="constant")[8:11, 8:11]
+    smoothed = ndimage.gaussian_filter(raw, REGION_SMOOTHING_SIGMA)
+    return (smoothed - ndimage.correlate(raw, centre, mode="reflect")) / (1.0 - centre.sum())
 
 
 def intensity_shifts(raw: np.ndarray, denoised: np.ndarray) -> dict[str, float]:
@@ -326,7 +339,7 @@ def intensity_shifts(raw: np.ndarray, denoised: np.ndarray) -> dict[str, float]:
     """
     raw = np.asarray(raw, dtype=np.float64)
     denoised = np.asarray(denoised, dtype=np.float64)
-    selector = ndimage.gaussian_filter(raw, REGION_SMOOTHING_SIGMA)
+    selector = bright_region_selector(raw)
     bright = selector >= np.quantile(selector, 1.0 - BRIGHT_FRACTION)
     regions = {"mean_shift_relative": np.ones(raw.shape, dtype=bool), "background_shift_relative": ~bright, "bright_shift_relative": bright}
     shifts = {}
