@@ -25,6 +25,7 @@ A model trained before this record existed cannot be compared: the comparison sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -115,7 +116,7 @@ def masked_loss(trained: Any, images: Sequence[np.ndarray], patches: int, seed: 
     rng = np.random.default_rng([seed, _PATCH_STREAM])
     usable = [image for image in images if min(image.shape) >= size]
     if not usable:
-        raise ValueError(f"no image of the sample is as large as the model's patch size {size}")
+        raise ValueError(f"no image is as large as the model's {size}-px patches")
     batch = np.empty((patches, 1, size, size), dtype=np.float32)
     for row in range(patches):
         image = usable[int(rng.integers(len(usable)))]
@@ -200,9 +201,15 @@ def compare_with_training(
     shift = max(abs(s - t) for s, t in zip(sample_quantiles, training_quantiles)) / span if span > 0 else math.nan
     statistics["intensity"] = _statistic(training_quantiles, sample_quantiles, shift, tolerances["intensity"])
 
-    loss = masked_loss(trained, images, patches, seed)
-    statistics["masked_loss"] = _statistic(
-        record["masked_loss"], loss, _folded_ratio(loss, record["masked_loss"]), tolerances["masked_loss"])
+    size = trained.settings.patch_size
+    if any(min(image.shape) >= size for image in images):
+        loss = masked_loss(trained, images, patches, seed)
+        statistics["masked_loss"] = _statistic(
+            record["masked_loss"], loss, _folded_ratio(loss, record["masked_loss"]), tolerances["masked_loss"])
+    else:
+        why = f"no sampled image is as large as the model's {size}-px patches"
+        notes.append(f"masked loss not compared: {why}")
+        statistics["masked_loss"] = _statistic(record["masked_loss"], None, math.nan, tolerances["masked_loss"], why)
 
     moved = [name for name in STATISTICS if statistics[name]["moved"]]
     return {"format": COMPARISON_FORMAT, "comparable": True, "images": len(images), "statistics": statistics,
@@ -232,15 +239,28 @@ def sample_images(source: Any, count: int, seed: int) -> tuple[list[np.ndarray],
     return [np.asarray(source[row]) for row in rows], rows
 
 
+def comparison_path(denoised: str | Path) -> Path:
+    """Where the comparison of a denoised store's source with the training data goes: beside it,
+    ``denoised/DNA.zarr`` -> ``denoised/DNA.training_check.json``."""
+    return Path(denoised).with_suffix(".training_check.json")
+
+
 def check_array(
-    trained: Any, source: Any, out_json: str | Path | None, settings: Mapping[str, Any], *,
+    trained: Any, source: Any, out_json: str | Path | None, settings: Any, *,
     model: str | None = None, log: logging.Logger | None = None,
 ) -> dict[str, Any]:
     """Compare a seeded sample of a channel array with the model's training data (:func:`compare_with_training`),
     write the comparison to ``out_json`` (atomically, when given) and log a warning naming what moved.
 
-    ``source`` is an (images, Y, X) array; ``settings`` the resolved ``predict`` settings (a mapping with the
-    ``training_check_*`` keys); ``model`` the model.json path, recorded in the comparison."""
+    ``source`` is an (images, Y, X) array or the path of a channel store; ``settings`` the ``predict``
+    settings (a :class:`~jump_n2v.predict.PredictSettings` or a resolved mapping with the ``training_check_*``
+    keys); ``model`` the model.json path, recorded in the comparison."""
+    if isinstance(source, (str, Path)):
+        from jump_n2v.ngff import open_channel_array
+
+        source = open_channel_array(source)
+    if not isinstance(settings, Mapping):
+        settings = dataclasses.asdict(settings)
     images, rows = sample_images(source, settings["training_check_images"], settings["training_check_seed"])
     tolerances = {name: settings[key] for name, key in TOLERANCE_SETTINGS.items()}
     comparison = compare_with_training(trained, images, tolerances, patches=settings["training_check_patches"],
