@@ -187,3 +187,15 @@ def test_the_cli_predict_warns_and_writes_the_comparison(model_dir, tmp_path, ca
     printed = capsys.readouterr().out
     assert "WARNING:" in printed and "intensity" in printed
     assert "intensity" in json.loads((tmp_path / "DNA.training_check.json").read_text())["moved"]
+
+
+def test_the_cli_denoise_warns_about_one_image_of_another_stain(model_dir, tmp_path, capsys):
+    import tifffile
+
+    from jump_n2v.cli import main
+
+    tifffile.imwrite(tmp_path / "mito.tif", demo_images("Mito", seed=NEW_SITES, sites=1)[0])
+    assert main(["denoise", str(model_dir), str(tmp_path / "mito.tif"), str(tmp_path / "out.tif"), "--threads", "1",
+                 "--set", "device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "WARNING:" in printed and "intensity" in printed and (tmp_path / "out.tif").exists()
