@@ -358,6 +358,8 @@ def test_default_settings_come_from_the_schema():
     assert settings == PredictSettings(
         tile_size=None, batch_size=4, tta=False, posterior="auto", output_dtype="float32", precision="auto",
         device="auto", export_tiff=False, export_layout="flat", export_dtype="source", export_ome_zarr=False,
+        training_check_images=4, training_check_patches=256, training_check_seed=0, training_check_gain_ratio=2.0,
+        training_check_read_sd=0.1, training_check_lag1=0.2, training_check_intensity=0.35, training_check_loss_ratio=2.25,
     )
 
 
@@ -372,6 +374,9 @@ def test_default_settings_come_from_the_schema():
         ({"tta": "yes"}, "tta must be true or false"),
         ({"export_ome_zarr": 1}, "export_ome_zarr must be true or false"),
         ({"posterior": "always"}, "posterior must be one of auto, none"),
+        ({"training_check_images": 0}, "training_check_images must be an integer >= 1"),
+        ({"training_check_gain_ratio": 1.0}, "training_check_gain_ratio must be a number above 1"),
+        ({"training_check_lag1": "0.2"}, "training_check_lag1 must be a number above 0"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_field_named(override, message):

@@ -300,6 +300,40 @@ def test_the_tiff_exports_clipping_is_counted_in_the_summary(good_and_bad_report
     assert "share of pixels clipped" in (root / "clipping" / "report.html").read_text(encoding="utf-8")
 
 
+def test_a_plate_unlike_its_training_data_is_flagged_in_the_report(good_and_bad_report):
+    # The predict step's training_check.json files (jump_n2v.n2v.similarity.check_array), as written.
+    first_report, _ = good_and_bad_report
+    root = first_report.parents[1]
+    model_dir = root / "models" / "all-plates" / "DNA"
+    moved = {"change": 0.71, "tolerance": 0.35, "training": [0.0], "sample": [1.0], "moved": True}
+    checks = []
+    for plate, statistics in (("P1", {"intensity": moved}), ("P2", {})):
+        path = root / plate / "denoised" / "DNA.training_check.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"plate": plate, "channel": "DNA", "comparable": True, "statistics": statistics,
+                                    "moved": list(statistics), "notes": []}))
+        checks.append(path)
+    out = root / "unlike" / "report.html"
+    summary = write_experiment_report(
+        "E1",
+        [root / plate / "qc" / "DNA" / "metrics.csv" for plate in ("P1", "P2")],
+        {("P1", "DNA"): model_dir, ("P2", "DNA"): model_dir},
+        {"DNA": {"qc": resolve_section("qc")}},
+        [],
+        root / "unlike" / "summary.csv",
+        root / "unlike" / "summary.parquet",
+        out,
+        versions={"jump-n2v": "0.1.0"},
+        training_checks=checks,
+    ).set_index("plate")
+    assert "unlike_training_data" in summary.loc["P1", "flags"] and "unlike_training_data" not in summary.loc["P2", "flags"]
+    assert summary.loc["P1", "training_check_moved"] == "intensity 0.71 (tolerance 0.35)"
+    text = out.read_text(encoding="utf-8")
+    flags_section = text[text.index('id="flags-section"'):text.index('id="summary-section"')]
+    assert "<b>P1 / DNA</b>: <span class=\"flag\">unlike_training_data</span>" in flags_section
+    assert "<dt>unlike training data</dt>" in text
+
+
 def tiny_png(path, value=128):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((8, 12, 3), value, dtype=np.uint8)).save(path)

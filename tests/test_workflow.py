@@ -56,6 +56,8 @@ def test_every_stage_writes_its_documented_outputs(tiny_run):
         assert not (model / "checkpoint.pt").exists()
         for name in ("metrics.csv", "metrics.parquet", "noise_model.json", "panels.png", "plate_map.png"):
             assert (plate / "qc" / channel / name).stat().st_size > 0
+        check = json.loads((plate / "denoised" / f"{channel}.training_check.json").read_text())
+        assert (check["plate"], check["channel"]) == ("TinyPlate", channel) and isinstance(check["moved"], list)
     assert (tiny_run / "report" / "report.html").stat().st_size > 0
     summary = pd.read_csv(tiny_run / "report" / "summary.csv")
     assert sorted(summary["channel"]) == CHANNELS

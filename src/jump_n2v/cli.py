@@ -5,6 +5,9 @@
     jump-n2v train results/demo/DemoPlate/raw/DNA.zarr --out models/DNA --set epochs=20 --set variant=n2v2
     jump-n2v predict models/DNA results/demo/DemoPlate/raw/DNA.zarr denoised/DNA.zarr
     jump-n2v denoise models/DNA image.tif image_denoised.tif
+
+predict and denoise first compare the images with the model's training data and warn when they look
+unlike it (predict writes the comparison beside its output: denoised/DNA.training_check.json).
     jump-n2v export-bmz models/DNA DNA.bmz.zip
 """
 
@@ -65,14 +68,21 @@ def _predict(args) -> int:
 
     from jump_n2v.logs import rule_logger
     from jump_n2v.n2v import load_trained
+    from jump_n2v.n2v.similarity import check_array, comparison_path, warning_text
     from jump_n2v.predict import PredictSettings, predict_array
 
     torch.set_num_threads(args.threads)
     trained = load_trained(args.model)
-    summary = predict_array(trained.net, trained.mean, trained.std, args.source, args.out,
-                            PredictSettings.from_dict(_parse_assignments(args.set)), log=rule_logger(None),
+    settings = PredictSettings.from_dict(_parse_assignments(args.set))
+    log = rule_logger(None)
+    check_json = comparison_path(args.out)
+    comparison = check_array(trained, args.source, check_json, settings, model=str(args.model), log=log)
+    summary = predict_array(trained.net, trained.mean, trained.std, args.source, args.out, settings, log=log,
                             posterior=trained.posterior)
     print(f"{summary['images']} images denoised at {summary['mpx_per_s']:.2f} Mpx/s into {args.out}")
+    warning = warning_text(comparison, f"the images of {args.source}")
+    if warning:  # repeated after the progress lines, where it is seen
+        print(f"WARNING: {warning} (details: {check_json})")
     return 0
 
 
@@ -83,6 +93,7 @@ def _denoise(args) -> int:
 
     from jump_n2v.atomic import atomic_output
     from jump_n2v.n2v import load_trained
+    from jump_n2v.n2v.similarity import check_array, warning_text
     from jump_n2v.predict import PredictSettings, denoise_image
 
     torch.set_num_threads(args.threads)
@@ -90,11 +101,16 @@ def _denoise(args) -> int:
     image = tifffile.imread(args.image)
     if image.ndim != 2:
         raise SystemExit(f"{args.image}: expected one 2-D image, got shape {image.shape}; split hyperstacks with the workflow")
-    denoised = denoise_image(trained.net, image.astype(np.float32), trained.mean, trained.std,
-                             PredictSettings.from_dict(_parse_assignments(args.set)), posterior=trained.posterior)
+    settings = PredictSettings.from_dict(_parse_assignments(args.set))
+    comparison = check_array(trained, image[np.newaxis], None, settings, model=str(args.model))
+    denoised = denoise_image(trained.net, image.astype(np.float32), trained.mean, trained.std, settings,
+                             posterior=trained.posterior)
     with atomic_output(args.out) as temporary:
         tifffile.imwrite(temporary, denoised, photometric="minisblack")
     print(f"wrote {args.out}")
+    warning = warning_text(comparison, args.image)
+    if warning:
+        print(f"WARNING: {warning}")
     return 0
 
 

@@ -78,6 +78,14 @@ class PredictSettings:
     export_layout: str
     export_dtype: str
     export_ome_zarr: bool
+    training_check_images: int
+    training_check_patches: int
+    training_check_seed: int
+    training_check_gain_ratio: float
+    training_check_read_sd: float
+    training_check_lag1: float
+    training_check_intensity: float
+    training_check_loss_ratio: float
     workers: int | None = None
 
     @classmethod
@@ -92,6 +100,14 @@ class PredictSettings:
         workers = resolved["workers"]
         if workers is not None and (not _is_int(workers) or workers < 1):
             raise ConfigError(f"predict workers must be null or an integer >= 1, got {workers!r}")
+        for count, minimum in (("training_check_images", 1), ("training_check_patches", 1), ("training_check_seed", 0)):
+            if not _is_int(resolved[count]) or resolved[count] < minimum:
+                raise ConfigError(f"predict {count} must be an integer >= {minimum}, got {resolved[count]!r}")
+        for tolerance, above in (("training_check_gain_ratio", 1), ("training_check_read_sd", 0), ("training_check_lag1", 0),
+                                 ("training_check_intensity", 0), ("training_check_loss_ratio", 1)):
+            value = resolved[tolerance]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > above:
+                raise ConfigError(f"predict {tolerance} must be a number above {above}, got {value!r}")
         for flag in ("tta", "export_tiff", "export_ome_zarr"):
             if not isinstance(resolved[flag], bool):
                 raise ConfigError(f"predict {flag} must be true or false, got {resolved[flag]!r}")

@@ -256,6 +256,10 @@ def report_inputs(wildcards):
         "model_json": [f"{m}/model.json" for m in models],
         "training_curves": [f"{m}/training_curve.png" for m in models],
         "rejects": expand(f"{RESULTS}/{e}/{{plate}}/rejects/{{channel}}.csv", plate=plates, channel=channels),
+        # the predict step's comparison of each plate channel with its model's training data
+        "training_checks": expand(
+            f"{RESULTS}/{e}/{{plate}}/denoised/{{channel}}.training_check.json", plate=plates, channel=channels
+        ),
         # their clipping.csv: pixels the TIFF export clipped into the source dtype
         "exports": [export_dir(e, p, c) for p in plates for c in exported_channels(e)],
     }

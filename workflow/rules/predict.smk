@@ -1,11 +1,13 @@
 rule predict:
-    """Denoise a plate's channel with overlapping tiles: a dask graph over blocks of whole images."""
+    """Denoise a plate's channel with overlapping tiles: a dask graph over blocks of whole images; first a
+    seeded sample of its images is compared with the model's training data (training_check.json)."""
     input:
         raw=f"{RESULTS}/{{experiment}}/{{plate}}/raw/{{channel}}.zarr",
         weights=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.pt",
         model_json=lambda w: f"{model_dir(w.experiment, group_of_plate(w.experiment, w.plate), w.channel)}/model.json",
     output:
         zarr=directory(f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr"),
+        training_check=f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.training_check.json",
     log:
         f"{RESULTS}/{{experiment}}/logs/predict/{{plate}}/{{channel}}.log",
     benchmark:

@@ -12,5 +12,6 @@ summary = write_experiment_report(
     snakemake.output.summary_parquet,
     snakemake.output.html,
     export_dirs={(plate, channel): folder for plate, channel, folder in snakemake.params.export_dirs},
+    training_checks=snakemake.input.training_checks,
 )
 log.info("report of %d plate x channel rows written to %s", len(summary), snakemake.output.html)

@@ -5,8 +5,9 @@
 
 * ``model.pt``: the best weights by validation loss, with the architecture to rebuild the net;
 * ``model.json``: resolved settings, normalisation, training summary, data split, seed, versions,
-  the fitted noise model (``noise_model``), the blind-spot decision and its evidence (``blind_spot``)
-  and the posterior step's weights (``posterior``, see :mod:`jump_n2v.n2v.posterior`);
+  the fitted noise model (``noise_model``), the blind-spot decision and its evidence (``blind_spot``),
+  the posterior step's weights (``posterior``, see :mod:`jump_n2v.n2v.posterior`) and what prediction
+  compares a plate with (``training_data``, see :mod:`jump_n2v.n2v.similarity`);
 * ``training_log.csv`` and ``training_curve.png``.
 
 Every epoch ends with an atomic ``checkpoint.pt``. A rerun with the same settings and data resumes
@@ -49,6 +50,7 @@ from jump_n2v.n2v.masking import BlindRegion, StructMask, mask_batch, masked_mse
 from jump_n2v.n2v.posterior import Posterior, fit_posterior
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.sampling import PLAN_COLUMNS, PatchSampler, array_location
+from jump_n2v.n2v.similarity import fit_noise_model, normalised_quantiles, training_record
 from jump_n2v.noise import SHORT_RANGE_TOLERANCE
 
 logger = logging.getLogger(__name__)
@@ -230,35 +232,23 @@ def decide_blind_spot(settings: N2VSettings, noise_model) -> tuple[BlindRegion |
     return region, record
 
 
-MIN_NOISE_BLOCKS = 100  # flat 16 x 16 blocks a noise model needs before training acts on it
+def _noise_sample(sampler: PatchSampler) -> list[np.ndarray]:
+    """The training images the noise model is fitted to and the training-data record describes (at most
+    NOISE_SAMPLE_IMAGES whole images: flat background blocks anywhere in them count)."""
+    return [sampler.image(a, i) for a, i in sampler.train_images[:NOISE_SAMPLE_IMAGES]]  # decoded once already in memory mode
 
 
-def _estimate_noise(sampler: PatchSampler, seed: int, log: logging.Logger):
-    """The noise model of a bounded sample of training images, or None (logged) when it cannot be fitted."""
-    from jump_n2v.noise import estimate_site_noise_models
+def _estimate_noise(images: list[np.ndarray], seed: int, log: logging.Logger):
+    """The noise model of the noise-sample images, or None (logged) when it cannot be fitted.
 
-    chosen = sampler.train_images[:NOISE_SAMPLE_IMAGES]
-    images = [sampler.image(a, i) for a, i in chosen]  # decoded once already in memory mode
-    dtype = np.dtype(images[0].dtype)
-    dtype_range = (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) if dtype.kind in "ui" else None
-    try:
-        # The mixing is measured on the intensity bins freest of texture (background), then fixed: on a
-        # confluent real field the whole-image fit read texture as noise and masked 24 neighbours (issue 18).
-        fitted = estimate_site_noise_models({"channel": images}, dtype_range=dtype_range, seed=seed)
-        model = fitted.models["channel"]
-        log.info("noise model: %s", "; ".join(fitted.notes))
-    except ValueError as error:  # too little flat background, constant images, ...
-        log.warning("noise model could not be estimated from %d training image(s): %s", len(images), error)
-        return None
-    if model.blocks < MIN_NOISE_BLOCKS:
-        # Measured: 27 blocks of smooth 48 x 48 stripes read neighbour correlations of 0.3 on independent
-        # noise (a 5 x 5 region was masked and the model denoised nothing); 192 blocks of 128 x 128
-        # box-mixed images read the true 0.5. One 1080 x 1080 site has 4,489 blocks.
-        log.warning("noise model of %d training image(s) rests on only %d flat 16 x 16 blocks (< %d): not "
-                    "used for the blind spot or the posterior", len(images), model.blocks, MIN_NOISE_BLOCKS)
-        return None
+    The mixing is measured on the intensity bins freest of texture (background), then fixed: on a
+    confluent real field the whole-image fit read texture as noise and masked 24 neighbours (issue 18)."""
+    model, note = fit_noise_model(images, seed)
+    if model is None:
+        log.warning("%s (training image(s)): no noise model for the blind spot or the posterior", note)
+    else:
+        log.info("noise model: %s", note)
     return model
-
 
 
 def network_architecture(settings: N2VSettings, region: BlindRegion | None) -> dict[str, Any]:
@@ -487,6 +477,8 @@ class _TrainingRun:
     sampler: PatchSampler
     noise_model: Any
     blind_spot: dict
+    data_quantiles: list[float]  # normalised-intensity quantiles of the noise-sample images (training_data)
+    data_images: int
     architecture: dict
     net: UNet
     optimizer: torch.optim.Optimizer
@@ -509,7 +501,10 @@ class _TrainingRun:
         device, autocast_dtype = _select_device(settings, log)
         _seed_everything(settings.seed)
         sampler = _setup_sampler(arrays, names, settings, device, autocast_dtype, log)
-        noise_model, region, blind_spot = _setup_blind_spot(sampler, settings, log)
+        noise_sample = _noise_sample(sampler)
+        noise_model, region, blind_spot = _setup_blind_spot(noise_sample, settings, log)
+        quantiles = normalised_quantiles(noise_sample, sampler.normalization.mean, sampler.normalization.std)
+        del noise_sample
         architecture = network_architecture(settings, region)
         net = build_unet(**architecture).to(device)
         # channels_last lets oneDNN / cuDNN pick their fast NHWC convolution kernels.
@@ -524,7 +519,8 @@ class _TrainingRun:
         return cls(
             settings=settings, log=log, checkpoint_path=checkpoint_path, fingerprint=fingerprint, names=names,
             device=device, autocast_dtype=autocast_dtype, sampler=sampler, noise_model=noise_model,
-            blind_spot=blind_spot, architecture=architecture, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            blind_spot=blind_spot, data_quantiles=quantiles, data_images=min(len(sampler.train_images), NOISE_SAMPLE_IMAGES),
+            architecture=architecture, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             mask_options=mask_options, validation=_setup_validation(sampler, settings, device, mask_options),
             progress=_Progress(), best_weights=_cpu_state(net),
         )
@@ -696,7 +692,7 @@ class _TrainingRun:
 
     def model_metadata(self, posterior: Posterior | None, posterior_evidence: dict) -> dict:
         """The model.json content: settings, normalisation, training summary, data split, seed, versions,
-        blind spot, noise model and posterior."""
+        blind spot, noise model, posterior and the training-data record (:mod:`jump_n2v.n2v.similarity`)."""
         settings, progress, sampler = self.settings, self.progress, self.sampler
         noise_model = self.noise_model
         return {
@@ -724,6 +720,7 @@ class _TrainingRun:
             "blind_spot": self.blind_spot,
             "noise_model": noise_model.to_dict() if noise_model is not None else None,
             "posterior": {**posterior_evidence, **(posterior.to_dict() if posterior is not None else {})},
+            "training_data": training_record(self.data_quantiles, noise_model, progress.best_val_loss, self.data_images),
         }
 
     def write(self, model_dir: Path, metadata: dict) -> None:
@@ -781,10 +778,10 @@ def _setup_sampler(
 
 
 def _setup_blind_spot(
-    sampler: PatchSampler, settings: N2VSettings, log: logging.Logger
+    images: list[np.ndarray], settings: N2VSettings, log: logging.Logger
 ) -> tuple[Any, BlindRegion | None, dict]:
-    """The noise model of the training images, and the blind-spot region decided from it (logged, with its record)."""
-    noise_model = _estimate_noise(sampler, settings.seed, log)
+    """The noise model of the noise-sample images, and the blind-spot region decided from it (logged, with its record)."""
+    noise_model = _estimate_noise(images, settings.seed, log)
     region, blind_spot = decide_blind_spot(settings, noise_model)
     if noise_model is not None:
         log.info(

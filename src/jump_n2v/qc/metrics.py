@@ -85,6 +85,8 @@ NOISE_MODEL_COLUMNS = (
     "noise_corr_x2", "noise_corr_y2", "noise_processed", "noise_notes",
 )
 BLIND_SPOT_COLUMNS = ("blind_spot_mode", "blind_spot_offsets", "blind_spot_setting", "blind_spot_evidence")
+# Columns of the summary from the predict step's comparison with the training data (training_check.json).
+TRAINING_CHECK_COLUMNS = ("training_check_moved", "training_check_notes")
 
 # What each flag means; the report prints these next to the thresholds used.
 FLAG_DESCRIPTIONS = {
@@ -113,6 +115,13 @@ FLAG_DESCRIPTIONS = {
     "psnr_drop": "mean PSNR of denoised vs clean is below that of raw vs clean: denoising made the image "
     "worse against the ground truth.",
     "no_snr_gain": "median implied SNR gain is not above 0 dB: the estimated noise level did not go down.",
+    "unlike_training_data": "before denoising, a seeded sample of the plate's images (predict.training_check_images) "
+    "was compared with the model's record of its training data, and a statistic moved beyond its tolerance "
+    "(predict.training_check_*; see 'unlike training data'): the noise model's gain, read noise or lag-1 "
+    "correlation, the normalised intensity quantiles, or the network's masked N2V loss. N2V should only denoise "
+    "images acquired like its training images (a shared train_on: experiment model on a plate with another "
+    "exposure, noise or stain); train a model on these images, or check the output. Models trained before "
+    "the record existed are not compared.",
     "rejected_images": "ingest left images of this channel out (on_bad_image: skip): unreadable, or their "
     "shape or dtype differs from the plate's majority; the Rejects section lists each file and why.",
 }
@@ -667,6 +676,33 @@ def export_clipping_columns(totals: Mapping[str, int] | None) -> dict[str, float
     }
 
 
+def read_training_check(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``denoised/<channel>.training_check.json`` the predict step wrote
+    (:func:`jump_n2v.n2v.similarity.check_array`); a clear error naming the file otherwise."""
+    path = Path(path)
+    try:
+        check = json.loads(path.read_text())
+    except OSError as error:
+        raise QCInputError(f"cannot read the training-data check {path}: {error}") from error
+    except json.JSONDecodeError as error:
+        raise QCInputError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(check, dict) or not isinstance(check.get("moved"), list) or not check.get("plate") or not check.get("channel"):
+        raise QCInputError(f"{path} is not a training-data check (needs plate, channel and a 'moved' list)")
+    return check
+
+
+def training_check_columns(check: Mapping[str, Any] | None) -> dict[str, Any]:
+    """TRAINING_CHECK_COLUMNS: each moved statistic with its change and tolerance, and the check's notes
+    (None without a check)."""
+    if check is None:
+        return dict.fromkeys(TRAINING_CHECK_COLUMNS)
+    statistics = check.get("statistics", {})
+    moved = ", ".join(
+        f"{name} {statistics[name]['change']:.3g} (tolerance {statistics[name]['tolerance']:g})" for name in check["moved"]
+    )
+    return {"training_check_moved": moved or None, "training_check_notes": " | ".join(check.get("notes", [])) or None}
+
+
 def summarize(
     tables: Iterable[pd.DataFrame],
     models: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
@@ -674,6 +710,7 @@ def summarize(
     noise_models: Mapping[tuple[str, str], NoiseModel] | None = None,
     rejected: Mapping[tuple[str, str], int] | None = None,
     clipping: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
+    training_checks: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """One row per (plate, channel): ``n_images``, ``<metric>_mean`` / ``<metric>_median`` of every
     metric present, the fitted noise model (NOISE_MODEL_COLUMNS, from ``noise_models``), the model's
@@ -686,7 +723,10 @@ def summarize(
     images ingest left out (``n_rejected``; any makes a ``rejected_images`` flag). ``clipping`` maps
     (plate, channel) to the TIFF export's clipped pixel counts (``pixels``, ``clipped_low``,
     ``clipped_high``: :func:`read_export_clipping`); channels not exported get NaN in the
-    EXPORT_CLIPPING_COLUMNS. Reference-metric columns appear only when some table has them.
+    EXPORT_CLIPPING_COLUMNS. ``training_checks`` maps (plate, channel) to the predict step's comparison
+    with the training data (:func:`read_training_check`): TRAINING_CHECK_COLUMNS, and an
+    ``unlike_training_data`` flag when a statistic moved. Reference-metric columns appear only when some
+    table has them.
     """
     combined = pd.concat(list(tables), ignore_index=True)
     if combined.empty:
@@ -724,7 +764,11 @@ def summarize(
         row.update(blind_spot_columns(info))
         row["n_rejected"] = int((rejected or {}).get((plate, channel), 0))
         row.update(export_clipping_columns((clipping or {}).get((plate, channel))))
+        check = (training_checks or {}).get((plate, channel))
+        row.update(training_check_columns(check))
         row["flags"] = _flags(row, resolve_section("qc", qc_settings.get(channel)))
+        if check is not None and check["moved"]:
+            row["flags"].append("unlike_training_data")
         if row["n_rejected"]:
             row["flags"].append("rejected_images")
         rows.append(row)

@@ -32,6 +32,7 @@ from jump_n2v.qc.metrics import (
     QCInputError,
     load_model_info,
     read_export_clipping,
+    read_training_check,
     read_noise_model,
     summarize,
     write_table,
@@ -69,6 +70,7 @@ SUMMARY_COLUMNS = (
     ("epochs_run", "epochs run"),
     ("n_rejected", "images rejected"),
     ("export_clipped_fraction", "export: share of pixels clipped"),
+    ("training_check_moved", "unlike training data: moved (change, tolerance)"),
     ("flags", "flags"),
 )
 
@@ -82,6 +84,7 @@ FLAG_COLUMNS = {
     "psnr_drop": ("psnr_gain_db_mean", "psnr_denoised_db_mean"),
     "no_snr_gain": ("snr_gain_db_median",),
     "rejected_images": ("n_rejected",),
+    "unlike_training_data": ("training_check_moved",),
 }
 
 FLAG_THRESHOLDS = {
@@ -458,6 +461,7 @@ def write_experiment_report(
     out_html: str | os.PathLike,
     versions: Mapping[str, str] | None = None,
     export_dirs: Mapping[tuple[str, str], str | os.PathLike] | None = None,
+    training_checks: Iterable[str | os.PathLike] = (),
 ) -> pd.DataFrame:
     """Summary tables and the HTML report of one experiment from the per-channel QC outputs.
 
@@ -466,7 +470,9 @@ def write_experiment_report(
     (model.json and the training_curve.png that training drew). ``settings`` maps channel
     to its resolved settings sections (flag thresholds come from ``qc``). ``export_dirs`` maps
     (plate, channel) to the folder its TIFFs were exported to, whose clipping.csv gives the summary's
-    export clipping columns. ``versions`` defaults to :func:`software_versions`. Returns the summary table.
+    export clipping columns. ``training_checks`` are the predict step's ``training_check.json`` files (each
+    names its plate and channel): a statistic that moved flags ``unlike_training_data``. ``versions``
+    defaults to :func:`software_versions`. Returns the summary table.
     """
     tables, artifacts, noise_models = [], [], {}
     for path in map(Path, metrics_csvs):
@@ -496,6 +502,7 @@ def write_experiment_report(
         noise_models=noise_models,
         rejected=rejects.groupby(["plate", "channel"]).size().to_dict(),
         clipping={key: read_export_clipping(Path(folder) / "clipping.csv") for key, folder in (export_dirs or {}).items()},
+        training_checks={(check["plate"], check["channel"]): check for check in map(read_training_check, training_checks)},
     )
     write_table(summary, summary_csv, summary_parquet)
     build_report(experiment, summary, artifacts, settings, versions or software_versions(), rejects, out_html)
