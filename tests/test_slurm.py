@@ -49,8 +49,8 @@ def list_rules():
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # One rule a line: "name" or "name (docstring)".
-    return {match.group(1) for match in re.finditer(r"^(\w+)(?: \(.*\))?$", result.stdout, re.MULTILINE)}
+    # One rule a line, unindented: "name" or "name (docstring", a long docstring going on over indented lines.
+    return {match.group(1) for match in re.finditer(r"^(\w+)(?: \(.*)?$", result.stdout, re.MULTILINE)}
 
 
 # ---------------------------------------------------------------------------------------------
