@@ -198,7 +198,7 @@ def test_no_outputs_are_left_when_training_fails(tmp_path, plate, monkeypatch):
     def broken_validation(*args, **kwargs):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(training, "_validation_loss", broken_validation)
+    monkeypatch.setattr(training, "network_masked_mse", broken_validation)
     with pytest.raises(RuntimeError, match="simulated failure"):
         train_channel([plate], _settings(), tmp_path / "model")
     assert list((tmp_path / "model").iterdir()) == []
@@ -206,7 +206,7 @@ def test_no_outputs_are_left_when_training_fails(tmp_path, plate, monkeypatch):
 
 def test_training_stops_early_when_validation_stalls(tmp_path, plate, monkeypatch):
     losses = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.9])
-    monkeypatch.setattr(training, "_validation_loss", lambda *args, **kwargs: next(losses))
+    monkeypatch.setattr(training, "network_masked_mse", lambda *args, **kwargs: next(losses))
     metadata = train_channel([plate], _settings(epochs=6, early_stopping_patience=2), tmp_path / "model")
     summary = metadata["training"]
     assert summary["stopped_early"] and summary["epochs_run"] == 4

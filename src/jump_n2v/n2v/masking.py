@@ -349,3 +349,25 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     weight = mask.to(torch.float32)
     squared = (prediction.float() - target.float()).square()
     return (squared * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+@torch.inference_mode()
+def network_masked_mse(
+    net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, batch_size: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
+    """The network's mean squared error over the blind spots of masked ``inputs`` (``masks`` True),
+    ``batch_size`` patches per pass on the tensors' device, with the net in eval mode: the validation loss
+    of training and the loss prediction compares a plate's patches with (jump_n2v.n2v.similarity)."""
+    net.eval()
+    device = inputs.device
+    total = torch.zeros((), device=device)
+    count = torch.zeros((), device=device)
+    for start in range(0, len(inputs), batch_size):
+        stop = start + batch_size
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            prediction = net(inputs[start:stop])
+        mask = masks[start:stop].float()
+        total += ((prediction.float() - targets[start:stop]).square() * mask).sum()
+        count += mask.sum()
+    return float(total / count)

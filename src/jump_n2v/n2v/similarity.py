@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from jump_n2v.atomic import write_text_atomic
-from jump_n2v.n2v.masking import BlindRegion, mask_batch
+from jump_n2v.n2v.masking import BlindRegion, mask_batch, network_masked_mse
 from jump_n2v.noise import NoiseModel, estimate_site_noise_models
 
 QUANTILE_LEVELS = (1, 5, 25, 50, 75, 95, 99)
@@ -60,10 +60,9 @@ _MASK_STREAM = 22
 def fit_noise_model(images: Sequence[np.ndarray], seed: int) -> tuple[NoiseModel | None, str]:
     """The noise model training fits (the site estimator: mixing measured on the background, then fixed),
     or None when it cannot be fitted or rests on fewer than MIN_NOISE_BLOCKS flat blocks; and a note why."""
-    dtype = np.dtype(images[0].dtype)
-    dtype_range = (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) if dtype.kind in "ui" else None
     try:
-        fitted = estimate_site_noise_models({"channel": list(images)}, dtype_range=dtype_range, seed=seed)
+        # Integer images are clipped at their dtype's range: the estimator reads it from the dtype.
+        fitted = estimate_site_noise_models({"channel": list(images)}, seed=seed)
     except ValueError as error:  # too little flat background, constant images, ...
         return None, f"noise model could not be estimated from {len(images)} image(s): {error}"
     model = fitted.models["channel"]
@@ -128,16 +127,8 @@ def masked_loss(trained: Any, images: Sequence[np.ndarray], patches: int, seed: 
         targets, masked_fraction=settings.masked_fraction, roi_size=settings.roi_size,
         replacement=settings.replacement, region=_blind_region(trained.metadata), generator=generator,
     )
-    net = trained.net.eval()
-    device = next(net.parameters()).device
-    total, count = 0.0, 0.0
-    for start in range(0, patches, settings.batch_size):
-        stop = start + settings.batch_size
-        prediction = net(inputs[start:stop].to(device)).float().cpu()
-        mask = masks[start:stop].float()
-        total += float(((prediction - targets[start:stop]).square() * mask).sum())
-        count += float(mask.sum())
-    return total / count
+    device = next(trained.net.parameters()).device
+    return network_masked_mse(trained.net, inputs.to(device), targets.to(device), masks.to(device), settings.batch_size)
 
 
 def _folded_ratio(sample: float, training: float) -> float:

@@ -46,7 +46,7 @@ import torch
 from jump_n2v.atomic import atomic_output, write_text_atomic
 from jump_n2v.config import load_schema, resolve_section
 from jump_n2v.devices import resolve_device, resolve_precision
-from jump_n2v.n2v.masking import BlindRegion, StructMask, mask_batch, masked_mse, neighbourhood_region, replacement_offsets
+from jump_n2v.n2v.masking import BlindRegion, StructMask, mask_batch, masked_mse, network_masked_mse, neighbourhood_region, replacement_offsets
 from jump_n2v.n2v.posterior import Posterior, fit_posterior
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.sampling import PLAN_COLUMNS, PatchSampler, array_location
@@ -399,21 +399,6 @@ def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu", copy=True) for key, value in net.state_dict().items()}
 
 
-@torch.inference_mode()
-def _validation_loss(net, inputs, targets, masks, batch_size, autocast_dtype, device) -> float:
-    net.eval()
-    total = torch.zeros((), device=device)
-    count = torch.zeros((), device=device)
-    for start in range(0, len(inputs), batch_size):
-        stop = start + batch_size
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            prediction = net(inputs[start:stop])
-        mask = masks[start:stop].float()
-        total += ((prediction.float() - targets[start:stop]).square() * mask).sum()
-        count += mask.sum()
-    return float(total / count)
-
-
 def mask_plan_batch(
     targets: torch.Tensor, rows: np.ndarray, generator: torch.Generator, mask_options: Mapping[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -504,6 +489,7 @@ class _TrainingRun:
         noise_sample = _noise_sample(sampler)
         noise_model, region, blind_spot = _setup_blind_spot(noise_sample, settings, log)
         quantiles = normalised_quantiles(noise_sample, sampler.normalization.mean, sampler.normalization.std)
+        data_images = len(noise_sample)
         del noise_sample
         architecture = network_architecture(settings, region)
         net = build_unet(**architecture).to(device)
@@ -519,7 +505,7 @@ class _TrainingRun:
         return cls(
             settings=settings, log=log, checkpoint_path=checkpoint_path, fingerprint=fingerprint, names=names,
             device=device, autocast_dtype=autocast_dtype, sampler=sampler, noise_model=noise_model,
-            blind_spot=blind_spot, data_quantiles=quantiles, data_images=min(len(sampler.train_images), NOISE_SAMPLE_IMAGES),
+            blind_spot=blind_spot, data_quantiles=quantiles, data_images=data_images,
             architecture=architecture, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             mask_options=mask_options, validation=_setup_validation(sampler, settings, device, mask_options),
             progress=_Progress(), best_weights=_cpu_state(net),
@@ -594,9 +580,9 @@ class _TrainingRun:
     def validate(self) -> float:
         """The masked-pixel loss on the fixed validation set (what picks the best weights and stops early)."""
         validation = self.validation
-        return _validation_loss(
+        return network_masked_mse(
             self.net, validation.inputs, validation.targets, validation.masks, self.settings.batch_size,
-            self.autocast_dtype, self.device,
+            self.autocast_dtype,
         )
 
     def step_scheduler(self, val_loss: float) -> None:

@@ -538,15 +538,20 @@ def channel_metrics(
 # Summary per (plate, channel)
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON document at ``path``; QCInputError naming the file (``what`` says which kind) otherwise."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise QCInputError(f"cannot read {what}{path}: {error}") from error
+    except json.JSONDecodeError as error:
+        raise QCInputError(f"{path} is not valid JSON: {error}") from error
+
+
 def load_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
     """``model.json`` of a model directory, with ``model_dir`` added; a clear error if unreadable."""
     path = Path(model_dir) / "model.json"
-    try:
-        info = json.loads(path.read_text())
-    except OSError as error:
-        raise QCInputError(f"cannot read {path}: {error}") from error
-    except json.JSONDecodeError as error:
-        raise QCInputError(f"{path} is not valid JSON: {error}") from error
+    info = _read_json(path, "")
     if not isinstance(info.get("training"), dict):
         raise QCInputError(f"{path}: no 'training' summary object")
     info["model_dir"] = str(model_dir)
@@ -680,12 +685,7 @@ def read_training_check(path: str | os.PathLike) -> dict[str, Any]:
     """A ``denoised/<channel>.training_check.json`` the predict step wrote
     (:func:`jump_n2v.n2v.similarity.check_array`); a clear error naming the file otherwise."""
     path = Path(path)
-    try:
-        check = json.loads(path.read_text())
-    except OSError as error:
-        raise QCInputError(f"cannot read the training-data check {path}: {error}") from error
-    except json.JSONDecodeError as error:
-        raise QCInputError(f"{path} is not valid JSON: {error}") from error
+    check = _read_json(path, "the training-data check ")
     if not isinstance(check, dict) or not isinstance(check.get("moved"), list) or not check.get("plate") or not check.get("channel"):
         raise QCInputError(f"{path} is not a training-data check (needs plate, channel and a 'moved' list)")
     return check
