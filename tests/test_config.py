@@ -1,18 +1,13 @@
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
 
-from jump_n2v.config import (
-    REPO_ROOT,
-    ConfigError,
-    channel_settings,
-    load_config,
-    resolve_section,
-    section_defaults,
-    validate_config,
-    write_plate_sheet,
-)
+from jump_n2v.config import ConfigError, channel_settings, load_config, validate_config, write_plate_sheet
+from jump_n2v.settings import resolve_section, section_defaults
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 P1 = {"experiment": "exp", "plate": "P1", "format": "hyperstack", "pattern": "raw/{well}_s{site}.tif"}
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import zarr
 
-from jump_n2v.config import ConfigError
+from jump_n2v.settings import ConfigError, ExportSettings
 from jump_n2v.n2v.model import build_unet
 from jump_n2v.ngff import open_channel_array
 from jump_n2v.predict import (
@@ -355,10 +355,12 @@ def test_interrupted_prediction_leaves_no_output(tmp_path):
 
 def test_default_settings_come_from_the_schema():
     settings = PredictSettings.from_dict({})
+    assert ExportSettings.from_dict({}) == ExportSettings(
+        export_tiff=False, export_layout="flat", export_dtype="source", export_ome_zarr=False
+    )
     assert settings == PredictSettings(
-        tile_size=None, batch_size=4, tta=False, posterior="auto", output_dtype="float32", precision="auto",
-        device="auto", export_tiff=False, export_layout="flat", export_dtype="source", export_ome_zarr=False,
-        training_check_images=4, training_check_patches=256, training_check_seed=0, training_check_gain_ratio=2.0,
+        tile_size=None, batch_size=4, workers=None, tta=False, posterior="auto", output_dtype="float32", precision="auto",
+        device="auto", training_check_images=4, training_check_patches=256, training_check_seed=0, training_check_gain_ratio=2.0,
         training_check_read_sd=0.1, training_check_lag1=0.2, training_check_intensity=0.35, training_check_loss_ratio=2.25,
     )
 
@@ -372,7 +374,6 @@ def test_default_settings_come_from_the_schema():
         ({"output_dtype": "uint8"}, "output_dtype must be one of float32, input"),
         ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N"),
         ({"tta": "yes"}, "tta must be true or false"),
-        ({"export_ome_zarr": 1}, "export_ome_zarr must be true or false"),
         ({"posterior": "always"}, "posterior must be one of auto, none"),
         ({"training_check_images": 0}, "training_check_images must be an integer >= 1"),
         ({"training_check_gain_ratio": 1.0}, "training_check_gain_ratio must be a number above 1"),
@@ -382,6 +383,13 @@ def test_default_settings_come_from_the_schema():
 def test_bad_settings_are_rejected_with_the_field_named(override, message):
     with pytest.raises(ConfigError, match=message):
         PredictSettings.from_dict(override)
+
+
+def test_bad_export_settings_are_rejected_with_the_field_named():
+    with pytest.raises(ConfigError, match="export_ome_zarr must be true or false"):
+        ExportSettings.from_dict({"export_ome_zarr": 1})
+    with pytest.raises(ConfigError, match="unknown predict setting 'export_tiff' \\(export_tiff is an export setting\\)"):
+        PredictSettings.from_dict({"export_tiff": True})
 
 
 def test_tile_too_small_for_the_halo_is_rejected():
@@ -402,7 +410,7 @@ def test_odd_axis_lengths_are_cut_into_few_grid_aligned_tiles():
 def test_config_minimum_tile_size_is_what_the_network_needs(variant, depth):
     # Config validation checks tile_size against this table without torch; it must match the halo
     # that prediction measures (deeper networks: benchmarks would take minutes here).
-    from jump_n2v.config import MIN_TILE_SIZE
+    from jump_n2v.settings import MIN_TILE_SIZE
 
     net = build_unet(depth, 32, variant)
     smallest = MIN_TILE_SIZE[(variant, depth)]

@@ -1,8 +1,9 @@
-"""Configuration: validation against the workflow's JSON schema, defaults, per-channel resolution.
+"""Configuration: the config file and its plate sheet, validated, and settings resolved per channel.
 
-The schema (``workflow/schemas/config.schema.yaml``) is the single source of defaults. Settings are
-resolved per (experiment, channel) in this order, later winning: schema defaults, the top-level
-``settings``, the experiment's ``settings``, the experiment's ``channel_settings[channel]``.
+The schema (``workflow/schemas/config.schema.yaml``, the package's ``schemas`` folder) is the single
+source of defaults; :mod:`jump_n2v.settings` validates each section. Settings are resolved per
+(experiment, channel) in this order, later winning: schema defaults, the top-level ``settings``, the
+experiment's ``settings``, the experiment's ``channel_settings[channel]``.
 
 Plates are listed in one place only, the plate sheet the config names (``plates: config/plates.tsv``),
 one row per plate, validated against ``workflow/schemas/plates.schema.yaml``. Validating a config reads
@@ -15,65 +16,27 @@ from __future__ import annotations
 
 import copy
 import csv
-import functools
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
 import yaml
 
-SECTIONS = ("ingest", "n2v", "predict", "qc")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-PLATES_SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "plates.schema.yaml"
+from jump_n2v.settings import (
+    PLATES_SCHEMA_PATH,
+    SECTIONS,
+    ConfigError,
+    channel_problems,
+    describe_error,
+    load_schema,
+    n2v_problems,
+    resolve_section,
+)
+
 # The sheet column each format reads its images from.
 LOCATION_COLUMN = {"hyperstack": "pattern", "loaddata": "load_data", "phenix": "directory"}
 # Experiment settings that describe how its plates are read, and the formats whose plate entries carry them.
 PLATE_SOURCE_KEYS = {"storage": set(LOCATION_COLUMN), "path_map": {"loaddata"}, "channel_numbers": {"phenix"}}
-
-
-# The smallest predict tile_size per (variant, depth): twice the network's halo plus one pooling grid
-# step (predict.plan_axis). The halo is measured from the architecture by predict.halo_size, which
-# does not depend on base_filters; tests/test_predict.py checks these against it. Kept here so the
-# configuration is checked when the workflow is parsed, without importing torch.
-MIN_TILE_SIZE = {
-    ("n2v", 1): 26, ("n2v", 2): 68, ("n2v", 3): 136, ("n2v", 4): 272, ("n2v", 5): 544,
-    ("n2v2", 1): 30, ("n2v2", 2): 76, ("n2v2", 3): 152, ("n2v2", 4): 304, ("n2v2", 5): 608,
-}
-
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message says where and why."""
-
-
-@functools.cache
-def load_schema(path: Path = SCHEMA_PATH) -> dict:
-    with open(path) as handle:
-        return yaml.safe_load(handle)
-
-
-def section_defaults(section: str) -> dict[str, Any]:
-    """Defaults of one settings section (``ingest``, ``n2v``, ``predict`` or ``qc``)."""
-    if section not in SECTIONS:
-        raise ConfigError(f"unknown settings section {section!r}; expected one of {', '.join(SECTIONS)}")
-    properties = load_schema()["definitions"][section]["properties"]
-    return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
-
-
-def resolve_section(section: str, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults of ``section`` updated by each mapping in ``overrides`` in turn; unknown keys are errors."""
-    resolved = section_defaults(section)
-    known = set(load_schema()["definitions"][section]["properties"])
-    for override in overrides:
-        for key, value in (override or {}).items():
-            if key not in known:
-                raise ConfigError(f"unknown {section} setting {key!r}; known: {', '.join(sorted(known))}")
-            resolved[key] = copy.deepcopy(value)
-    return resolved
 
 
 def _fill_defaults(validator_class, schema: dict):
@@ -110,11 +73,7 @@ def validate_config(config: dict) -> dict:
     validator = _fill_defaults(jsonschema.Draft202012Validator, schema)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
     if errors:
-        lines = []
-        for error in errors[:10]:
-            where = "/".join(str(part) for part in error.absolute_path) or "<top level>"
-            lines.append(f"  {where}: {error.message}")
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {_describe(error)}" for error in errors[:10]))
     for experiment_name in config["experiments"]:
         _check_channel_names(config, experiment_name)
     plates = read_plate_sheet(config["plates"])
@@ -191,30 +150,26 @@ def _check_experiment(config: dict, name: str) -> None:
     # Per-channel settings must resolve cleanly (catches e.g. a patch size off the U-Net grid).
     for channel in channels:
         resolved = channel_settings(config, name, channel)
-        n2v, predict = resolved["n2v"], resolved["predict"]
-        for section, settings in (("n2v", n2v), ("predict", predict)):
-            if not DEVICE_PATTERN.match(str(settings["device"])):
-                raise ConfigError(
-                    f"experiments/{name}: channel {channel}: {section} device must be auto, cpu, cuda or cuda:N, "
-                    f"got {settings['device']!r}"
-                )
-        smallest = MIN_TILE_SIZE[(n2v["variant"], n2v["depth"])]
-        if predict["tile_size"] is not None and predict["tile_size"] < smallest:
-            raise ConfigError(
-                f"experiments/{name}: channel {channel}: predict tile_size {predict['tile_size']} leaves no room "
-                f"for the halo of the {n2v['variant']} network of depth {n2v['depth']}; use at least "
-                f"{smallest} (better 2-4x that, so most of each tile is kept), or null for the default"
-            )
-        if n2v["patch_size"] % 2 ** n2v["depth"]:
-            raise ConfigError(
-                f"experiments/{name}: channel {channel}: n2v patch_size {n2v['patch_size']} is not a "
-                f"multiple of 2**depth = {2 ** n2v['depth']}"
-            )
-        if n2v["roi_size"] % 2 == 0:
-            raise ConfigError(f"experiments/{name}: channel {channel}: n2v roi_size must be odd")
-        struct = n2v["struct_mask"]
-        if struct is not None and struct["span"] % 2 == 0:
-            raise ConfigError(f"experiments/{name}: channel {channel}: n2v struct_mask span must be odd")
+        for problem in n2v_problems(resolved["n2v"]) + channel_problems(resolved):
+            raise ConfigError(f"experiments/{name}: channel {channel}: {problem}")
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """A schema error of the config: where it is, and for a setting what it must be (settings.describe_error)."""
+    path = list(error.absolute_path)
+    for index, part in enumerate(path[:-1] if path else []):
+        if part in SECTIONS and index and (path[index - 1] == "settings" or (index > 1 and path[index - 2] == "channel_settings")):
+            return f"{_where(path[:index])}: {describe_error(error, part, path[index + 1:])}"
+    if path and path[-1] in SECTIONS and len(path) > 1:
+        return f"{_where(path[:-1])}: {describe_error(error, path[-1], [])}"
+    return f"{'/'.join(str(part) for part in path) or '<top level>'}: {error.message}"
+
+
+def _where(path: list) -> str:
+    """A settings layer's place in the config: settings, experiments/E/settings or experiments/E: channel C."""
+    if len(path) >= 4 and path[-2] == "channel_settings":
+        return f"{'/'.join(str(part) for part in path[:-2])}: channel {path[-1]}"
+    return "/".join(str(part) for part in path)
 
 
 def channel_settings(config: Mapping, experiment: str, channel: str) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ import os
 import posixpath
 from typing import Iterable, Mapping
 
-from jump_n2v.config import load_schema
+from jump_n2v.settings import load_schema
 
 S3_PREFIX = "s3://"
 

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 
 from jump_n2v.atomic import atomic_output
-from jump_n2v.config import resolve_section
+from jump_n2v.settings import IngestSettings
 from jump_n2v.storage import (
     StorageError,
     fingerprint,
@@ -96,10 +96,10 @@ def discover_plate(
         sites = _hyperstack_sites(plate, str(location), channels)
     elif fmt == "loaddata":
         location = map_path(str(location), plate_cfg.get("path_map"))
-        skip = resolve_section("ingest", ingest)["on_bad_image"] == "skip"
+        skip = IngestSettings.from_dict(ingest).on_bad_image == "skip"
         sites = _loaddata_sites(plate, location, channels, plate_cfg, skip=skip)
     else:
-        plane = resolve_section("ingest", ingest)["phenix_plane"]
+        plane = IngestSettings.from_dict(ingest).phenix_plane
         sites = _phenix_sites(plate, str(location), channels, plate_cfg.get("channel_numbers") or {}, plane)
     return _finish_index(plate, sites, channels, str(location))
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from jump_n2v.atomic import atomic_output
-from jump_n2v.config import resolve_section
+from jump_n2v.settings import IngestSettings
 from jump_n2v.ingest.discover import LOAD_DATA_ROW, source_column, source_path
 from jump_n2v.ingest.readers import BadImageError, ChannelImage, read_channel
 from jump_n2v.ngff import CHANNEL_CODEC, create_channel_array, open_channel_array, set_channel_attributes
@@ -115,7 +115,7 @@ class _ChannelSplit:
         threads: int, log: Callable[[str], Any] | logging.Logger | None,
     ) -> None:
         """Set up: check the index, list its (image, well, site, file) rows and size the thread pool."""
-        self.settings = resolve_section("ingest", ingest)
+        self.settings = IngestSettings.from_dict(ingest)
         self.log = log.info if isinstance(log, logging.Logger) else (log or logger.info)
         self.channel, self.experiment, self.plate, self.plate_cfg = channel, experiment, plate, plate_cfg
         self.failed_rejects_csv = failed_rejects_csv  # where a failed split lists its rejects
@@ -129,7 +129,7 @@ class _ChannelSplit:
             # Downloads wait on the network, not the CPU: keep 'concurrency' requests in flight.
             self.threads = max(self.threads, int(self.storage["concurrency"]))
         self.max_in_flight = IN_FLIGHT_PER_THREAD * self.threads + 1
-        self.skip = self.settings["on_bad_image"] == "skip"
+        self.skip = self.settings.on_bad_image == "skip"
         # channel_order describes hyperstacks; LoadData and Phenix files hold one channel each.
         self.file_channel_order = channel_order if plate_cfg.get("format") == "hyperstack" else None
         self.rejects: list[dict] = []
@@ -149,9 +149,9 @@ class _ChannelSplit:
                 path,
                 self.channel,
                 channel_order=self.file_channel_order,
-                z_projection=self.settings["z_projection"],
-                z_plane=self.settings["z_plane"],
-                time_point=self.settings["time_point"],
+                z_projection=self.settings.z_projection,
+                z_plane=self.settings.z_plane,
+                time_point=self.settings.time_point,
                 storage=self.storage,
             )
         except BadImageError as error:
@@ -259,7 +259,7 @@ class _ChannelSplit:
                 for row in group.rows:
                     self.reject(row, BadImageError(row[3], _mismatch(group, majority, len(rows))))
         rejects.sort(key=lambda record: record["image"])
-        allowed = self.settings["max_rejected_fraction"]
+        allowed = self.settings.max_rejected_fraction
         if len(rejects) > allowed * len(rows):
             _write_rejects(rejects, self.failed_rejects_csv)
             examples = "; ".join(f"{record['file'] or '<no file>'}: {record['problem']}" for record in rejects[:3])

@@ -33,25 +33,23 @@ import logging
 import math
 import platform
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-import jsonschema
 import numpy as np
 import torch
 
 from jump_n2v.atomic import atomic_output, write_text_atomic
-from jump_n2v.config import load_schema, resolve_section
 from jump_n2v.devices import resolve_device, resolve_precision
-from jump_n2v.n2v.masking import BlindRegion, StructMask, mask_batch, masked_mse, network_masked_mse, neighbourhood_region, replacement_offsets
+from jump_n2v.n2v.masking import BlindRegion, StructMask, mask_batch, masked_mse, network_masked_mse, neighbourhood_region
 from jump_n2v.n2v.posterior import Posterior, fit_posterior
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.sampling import PLAN_COLUMNS, PatchSampler, array_location
 from jump_n2v.n2v.similarity import fit_noise_model, normalised_quantiles, training_record
 from jump_n2v.noise import SHORT_RANGE_TOLERANCE
+from jump_n2v.settings import validated_section
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +59,6 @@ MODEL_FORMAT = 1
 LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "learning_rate", "seconds")
 COSINE_FINAL_FRACTION = 0.01  # cosine schedule ends at 1% of the initial learning rate
 PLATEAU_FACTOR = 0.5
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 # Random streams for torch generators, next to the sampler's (see sampling._*_STREAM).
 _MASK_STREAM = 11
@@ -104,56 +101,13 @@ class N2VSettings:
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any] | None = None) -> "N2VSettings":
-        """Fill schema defaults into ``settings`` and validate; raise ValueError saying what is wrong."""
-        resolved = resolve_section("n2v", settings)
-        validator = jsonschema.Draft202012Validator(load_schema()["definitions"]["n2v"])
-        errors = sorted(validator.iter_errors(resolved), key=lambda error: list(error.absolute_path))
-        if errors:
-            lines = [
-                f"  {'/'.join(str(p) for p in error.absolute_path) or '<n2v>'}: {error.message}"
-                for error in errors
-            ]
-            raise ValueError("invalid n2v settings:\n" + "\n".join(lines))
-        grid = 2 ** resolved["depth"]
-        if resolved["patch_size"] % grid:
-            raise ValueError(
-                f"n2v patch_size {resolved['patch_size']} must be a multiple of 2**depth = {grid} "
-                f"(depth {resolved['depth']})"
-            )
-        if resolved["roi_size"] % 2 == 0:
-            raise ValueError(f"n2v roi_size must be odd, got {resolved['roi_size']}")
-        if resolved["roi_size"] > resolved["patch_size"]:
-            raise ValueError(
-                f"n2v roi_size {resolved['roi_size']} is larger than patch_size {resolved['patch_size']}"
-            )
+        """Fill schema defaults into ``settings`` and validate (:func:`jump_n2v.settings.validated_section`)."""
+        resolved = validated_section("n2v", settings)
         struct = resolved["struct_mask"]
         if struct is not None:
-            if struct["span"] % 2 == 0:
-                raise ValueError(f"n2v struct_mask span must be odd, got {struct['span']}")
-            if struct["span"] > resolved["patch_size"]:
-                raise ValueError(
-                    f"n2v struct_mask span {struct['span']} is larger than patch_size {resolved['patch_size']}"
-                )
             resolved["struct_mask"] = StructMask(axis=struct["axis"], span=struct["span"])
-        offsets = resolved["blind_spot_offsets"]
-        if offsets is not None:
-            if resolved["blind_spot"] != "region":
-                raise ValueError(
-                    f"n2v blind_spot_offsets is set but blind_spot is {resolved['blind_spot']!r}; "
-                    "set blind_spot: region to use them"
-                )
-            if [0, 0] in [list(o) for o in offsets]:
-                raise ValueError("n2v blind_spot_offsets must not contain the centre [0, 0]")
-            region = BlindRegion.from_offsets(offsets)
-            if 2 * region.radius >= resolved["patch_size"]:
-                raise ValueError(f"n2v blind_spot_offsets reach {region.radius} px, too far for patch_size {resolved['patch_size']}")
-            try:
-                replacement_offsets(resolved["roi_size"], region)
-            except ValueError as error:
-                raise ValueError(f"n2v blind_spot_offsets: {error}") from None
-            resolved["blind_spot_offsets"] = region.to_list()
-        if not _DEVICE_PATTERN.match(resolved["device"]):
-            raise ValueError(f"n2v device must be auto, cpu, cuda or cuda:N, got {resolved['device']!r}")
+        if resolved["blind_spot_offsets"] is not None:
+            resolved["blind_spot_offsets"] = BlindRegion.from_offsets(resolved["blind_spot_offsets"]).to_list()
         return cls(**resolved)
 
     def to_dict(self) -> dict[str, Any]:
