@@ -1,11 +1,21 @@
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from jump_n2v.config import ConfigError, channel_settings, load_config, validate_config, write_plate_sheet
-from jump_n2v.settings import resolve_section, section_defaults
+from jump_n2v.settings import (
+    ExportSettings,
+    IngestSettings,
+    PredictSettings,
+    QCSettings,
+    load_schema,
+    resolve_section,
+    section_defaults,
+    validated_section,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,3 +136,41 @@ def test_channel_names_differing_only_in_case_are_refused():
     config["experiments"]["exp"]["channels"] = ["DNA", "dna"]
     with pytest.raises(ConfigError, match="channels: DNA and dna differ only in case"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("record", [IngestSettings, PredictSettings, QCSettings, ExportSettings])
+def test_typed_settings_have_exactly_the_schema_fields_and_its_defaults(record):
+    properties = load_schema()["definitions"][record.section]["properties"]
+    assert sorted(field.name for field in dataclasses.fields(record)) == sorted(properties)
+    assert record.from_dict().to_dict() == {key: spec["default"] for key, spec in properties.items()}
+
+
+@pytest.mark.parametrize(
+    "section, override, message",
+    [
+        ("ingest", {"max_rejected_fraction": 1.5}, "ingest max_rejected_fraction must be a number from 0 to 1, got 1.5"),
+        ("qc", {"crop_size": 8}, "qc crop_size must be an integer >= 16, got 8"),
+        ("export", {"export_layout": "tree"}, "export export_layout must be one of flat, mirror, got 'tree'"),
+        ("n2v", {"patch_size": 60, "depth": 3}, "n2v patch_size 60 is not a multiple of 2**depth = 8"),
+    ],
+)
+def test_every_section_is_validated_by_one_layer_whose_errors_name_the_setting(section, override, message):
+    with pytest.raises(ConfigError) as error:
+        validated_section(section, override)
+    assert message in str(error.value)
+
+
+def test_a_setting_written_in_the_wrong_section_is_told_where_it_belongs():
+    config = minimal_config()
+    config["settings"] = {"predict": {"export_tiff": True}}
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert "export_tiff is an export setting" in str(error.value)
+
+
+def test_the_schema_ships_inside_the_package():
+    # A non-editable install has no workflow/ folder beside it: the package must carry its schemas.
+    import jump_n2v.settings as settings
+
+    assert Path(settings.SCHEMA_PATH).is_relative_to(Path(settings.__file__).parent)
+    assert (REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml").resolve() == Path(settings.SCHEMA_PATH).resolve()
