@@ -1,5 +1,8 @@
-"""The batched tiled network runner: a network copy on one device that denoises images tile by tile,
-tiles of consecutive images sharing forward passes, optionally averaged over the 8 flips/rotations (TTA)."""
+"""The batched tiled network runner (TileRunner) and denoise_image, which denoises one image with it.
+
+A runner holds a network copy on one device; tiles of consecutive images share its forward passes, which
+run on that device's one thread, optionally averaged over the 8 flips/rotations (TTA).
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,6 @@ def device_thread(device: torch.device) -> ThreadPoolExecutor:
                 1, thread_name_prefix=f"jump-n2v-predict-{device.type}{index}"
             )
         return _DEVICE_THREADS[device.type, index]
-
 
 
 # TTA averages masking.dihedral's 8 transforms summed in this order (the order the sum always ran in,

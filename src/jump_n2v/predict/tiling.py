@@ -1,5 +1,4 @@
-"""Tile and halo geometry for tiled prediction: the network's measured receptive field, its halo, and how
-each image axis is cut into tiles.
+"""Tile and halo geometry for tiled prediction: receptive field, halo and how each image axis is cut.
 
 Tiling is exact crop-and-stitch (as CAREamics' tile writer does, without blending): every tile carries a
 halo of at least the network's receptive radius on each side, tile origins sit on the 2**depth pooling
