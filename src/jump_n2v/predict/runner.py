@@ -174,9 +174,9 @@ class TileRunner:
         return output[:, 0].cpu().numpy()
 
     def _dihedral(self, tensor: torch.Tensor, transform: int) -> torch.Tensor:
-        """masking.dihedral of a (B, C, Y, X) tensor, as a gather of its pixels on their device (the numpy
-        transform cannot take a tensor, and moving every TTA pass through the host would cost more than
-        the pass). The flat pixel index is made once per tile shape and transform."""
+        """masking.dihedral of a (B, C, Y, X) tensor, as a gather of its pixels on their device: the numpy
+        transform cannot take a tensor, and the tiles stay on the GPU. The flat pixel index (int64, 8
+        bytes a tile pixel) is made once per tile shape and transform."""
         shape = tuple(tensor.shape[-2:])
         index = self._dihedral_indices.get((shape, transform))
         if index is None:
