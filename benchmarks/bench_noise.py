@@ -56,7 +56,7 @@ import zarr
 from jump_n2v.demo import DEMO_CHANNELS, DemoSpec, mix_pixels, render_site
 from jump_n2v.n2v import N2VSettings, load_trained, train_channel
 from jump_n2v.noise import NoiseModel, estimate_noise_model, generalized_anscombe, inverse_generalized_anscombe
-from jump_n2v.predict import denoise_image
+from jump_n2v.predict.runner import denoise_image
 
 from bench_training import psnr, run_careamics
 

@@ -1,6 +1,6 @@
 """How far bf16 autocast moves denoised values from fp32, in intensity counts.
 
-There is no GPU here, so the comparison runs prediction's own code path (predict._Runner) under CPU
+There is no GPU here, so the comparison runs prediction's own code path (predict.runner.TileRunner) under CPU
 autocast with bfloat16, which rounds like CUDA's bf16. An untrained U-Net (depth 2, 32 filters) whose
 head bias puts the output near 38,000 counts stands in for a bright pixel.
 
@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from jump_n2v.n2v.model import build_unet
-from jump_n2v.predict import PredictSettings, _Runner
+from jump_n2v.predict.runner import TileRunner
+from jump_n2v.predict.settings import PredictSettings
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -22,8 +23,8 @@ for mean, std in [(30000.0, 5000.0), (2000.0, 400.0)]:
     with torch.no_grad():
         net.head.bias += (38000 - mean) / std
     image = rng.normal(38000, 300, size=(256, 256)).astype(np.float32)
-    fp32 = _Runner(net, settings).denoise(image, mean, std)
-    runner = _Runner(net, settings)
+    fp32 = TileRunner(net, settings).denoise(image, mean, std)
+    runner = TileRunner(net, settings)
     runner.autocast_dtype = torch.bfloat16
     difference = np.abs(runner.denoise(image, mean, std) - fp32)
     print(f"normalisation mean {mean:g} std {std:g}, output ~{fp32.mean():.0f} counts: "

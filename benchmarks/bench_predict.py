@@ -110,7 +110,7 @@ def default_net():
     net = unet()
     if NETWORK == "unet":
         return net
-    from jump_n2v import predict
+    from jump_n2v.predict import tiling as predict
 
     identity = IdentityNet(net)
     # An identity's measured receptive field is one pixel; give it the U-Net's so halos and tiles match.
@@ -119,11 +119,13 @@ def default_net():
 
 
 def bench_ours(image: np.ndarray, settings: dict, repeats: int) -> dict:
-    from jump_n2v.predict import PredictSettings, _Runner, denoise_image, plan_axis
+    from jump_n2v.predict.runner import TileRunner, denoise_image
+    from jump_n2v.predict.settings import PredictSettings
+    from jump_n2v.predict.tiling import plan_axis
 
     net = default_net()
     resolved = PredictSettings.from_dict(settings)
-    runner = _Runner(net, resolved)  # for the resolved tile size and halo only
+    runner = TileRunner(net, resolved)  # for the resolved tile size and halo only
     denoise_image(net, image, 0.0, 1.0, resolved)  # warm-up: receptive field, oneDNN kernels
     seconds = []
     for _ in range(repeats):
@@ -165,7 +167,8 @@ def write_sites(path: str, sites: int) -> "zarr.Array":
 def bench_plate(args, settings: dict) -> dict:
     import resource
 
-    from jump_n2v.predict import denoise_image, predict_array
+    from jump_n2v.predict.arrays import predict_array
+    from jump_n2v.predict.runner import denoise_image
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-", dir=args.workdir) as work:
         started = time.perf_counter()
@@ -203,10 +206,12 @@ def bench_stages(args, settings: dict) -> dict:
     import numcodecs
 
     from jump_n2v.ngff import CHANNEL_CODEC, create_channel_array
-    from jump_n2v.predict import PredictSettings, _Runner, output_dtype_for, to_output_dtype
+    from jump_n2v.predict.arrays import output_dtype_for, to_output_dtype
+    from jump_n2v.predict.runner import TileRunner
+    from jump_n2v.predict.settings import PredictSettings
 
     resolved = PredictSettings.from_dict(settings)
-    runner = _Runner(default_net(), resolved)
+    runner = TileRunner(default_net(), resolved)
     dtype = output_dtype_for(np.uint16, resolved.output_dtype)
     forward_seconds = []
     forward = runner.forward

@@ -15,7 +15,7 @@ from jump_n2v.n2v.posterior import Posterior, binning_signal, correlated_unit_no
 from jump_n2v.n2v.sampling import PatchSampler
 from jump_n2v.n2v.training import N2VSettings, decide_blind_spot, load_trained, mask_plan_batch, train_channel
 from jump_n2v.noise import NoiseModel
-from jump_n2v.predict import denoise_image
+from jump_n2v.predict.runner import denoise_image
 
 torch.set_num_threads(1)
 

@@ -24,7 +24,7 @@ from jump_n2v.config import resolve_section
 from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest import discover_plate, read_index, split_channel, write_index
 from jump_n2v.n2v import N2VSettings, train_channel, load_trained
-from jump_n2v.predict import predict_array
+from jump_n2v.predict.arrays import predict_array
 from jump_n2v.qc import run_channel_qc, write_experiment_report
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@ import zarr
 from jump_n2v.cli import main
 from jump_n2v.export_bmz import export_bmz, validate_bmz
 from jump_n2v.n2v import N2VSettings, load_trained, train_channel
-from jump_n2v.predict import denoise_image
+from jump_n2v.predict.runner import denoise_image
 
 torch.set_num_threads(1)
 TINY = dict(patch_size=16, batch_size=4, base_filters=4, epochs=1, steps_per_epoch=3, validation_patches=8, device="cpu")

@@ -15,20 +15,12 @@ import pytest
 import torch
 import zarr
 
-from jump_n2v.settings import ConfigError, ExportSettings
+from jump_n2v.settings import ConfigError, ExportSettings, PredictSettings
 from jump_n2v.n2v.model import build_unet
 from jump_n2v.ngff import open_channel_array
-from jump_n2v.predict import (
-    PredictSettings,
-    _Runner,
-    denoise_image,
-    halo_size,
-    plan_axis,
-    predict_array,
-    receptive_field,
-    resolve_tile_size,
-    to_output_dtype,
-)
+from jump_n2v.predict.arrays import predict_array, to_output_dtype
+from jump_n2v.predict.runner import TileRunner, denoise_image
+from jump_n2v.predict.tiling import halo_size, plan_axis, receptive_field, resolve_tile_size
 
 torch.set_num_threads(1)
 
@@ -240,8 +232,8 @@ def test_bf16_autocast_keeps_the_output_layer_and_denormalisation_in_fp32():
         assert net(torch.zeros(1, 1, 32, 32)).dtype == torch.float32
     image = np.random.default_rng(0).normal(38000, 300, size=(96, 96)).astype(np.float32)
     settings = PredictSettings.from_dict({"device": "cpu", "tile_size": 96})
-    fp32 = _Runner(net, settings).denoise(image, mean, std)
-    runner = _Runner(net, settings)
+    fp32 = TileRunner(net, settings).denoise(image, mean, std)
+    runner = TileRunner(net, settings)
     runner.autocast_dtype = torch.bfloat16
     mixed = runner.denoise(image, mean, std)
     assert mixed.dtype == np.float32
@@ -257,12 +249,12 @@ def test_tiles_of_several_images_share_forward_passes_with_unchanged_results():
     tile_size = 2 * halo + 3 * multiple
     shapes = [(30, 40), (30, 40), (25, 41), (21, 34), (13, 40), (30, 40), (12, 12), (30, 40)]
     images = [noisy_image(shape, seed=index) for index, shape in enumerate(shapes)]
-    batched = _Runner(net, PredictSettings.from_dict({"tile_size": tile_size, "batch_size": 5, "device": "cpu"}))
+    batched = TileRunner(net, PredictSettings.from_dict({"tile_size": tile_size, "batch_size": 5, "device": "cpu"}))
     batch_sizes = []
     forward = batched.forward
     batched.forward = lambda batch: batch_sizes.append(len(batch)) or forward(batch)
     together = list(batched.denoise_many(images, MEAN, STD))
-    single = _Runner(net, PredictSettings.from_dict({"tile_size": tile_size, "batch_size": 1, "device": "cpu"}))
+    single = TileRunner(net, PredictSettings.from_dict({"tile_size": tile_size, "batch_size": 1, "device": "cpu"}))
     assert len(together) == len(images)
     for image, result in zip(images, together):
         assert result.shape == image.shape and result.dtype == np.float32
@@ -427,13 +419,13 @@ def test_config_minimum_tile_size_is_what_the_network_needs(variant, depth):
 def test_predict_array_is_a_dask_graph_built_around_one_network_copy(tmp_path, monkeypatch):
     import dask.array as da
 
-    from jump_n2v import predict
+    from jump_n2v.predict import runner
 
     net = NETS[2, "n2v"]
     images = np.stack([noisy_image((40, 52), seed=s) for s in range(5)]).astype(np.float32)
     write_source(tmp_path / "raw.zarr", images)
     stored, copies, pickled, forward_threads = [], [], [], set()
-    real_store, real_copy = da.store, predict.inference_copy
+    real_store, real_copy = da.store, runner.inference_copy
 
     def spy_store(sources, targets, **kwargs):
         stored.append((sources, kwargs))
@@ -447,7 +439,7 @@ def test_predict_array_is_a_dask_graph_built_around_one_network_copy(tmp_path, m
         pickled.append(self)
         raise TypeError("pickled")
 
-    real_forward, real_prepare = predict._Runner.forward, predict._Runner.prepare
+    real_forward, real_prepare = runner.TileRunner.forward, runner.TileRunner.prepare
     prepare_threads = set()
 
     def recording_forward(self, batch):
@@ -458,11 +450,11 @@ def test_predict_array_is_a_dask_graph_built_around_one_network_copy(tmp_path, m
         prepare_threads.add(threading.current_thread().name)
         return real_prepare(self, *args)
 
-    monkeypatch.setattr(predict.da, "store", spy_store)
-    monkeypatch.setattr(predict, "inference_copy", counting_copy)
-    monkeypatch.setattr(predict._Runner, "__getstate__", refuse_pickle)
-    monkeypatch.setattr(predict._Runner, "forward", recording_forward)
-    monkeypatch.setattr(predict._Runner, "prepare", recording_prepare)
+    monkeypatch.setattr(da, "store", spy_store)
+    monkeypatch.setattr(runner, "inference_copy", counting_copy)
+    monkeypatch.setattr(runner.TileRunner, "__getstate__", refuse_pickle)
+    monkeypatch.setattr(runner.TileRunner, "forward", recording_forward)
+    monkeypatch.setattr(runner.TileRunner, "prepare", recording_prepare)
     halo, multiple = halo_size(net), net.size_multiple
     # One whole-image tile per image and 2 tiles per pass: blocks of 2 images (the last one partial).
     settings = {"tile_size": 2 * halo + 14 * multiple, "batch_size": 2, "device": "cpu"}
@@ -477,7 +469,7 @@ def test_predict_array_is_a_dask_graph_built_around_one_network_copy(tmp_path, m
     assert prepare_threads and all(name.startswith("jump-n2v-predict_") for name in prepare_threads)
     assert len(forward_threads) == 1 and forward_threads.pop().startswith("jump-n2v-predict-cpu")
     with pytest.raises(TypeError, match="pickled"):
-        pickle.dumps(predict._Runner(net, PredictSettings.from_dict(settings)))
+        pickle.dumps(runner.TileRunner(net, PredictSettings.from_dict(settings)))
     output = open_channel_array(str(tmp_path / "out.zarr"))
     for index, image in enumerate(images):
         np.testing.assert_allclose(output[index], whole_image_reference(net, image), rtol=0, atol=1e-4 * STD)

@@ -25,7 +25,7 @@ from jump_n2v.n2v.similarity import QUANTILE_LEVELS, STATISTICS, TOLERANCE_SETTI
 from jump_n2v.n2v.training import N2VSettings, load_trained, train_channel
 from jump_n2v.ngff import create_channel_array
 from jump_n2v.noise import estimate_noise_model
-from jump_n2v.predict import denoise_image
+from jump_n2v.predict.runner import denoise_image
 from jump_n2v.qc.metrics import FLAG_DESCRIPTIONS, image_metrics, read_training_check, summarize
 
 SPEC = DemoSpec(size=128, cells_per_site=4)

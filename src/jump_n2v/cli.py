@@ -69,7 +69,8 @@ def _predict(args) -> int:
     from jump_n2v.logs import rule_logger
     from jump_n2v.n2v import load_trained
     from jump_n2v.n2v.similarity import check_array, comparison_path, warning_text
-    from jump_n2v.predict import PredictSettings, predict_array
+    from jump_n2v.predict.arrays import predict_array
+    from jump_n2v.settings import PredictSettings
 
     torch.set_num_threads(args.threads)
     trained = load_trained(args.model)
@@ -94,7 +95,8 @@ def _denoise(args) -> int:
     from jump_n2v.atomic import atomic_output
     from jump_n2v.n2v import load_trained
     from jump_n2v.n2v.similarity import check_array, warning_text
-    from jump_n2v.predict import PredictSettings, denoise_image
+    from jump_n2v.predict.runner import denoise_image
+    from jump_n2v.settings import PredictSettings
 
     torch.set_num_threads(args.threads)
     trained = load_trained(args.model)

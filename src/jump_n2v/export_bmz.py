@@ -37,7 +37,7 @@ import torch
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.n2v import load_trained
-from jump_n2v.predict import halo_size
+from jump_n2v.predict.tiling import halo_size
 
 MODEL_SOURCE = Path(__file__).resolve().parent / "n2v" / "model.py"
 TEST_TILE = 256  # side of the test tensors, at most (smaller images give smaller tensors)

@@ -221,6 +221,11 @@ class Section:
     def from_dict(cls: type[SectionType], *layers: Mapping[str, Any] | None) -> SectionType:
         return cls(**validated_section(cls.section, *layers))
 
+    @classmethod
+    def of(cls: type[SectionType], settings: "SectionType | Mapping[str, Any] | None") -> SectionType:
+        """``settings`` itself when it is already this record, else the record validated from the mapping."""
+        return settings if isinstance(settings, cls) else cls.from_dict(settings)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
