@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU run (issues 13, 19): every figure the README's GPU table needs, in one command,
+# The one prepared GPU run (issues 13, 19): every figure docs/benchmarks.md's GPU table needs, in one command,
 # sized for a ~10-minute lease. Run on a CUDA machine from the repository root, with a venv that has a
 # CUDA build of torch and requirements.txt (or `make setup` there):
 #

@@ -28,7 +28,7 @@ from zarr.codecs import BloscCodec
 
 NGFF_VERSION = "0.5"
 # Every channel store's chunks (raw, clean, denoised): Blosc LZ4 with byte shuffle. On 1080 x 1080
-# fields (benchmarks/bench_codecs.py, README "Chunk codec") it encodes uint16 ~10x and float32 ~4x
+# fields (benchmarks/bench_codecs.py, docs/benchmarks.md "Prediction pipeline: dask graph and codec") it encodes uint16 ~10x and float32 ~4x
 # faster than zarr's default (zstd level 0 = 3) and decodes 2-6x faster, at about the same size
 # (uint16) or smaller (float32): at the rates a GPU denoises, zstd's encoder was the bottleneck.
 CHANNEL_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
