@@ -54,6 +54,7 @@ from jump_n2v.n2v.posterior import Posterior, fit_posterior
 from jump_n2v.n2v.reproducibility import data_identity, derived_seed, run_fingerprint, seed_everything
 from jump_n2v.n2v.sampling import PatchSampler, array_location
 from jump_n2v.n2v.similarity import fit_noise_model, normalised_quantiles, training_record
+from jump_n2v.noise import NoiseModel
 
 logger = logging.getLogger(__name__)
 
@@ -164,89 +165,7 @@ class N2VSettings:
         return "uniform" if self.variant == "n2v" else "median"
 
 
-
-def _noise_sample(sampler: PatchSampler) -> list[np.ndarray]:
-    """The training images the noise model is fitted to and the training-data record describes (at most
-    NOISE_SAMPLE_IMAGES whole images: flat background blocks anywhere in them count)."""
-    return [sampler.image(a, i) for a, i in sampler.train_images[:NOISE_SAMPLE_IMAGES]]  # decoded once already in memory mode
-
-
-def _estimate_noise(images: list[np.ndarray], seed: int, log: logging.Logger):
-    """The noise model of the noise-sample images, or None (logged) when it cannot be fitted.
-
-    The mixing is measured on the intensity bins freest of texture (background), then fixed: on a
-    confluent real field the whole-image fit read texture as noise and masked 24 neighbours (issue 18)."""
-    model, note = fit_noise_model(images, seed)
-    if model is None:
-        log.warning("%s (training image(s)): no noise model for the blind spot or the posterior", note)
-    else:
-        log.info("noise model: %s", note)
-    return model
-
-
-def network_architecture(settings: N2VSettings, region: BlindRegion | None) -> dict[str, Any]:
-    """The U-Net's build arguments (model.pt ``architecture``): the baseline ring one pixel beyond the
-    blind spot, so the baseline never reads a pixel whose noise the blind spot hides (see
-    :class:`~jump_n2v.n2v.model.UNet`)."""
-    return {
-        "depth": settings.depth, "base_filters": settings.base_filters, "variant": settings.variant,
-        "baseline_radius": (region.radius if region is not None else 0) + 1,
-    }
-
-
-
-def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
-    from jump_n2v.ngff import open_channel_array
-
-    opened, names = [], []
-    for item in arrays:
-        if isinstance(item, (str, Path)):
-            try:
-                array = open_channel_array(item)
-            except Exception as error:  # zarr raises several types for a missing/invalid store
-                raise ValueError(f"cannot open Zarr array {item}: {error}") from error
-            opened.append(array)
-            names.append(str(item))
-        else:
-            opened.append(item)
-            names.append(array_location(item))
-    return opened, names
-
-
-
-# -- schedule -------------------------------------------------------------------------------------
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, settings: N2VSettings):
-    if settings.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=settings.epochs, eta_min=settings.learning_rate * COSINE_FINAL_FRACTION
-        )
-    if settings.lr_schedule == "plateau":
-        # Halve after half the early-stopping patience, so the rate drops before training gives up.
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=PLATEAU_FACTOR,
-            patience=max(1, settings.early_stopping_patience // 2),
-        )
-    return None
-
-
-# -- the loop ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Progress:
-    """Everything about a run that a checkpoint must carry beyond the torch state dicts."""
-
-    epochs_done: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    epochs_since_best: int = 0
-    stopped_early: bool = False
-    rows: list = dataclasses.field(default_factory=list)
-
+# -- the run: set up, resume, one epoch (train, validate), checkpoint, posterior, write ------------
 
 
 def train_channel(
@@ -276,7 +195,18 @@ def train_channel(
     return metadata
 
 
-# -- the steps of a run: set up, resume, one epoch (train, validate), checkpoint, posterior, write ------
+@dataclass
+class _Progress:
+    """Everything about a run that a checkpoint must carry beyond the torch state dicts."""
+
+    epochs_done: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    rows: list = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True, eq=False)
@@ -301,7 +231,7 @@ class _TrainingRun:
     device: torch.device
     autocast_dtype: torch.dtype | None
     sampler: PatchSampler
-    noise_model: Any
+    noise_model: NoiseModel | None
     blind_spot: dict
     data_quantiles: list[float]  # normalised-intensity quantiles of the noise-sample images (training_data)
     data_images: int
@@ -542,6 +472,28 @@ class _TrainingRun:
         )
 
 
+# -- setting up: data, device, sampler, noise model and blind spot, net, optimiser, validation -----
+
+
+def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """The arrays (paths opened as Zarr arrays) and the names model.json records for them."""
+    from jump_n2v.ngff import open_channel_array
+
+    opened, names = [], []
+    for item in arrays:
+        if isinstance(item, (str, Path)):
+            try:
+                array = open_channel_array(item)
+            except Exception as error:  # zarr raises several types for a missing/invalid store
+                raise ValueError(f"cannot open Zarr array {item}: {error}") from error
+            opened.append(array)
+            names.append(str(item))
+        else:
+            opened.append(item)
+            names.append(array_location(item))
+    return opened, names
+
+
 def _select_device(settings: N2VSettings, log: logging.Logger) -> tuple[torch.device, torch.dtype | None]:
     """The device and autocast dtype the settings ask for; says so when a reduced precision cannot apply."""
     device = resolve_device(settings.device)
@@ -585,9 +537,28 @@ def _setup_sampler(
     return sampler
 
 
+def _noise_sample(sampler: PatchSampler) -> list[np.ndarray]:
+    """The training images the noise model is fitted to and the training-data record describes (at most
+    NOISE_SAMPLE_IMAGES whole images: flat background blocks anywhere in them count)."""
+    return [sampler.image(a, i) for a, i in sampler.train_images[:NOISE_SAMPLE_IMAGES]]  # decoded once already in memory mode
+
+
+def _estimate_noise(images: list[np.ndarray], seed: int, log: logging.Logger) -> NoiseModel | None:
+    """The noise model of the noise-sample images, or None (logged) when it cannot be fitted.
+
+    The mixing is measured on the intensity bins freest of texture (background), then fixed: on a
+    confluent real field the whole-image fit read texture as noise and masked 24 neighbours (issue 18)."""
+    model, note = fit_noise_model(images, seed)
+    if model is None:
+        log.warning("%s (training image(s)): no noise model for the blind spot or the posterior", note)
+    else:
+        log.info("noise model: %s", note)
+    return model
+
+
 def _setup_blind_spot(
     images: list[np.ndarray], settings: N2VSettings, log: logging.Logger
-) -> tuple[Any, BlindRegion | None, dict]:
+) -> tuple[NoiseModel | None, BlindRegion | None, dict]:
     """The noise model of the noise-sample images, and the blind-spot region decided from it (logged, with its record)."""
     noise_model = _estimate_noise(images, settings.seed, log)
     region, blind_spot = decide_blind_spot(settings, noise_model)
@@ -600,6 +571,16 @@ def _setup_blind_spot(
     return noise_model, region, blind_spot
 
 
+def network_architecture(settings: N2VSettings, region: BlindRegion | None) -> dict[str, Any]:
+    """The U-Net's build arguments (model.pt ``architecture``): the baseline ring one pixel beyond the
+    blind spot, so the baseline never reads a pixel whose noise the blind spot hides (see
+    :class:`~jump_n2v.n2v.model.UNet`)."""
+    return {
+        "depth": settings.depth, "base_filters": settings.base_filters, "variant": settings.variant,
+        "baseline_radius": (region.radius if region is not None else 0) + 1,
+    }
+
+
 def _configure_optimizers(
     net: UNet, settings: N2VSettings, device: torch.device, autocast_dtype: torch.dtype | None
 ) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
@@ -610,6 +591,21 @@ def _configure_optimizers(
     return optimizer, scheduler, scaler
 
 
+def _make_scheduler(optimizer: torch.optim.Optimizer, settings: N2VSettings):
+    """The learning-rate schedule ``lr_schedule`` names, or None for a constant rate."""
+    if settings.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=settings.epochs, eta_min=settings.learning_rate * COSINE_FINAL_FRACTION
+        )
+    if settings.lr_schedule == "plateau":
+        # Halve after half the early-stopping patience, so the rate drops before training gives up.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=PLATEAU_FACTOR,
+            patience=max(1, settings.early_stopping_patience // 2),
+        )
+    return None
+
+
 def _setup_validation(
     sampler: PatchSampler, settings: N2VSettings, device: torch.device, masking: BlindSpotMasking
 ) -> _ValidationSet:
@@ -618,4 +614,3 @@ def _setup_validation(
     generator = torch.Generator(device=device).manual_seed(derived_seed(settings.seed, _VALIDATION_MASK_STREAM))
     inputs, masks = masking.mask(targets, generator=generator)
     return _ValidationSet(targets=targets, inputs=inputs.contiguous(memory_format=torch.channels_last), masks=masks)
-
