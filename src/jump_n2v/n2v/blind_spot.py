@@ -22,17 +22,23 @@ from jump_n2v.noise import SHORT_RANGE_TOLERANCE, NoiseModel
 
 
 class BlindSpotSettings(Protocol):
-    """The n2v settings the blind-spot policy reads (:class:`~jump_n2v.n2v.training.N2VSettings` has them)."""
-
-    masked_fraction: float
-    roi_size: int
-    struct_mask: StructMask | None
-    blind_spot: Literal["auto", "pixel", "region"]
-    blind_spot_offsets: list | None
-    blind_spot_correlation: float
+    """The n2v settings the blind-spot policy reads, read-only (:class:`~jump_n2v.n2v.training.N2VSettings`
+    has them; a protocol because training imports this module, not the other way round)."""
 
     @property
+    def masked_fraction(self) -> float: ...
+    @property
+    def roi_size(self) -> int: ...
+    @property
     def replacement(self) -> Replacement: ...
+    @property
+    def struct_mask(self) -> StructMask | None: ...
+    @property
+    def blind_spot(self) -> Literal["auto", "pixel", "region"]: ...
+    @property
+    def blind_spot_offsets(self) -> list | None: ...
+    @property
+    def blind_spot_correlation(self) -> float: ...
 
 
 @dataclass(frozen=True)
