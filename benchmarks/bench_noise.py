@@ -255,7 +255,7 @@ def main(argv=None) -> int:
                     models["pixel"] = train_ours(dataset, "pixel", args, work)
                 if any(m.startswith("n2v-auto") for m in methods):
                     # auto on independent noise decides 'pixel': then the training is identical; reuse it.
-                    from jump_n2v.n2v.training import decide_blind_spot
+                    from jump_n2v.n2v.blind_spot import decide_blind_spot
 
                     settings = N2VSettings.from_dict({"blind_spot": "auto"})
                     decision = decide_blind_spot(settings, estimated)[1]

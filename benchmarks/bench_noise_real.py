@@ -32,7 +32,8 @@ import tifffile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from jump_n2v.n2v.training import N2VSettings, decide_blind_spot  # noqa: E402
+from jump_n2v.n2v.blind_spot import decide_blind_spot  # noqa: E402
+from jump_n2v.n2v.training import N2VSettings  # noqa: E402
 from jump_n2v.noise import estimate_site_noise_models  # noqa: E402
 from real_fields import VERSIONS, site_channels  # noqa: E402
 from real_texture import clean_base, estimator_errors, known_noise_image  # noqa: E402

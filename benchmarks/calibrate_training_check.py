@@ -33,7 +33,8 @@ from scipy import ndimage
 from jump_n2v.config import resolve_section
 from jump_n2v.demo import DEMO_CHANNELS, DemoSpec, render_site
 from jump_n2v.n2v.similarity import STATISTICS, TOLERANCE_SETTINGS, compare_with_training
-from jump_n2v.n2v.training import N2VSettings, load_trained, train_channel
+from jump_n2v.n2v.trained import load_trained
+from jump_n2v.n2v.training import N2VSettings, train_channel
 
 SMALL = dict(patch_size=32, batch_size=8, base_filters=8, epochs=4, steps_per_epoch=25, validation_patches=256,
              device="cpu", learning_rate=0.004, masked_fraction=0.02)

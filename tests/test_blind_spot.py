@@ -13,7 +13,9 @@ from jump_n2v.demo import DemoSpec, mix_pixels
 from jump_n2v.n2v.masking import STRUCT_RANDOM_RANGE, StructMask, dihedral, neighbourhood_region
 from jump_n2v.n2v.posterior import Posterior, binning_signal, correlated_unit_noise, fit_posterior
 from jump_n2v.n2v.sampling import PatchSampler
-from jump_n2v.n2v.training import N2VSettings, decide_blind_spot, load_trained, mask_plan_batch, train_channel
+from jump_n2v.n2v.blind_spot import decide_blind_spot, mask_plan_batch
+from jump_n2v.n2v.trained import load_trained
+from jump_n2v.n2v.training import N2VSettings, train_channel
 from jump_n2v.noise import NoiseModel
 from jump_n2v.predict.runner import denoise_image
 

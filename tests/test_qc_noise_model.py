@@ -72,7 +72,8 @@ def test_the_raw_image_handed_back_is_flagged():
 
 
 def train_and_denoise(raws, tmp_path):
-    from jump_n2v.n2v.training import N2VSettings, load_trained, train_channel
+    from jump_n2v.n2v.trained import load_trained
+    from jump_n2v.n2v.training import N2VSettings, train_channel
     from jump_n2v.predict.runner import denoise_image
 
     array = zarr.create_array(store=str(tmp_path / "raw.zarr"), shape=(len(raws),) + raws[0].shape, chunks=(1,) + raws[0].shape, dtype="uint16")

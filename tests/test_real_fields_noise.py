@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from jump_n2v.n2v.training import N2VSettings, decide_blind_spot
+from jump_n2v.n2v.blind_spot import decide_blind_spot
+from jump_n2v.n2v.training import N2VSettings
 from jump_n2v.noise import estimate_noise_model, estimate_site_noise_models, shows_short_range_mixing
 from real_fields import VERSIONS, site_channels
 from real_texture import clean_base, estimator_errors, known_noise_image

@@ -13,7 +13,8 @@ import zarr
 from jump_n2v.config import load_schema
 from jump_n2v.n2v import training
 from jump_n2v.n2v.masking import StructMask
-from jump_n2v.n2v.training import N2VSettings, load_trained, train_channel
+from jump_n2v.n2v.trained import load_trained
+from jump_n2v.n2v.training import N2VSettings, train_channel
 
 torch.set_num_threads(1)
 

@@ -22,7 +22,8 @@ from scipy import ndimage
 from jump_n2v.config import resolve_section
 from jump_n2v.demo import DemoSpec, render_site
 from jump_n2v.n2v.similarity import QUANTILE_LEVELS, STATISTICS, TOLERANCE_SETTINGS, check_array, comparison_path, compare_with_training
-from jump_n2v.n2v.training import N2VSettings, load_trained, train_channel
+from jump_n2v.n2v.trained import load_trained
+from jump_n2v.n2v.training import N2VSettings, train_channel
 from jump_n2v.ngff import create_channel_array
 from jump_n2v.noise import estimate_noise_model
 from jump_n2v.predict.runner import denoise_image

@@ -48,6 +48,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from jump_n2v.dtypes import integer_bounds
+
 BLOCK = 16
 MAX_LAG = 2
 # Lags (dy, dx) with dy > 0, or dy == 0 and dx > 0: the other half follows by symmetry.
@@ -317,8 +319,7 @@ def _dtype_range(images: list[np.ndarray], dtype_range: tuple[float, float] | No
         return low, high
     dtype = images[0].dtype
     if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return float(info.min), float(info.max)
+        return integer_bounds(dtype)
     return None
 
 

@@ -3,12 +3,8 @@
 from jump_n2v.n2v.masking import StructMask, mask_batch, masked_mse, stratification_cell_size
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.sampling import Normalization, PatchSampler, array_location
-from jump_n2v.n2v.training import (
-    N2VSettings,
-    TrainedModel,
-    load_trained,
-    train_channel,
-)
+from jump_n2v.n2v.trained import TrainedModel, load_trained
+from jump_n2v.n2v.training import N2VSettings, train_channel
 
 __all__ = [
     "N2VSettings",

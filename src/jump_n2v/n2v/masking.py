@@ -282,66 +282,103 @@ def mask_batch(
         raise ValueError(f"roi_size {roi_size} does not fit in {height}x{width} patches")
     device = batch.device
     planes = batch.reshape(-1, height, width)
-    flat = planes.reshape(-1)
     region = as_region(region)
-    if transforms is None:
-        transforms = torch.zeros(planes.shape[0], dtype=torch.long, device=device)
-    else:
-        transforms = torch.as_tensor(transforms, dtype=torch.long, device=device).reshape(-1)
-        if transforms.numel() != planes.shape[0]:
-            raise ValueError(f"{transforms.numel()} transforms given for {planes.shape[0]} patch planes")
-        if transforms.numel() and (int(transforms.min()) < 0 or int(transforms.max()) > 7):
-            raise ValueError("transforms must be dihedral ids 0-7")
+    transforms = _plane_transforms(transforms, planes.shape[0], device)
 
     plane, ys, xs = stratified_positions(
         planes.shape[0], height, width, stratification_cell_size(masked_fraction),
         generator=generator, device=device,
     )
-    centre = plane * (height * width) + ys * width + xs
+    spots = _BlindSpots(planes.reshape(-1), plane, ys, xs, height, width)
     windows, region_tables = _transformed_tables(roi_size, region, device)
     window = windows[transforms[plane]]  # (N, K, 2): each spot's window in its patch's orientation
-
-    if replacement == "uniform":
-        choice = torch.randint(
-            0, window.shape[1], (centre.numel(),), generator=generator, device=device
-        )
-        picked = window[torch.arange(centre.numel(), device=device), choice]
-        source_y = _mirrored(ys, picked[:, 0], height)
-        source_x = _mirrored(xs, picked[:, 1], width)
-        values = flat[plane * (height * width) + source_y * width + source_x]
-    else:
-        window_y = _mirrored(ys[:, None], window[..., 0], height)
-        window_x = _mirrored(xs[:, None], window[..., 1], width)
-        values_window = flat[plane[:, None] * (height * width) + window_y * width + window_x]
-        # quantile(0.5) averages the two middle values of the even-sized window, like numpy.median.
-        values = torch.quantile(values_window.float(), 0.5, dim=1).to(batch.dtype)
+    # The random draws happen in this order (replacement values, then region fill): the masks of a seed depend on it.
+    values = _replacement_values(spots, window, replacement, generator)
 
     masked = planes.clone()
     masked_flat = masked.view(-1)
     if region_tables is not None:
         line = region_tables[transforms[plane]]  # (N, R, 2)
-        line_y = ys[:, None] + line[..., 0]
-        line_x = xs[:, None] + line[..., 1]
-        inside = (line_y >= 0) & (line_y < height) & (line_x >= 0) & (line_x < width)
-        line_index = (plane[:, None] * (height * width) + line_y * width + line_x)[inside]
-        if region.fill == "random":
-            low, high = STRUCT_RANDOM_RANGE
-            noise = torch.rand(line_index.numel(), generator=generator, device=device)
-            masked_flat[line_index] = (low + (high - low) * noise).to(batch.dtype)
-        else:
-            # Each region pixel copies a value from the blind spot's window (outside the region).
-            pick = torch.randint(0, window.shape[1], line.shape[:2], generator=generator, device=device)
-            picked = torch.gather(window, 1, pick[..., None].expand(*pick.shape, 2))
-            source_y = _mirrored(ys[:, None], picked[..., 0], height)
-            source_x = _mirrored(xs[:, None], picked[..., 1], width)
-            sources = flat[plane[:, None] * (height * width) + source_y * width + source_x]
-            masked_flat[line_index] = sources[inside]
+        _fill_region(masked_flat, spots, line, window, region.fill, generator)
     # Blind spots are written last so a neighbouring spot's region never overwrites their replacement.
+    centre = spots.centre
     masked_flat[centre] = values
 
     mask = torch.zeros(planes.shape, dtype=torch.bool, device=device)
     mask.view(-1)[centre] = True
     return masked.view(batch.shape), mask.view(batch.shape)
+
+
+def _plane_transforms(transforms: torch.Tensor | None, planes: int, device: torch.device) -> torch.Tensor:
+    """One dihedral id per patch plane, checked (all 0 when none are given)."""
+    if transforms is None:
+        return torch.zeros(planes, dtype=torch.long, device=device)
+    transforms = torch.as_tensor(transforms, dtype=torch.long, device=device).reshape(-1)
+    if transforms.numel() != planes:
+        raise ValueError(f"{transforms.numel()} transforms given for {planes} patch planes")
+    if transforms.numel() and (int(transforms.min()) < 0 or int(transforms.max()) > 7):
+        raise ValueError("transforms must be dihedral ids 0-7")
+    return transforms
+
+
+@dataclass(frozen=True, eq=False)
+class _BlindSpots:
+    """The blind spots of a batch: the flattened planes, each spot's (plane, y, x) and the plane size."""
+
+    flat: torch.Tensor
+    plane: torch.Tensor
+    ys: torch.Tensor
+    xs: torch.Tensor
+    height: int
+    width: int
+
+    @property
+    def centre(self) -> torch.Tensor:
+        """Each spot's index into the flattened planes."""
+        return self.plane * (self.height * self.width) + self.ys * self.width + self.xs
+
+    def values_at(self, plane: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The pixels at ``offsets`` (..., 2) from (``ys``, ``xs``), mirrored to stay inside the patch."""
+        source_y = _mirrored(ys, offsets[..., 0], self.height)
+        source_x = _mirrored(xs, offsets[..., 1], self.width)
+        return self.flat[plane * (self.height * self.width) + source_y * self.width + source_x]
+
+
+def _replacement_values(
+    spots: _BlindSpots, window: torch.Tensor, replacement: Replacement, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Each blind spot's new value: a uniformly drawn window pixel (N2V) or the window median (N2V2)."""
+    device = spots.flat.device
+    if replacement == "uniform":
+        count = spots.plane.numel()
+        choice = torch.randint(0, window.shape[1], (count,), generator=generator, device=device)
+        picked = window[torch.arange(count, device=device), choice]
+        return spots.values_at(spots.plane, spots.ys, spots.xs, picked)
+    values_window = spots.values_at(spots.plane[:, None], spots.ys[:, None], spots.xs[:, None], window)
+    # quantile(0.5) averages the two middle values of the even-sized window, like numpy.median.
+    return torch.quantile(values_window.float(), 0.5, dim=1).to(spots.flat.dtype)
+
+
+def _fill_region(
+    masked_flat: torch.Tensor, spots: _BlindSpots, line: torch.Tensor, window: torch.Tensor,
+    fill: Literal["window", "random"], generator: torch.Generator | None,
+) -> None:
+    """Overwrite, in ``masked_flat``, the region pixels (``line``: (N, R, 2) offsets) around each blind spot."""
+    height, width, device = spots.height, spots.width, spots.flat.device
+    line_y = spots.ys[:, None] + line[..., 0]
+    line_x = spots.xs[:, None] + line[..., 1]
+    inside = (line_y >= 0) & (line_y < height) & (line_x >= 0) & (line_x < width)
+    line_index = (spots.plane[:, None] * (height * width) + line_y * width + line_x)[inside]
+    if fill == "random":
+        low, high = STRUCT_RANDOM_RANGE
+        noise = torch.rand(line_index.numel(), generator=generator, device=device)
+        masked_flat[line_index] = (low + (high - low) * noise).to(spots.flat.dtype)
+        return
+    # Each region pixel copies a value from the blind spot's window (outside the region).
+    pick = torch.randint(0, window.shape[1], line.shape[:2], generator=generator, device=device)
+    picked = torch.gather(window, 1, pick[..., None].expand(*pick.shape, 2))
+    sources = spots.values_at(spots.plane[:, None], spots.ys[:, None], spots.xs[:, None], picked)
+    masked_flat[line_index] = sources[inside]
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

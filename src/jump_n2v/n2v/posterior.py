@@ -126,73 +126,102 @@ def fit_posterior(
     if getattr(noise_model, "processed", False):
         return None, {"fitted": False, "reason": "the noise model flags the data as processed: " + "; ".join(noise_model.notes)}
     net.eval()
-    device = next(net.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    correlation = np.asarray(noise_model.correlation, dtype=np.float64)
-    margin = min(8, patches.shape[-1] // 8)
-    keep = (slice(None), 0, slice(margin, patches.shape[-2] - margin), slice(margin, patches.shape[-1] - margin))
-
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        out = [net(inputs[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(inputs), batch_size)]
-        return torch.cat(out)
-
-    x = patches.float().cpu()
-    estimate = run(x)
-    signal = estimate.double() * std + mean
-    variance = torch.from_numpy(noise_model.variance(signal.numpy())) / std**2  # normalised units
-    sd = variance.sqrt().float()
-    trace = torch.zeros_like(estimate)
-    for _ in range(PERTURBATION_DRAWS):
-        b = sd * correlated_unit_noise(tuple(x.shape), correlation, generator)
-        perturbed = run(x + PERTURBATION * b)
-        trace += b * (perturbed - estimate) / PERTURBATION
-    trace /= PERTURBATION_DRAWS
-
-    level = binning_signal(estimate.numpy())[keep].flatten()
-    squared = (estimate - x)[keep].flatten().numpy().astype(np.float64) ** 2
-    v = variance.float()[keep].flatten().numpy().astype(np.float64)
-    t = trace[keep].flatten().numpy().astype(np.float64)
-    # Which half of the validation patches each pixel lies in: weights fitted on one half are checked on the other.
-    half = np.broadcast_to((np.arange(len(x)) % 2)[:, None, None], estimate[keep].shape).flatten()
-    edges = np.quantile(level, np.linspace(0, 1, bins + 1))
-    which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, bins - 1)
-    scale = std**2
-    rows, centres, weights = [], [], []
-    for index in range(bins):
-        chosen = which == index
-        if chosen.sum() < 100:
-            continue
-        stats = _BinRisk.of(squared[chosen], v[chosen], t[chosen])
-        halves = [_BinRisk.of(squared[chosen & (half == h)], v[chosen & (half == h)], t[chosen & (half == h)]) for h in (0, 1)]
-        weight = stats.safe_weight()
-        # Each half's weight must not raise the other half's error, at the model's variance or VARIANCE_MARGIN times it.
-        held_out = all(halves[1 - h].cost(halves[h].safe_weight()) <= 0 for h in (0, 1))
-        if not held_out:
-            weight = 0.0
-        centre = float(np.median(level[chosen]) * std + mean)
-        centres.append(centre)
-        weights.append(weight)
-        rows.append({
-            "signal": centre, "pixels": int(chosen.sum()), "weight": weight,
-            "unbounded_weight": stats.sure_weight(), "held_out_check": held_out,
-            "mse_network": float(stats.risk(0.0) * scale), "mse_posterior": float(stats.risk(weight) * scale),
-            "noise_variance": float(stats.variance * scale), "noise_covariance_trace": float(stats.trace * scale),
-        })
+    pixels = _PixelRisks.of(net, patches, mean, std, noise_model, batch_size=batch_size, seed=seed)
+    rows = _fit_bins(pixels, bins, mean, std)
     if not rows:
         return None, {"fitted": False, "reason": "too few validation pixels"}
     counts = np.array([row["pixels"] for row in rows], dtype=np.float64)
-    mse_net = float(np.average([row["mse_network"] for row in rows], weights=counts))
-    mse_post = float(np.average([row["mse_posterior"] for row in rows], weights=counts))
     evidence = {
         "fitted": True,
         "method": "per-bin weight of the raw pixel minimising SURE under the fitted noise model (correlation included), "
                   f"bounded so that it costs nothing while the true variance is within {VARIANCE_MARGIN}x the model's, "
                   "and checked on the held-out half of the validation patches",
-        "estimated_mse_network": mse_net,
-        "estimated_mse_posterior": mse_post,
+        "estimated_mse_network": float(np.average([row["mse_network"] for row in rows], weights=counts)),
+        "estimated_mse_posterior": float(np.average([row["mse_posterior"] for row in rows], weights=counts)),
         "bins": rows,
     }
-    return Posterior(signal=tuple(centres), weight=tuple(weights)), evidence
+    posterior = Posterior(signal=tuple(row["signal"] for row in rows), weight=tuple(row["weight"] for row in rows))
+    return posterior, evidence
+
+
+def _predict_in_batches(net: torch.nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The net's output for ``inputs``, ``batch_size`` patches per pass on the net's device, back on the CPU."""
+    device = next(net.parameters()).device
+    out = [net(inputs[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(inputs), batch_size)]
+    return torch.cat(out)
+
+
+@dataclass(frozen=True, eq=False)
+class _PixelRisks:
+    """SURE's inputs per validation pixel inside the border (flattened, normalised units): the binning
+    signal, (s_hat - x)^2, the model variance, tr(Sigma J) and which half of the patches it lies in."""
+
+    level: np.ndarray
+    squared: np.ndarray
+    variance: np.ndarray
+    trace: np.ndarray
+    half: np.ndarray
+
+    @classmethod
+    def of(
+        cls, net: torch.nn.Module, patches: torch.Tensor, mean: float, std: float, noise_model: Any, *,
+        batch_size: int, seed: int,
+    ) -> "_PixelRisks":
+        generator = torch.Generator().manual_seed(seed)
+        correlation = np.asarray(noise_model.correlation, dtype=np.float64)
+        margin = min(8, patches.shape[-1] // 8)
+        keep = (slice(None), 0, slice(margin, patches.shape[-2] - margin), slice(margin, patches.shape[-1] - margin))
+        x = patches.float().cpu()
+        estimate = _predict_in_batches(net, x, batch_size)
+        signal = estimate.double() * std + mean
+        variance = torch.from_numpy(noise_model.variance(signal.numpy())) / std**2  # normalised units
+        sd = variance.sqrt().float()
+        trace = torch.zeros_like(estimate)
+        for _ in range(PERTURBATION_DRAWS):
+            b = sd * correlated_unit_noise(tuple(x.shape), correlation, generator)
+            perturbed = _predict_in_batches(net, x + PERTURBATION * b, batch_size)
+            trace += b * (perturbed - estimate) / PERTURBATION
+        trace /= PERTURBATION_DRAWS
+        # Which half of the validation patches each pixel lies in: weights fitted on one half are checked on the other.
+        half = np.broadcast_to((np.arange(len(x)) % 2)[:, None, None], estimate[keep].shape).flatten()
+        return cls(
+            level=binning_signal(estimate.numpy())[keep].flatten(),
+            squared=(estimate - x)[keep].flatten().numpy().astype(np.float64) ** 2,
+            variance=variance.float()[keep].flatten().numpy().astype(np.float64),
+            trace=trace[keep].flatten().numpy().astype(np.float64),
+            half=half,
+        )
+
+    def risk(self, chosen: np.ndarray) -> "_BinRisk":
+        """The SURE statistics of the ``chosen`` pixels."""
+        return _BinRisk.of(self.squared[chosen], self.variance[chosen], self.trace[chosen])
+
+
+def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[dict[str, Any]]:
+    """One evidence row per intensity bin with enough pixels: its signal (source units), weight and risks."""
+    level = pixels.level
+    edges = np.quantile(level, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, bins - 1)
+    scale = std**2
+    rows = []
+    for index in range(bins):
+        chosen = which == index
+        if chosen.sum() < 100:
+            continue
+        stats = pixels.risk(chosen)
+        halves = [pixels.risk(chosen & (pixels.half == h)) for h in (0, 1)]
+        weight = stats.safe_weight()
+        # Each half's weight must not raise the other half's error, at the model's variance or VARIANCE_MARGIN times it.
+        held_out = all(halves[1 - h].cost(halves[h].safe_weight()) <= 0 for h in (0, 1))
+        if not held_out:
+            weight = 0.0
+        rows.append({
+            "signal": float(np.median(level[chosen]) * std + mean), "pixels": int(chosen.sum()), "weight": weight,
+            "unbounded_weight": stats.sure_weight(), "held_out_check": held_out,
+            "mse_network": float(stats.risk(0.0) * scale), "mse_posterior": float(stats.risk(weight) * scale),
+            "noise_variance": float(stats.variance * scale), "noise_covariance_trace": float(stats.trace * scale),
+        })
+    return rows
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from jump_n2v.atomic import write_text_atomic
-from jump_n2v.n2v.masking import BlindRegion, mask_batch, network_masked_mse
+from jump_n2v.n2v.blind_spot import BlindSpotMasking
+from jump_n2v.n2v.masking import BlindRegion, network_masked_mse
 from jump_n2v.noise import NoiseModel, estimate_site_noise_models
 
 QUANTILE_LEVELS = (1, 5, 25, 50, 75, 95, 99)
@@ -123,10 +124,8 @@ def masked_loss(trained: Any, images: Sequence[np.ndarray], patches: int, seed: 
         batch[row, 0] = image[y : y + size, x : x + size]
     targets = torch.from_numpy((batch - np.float32(trained.mean)) * np.float32(1.0 / trained.std))
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, _MASK_STREAM]).generate_state(1)[0]))
-    inputs, masks = mask_batch(
-        targets, masked_fraction=settings.masked_fraction, roi_size=settings.roi_size,
-        replacement=settings.replacement, region=_blind_region(trained.metadata), generator=generator,
-    )
+    masking = BlindSpotMasking.from_settings(settings, _blind_region(trained.metadata))
+    inputs, masks = masking.mask(targets, generator=generator)
     device = next(trained.net.parameters()).device
     return network_masked_mse(trained.net, inputs.to(device), targets.to(device), masks.to(device), settings.batch_size)
 
@@ -152,7 +151,7 @@ def compare_with_training(
 ) -> dict[str, Any]:
     """Compare ``images`` (a sample of those to denoise) with the model's ``training_data`` record.
 
-    ``trained`` is a :class:`~jump_n2v.n2v.training.TrainedModel`; ``tolerances`` maps each of STATISTICS
+    ``trained`` is a :class:`~jump_n2v.n2v.trained.TrainedModel`; ``tolerances`` maps each of STATISTICS
     to its tolerance. Returns ``{format, comparable, statistics: {name: {training, sample, change,
     tolerance, moved[, note]}}, moved: [names], notes: [...]}``; ``comparable`` is False (nothing moved)
     for a model without the record.

@@ -1,7 +1,7 @@
-"""Noise2Void training of one channel: settings, the training loop, checkpoints, outputs, loading.
+"""Noise2Void training of one channel: the settings, and the run told as named steps.
 
 ``train_channel`` trains on lazily sampled patches (``sampling``) with blind-spot masking
-(``masking``) and writes, each atomically, into the model folder:
+(``blind_spot``, ``masking``) and writes, each atomically, into the model folder (``artefacts``):
 
 * ``model.pt``: the best weights by validation loss, with the architecture to rebuild the net;
 * ``model.json``: resolved settings, normalisation, training summary, data split, seed, versions,
@@ -10,29 +10,21 @@
   compares a plate with (``training_data``, see :mod:`jump_n2v.n2v.similarity`);
 * ``training_log.csv`` and ``training_curve.png``.
 
-Every epoch ends with an atomic ``checkpoint.pt``. A rerun with the same settings and data resumes
-from it and ends with exactly the weights an uninterrupted run gives: every random draw of an epoch
-(patches, augmentations, masks) is derived from (seed, epoch), and the model, optimiser, scheduler,
-grad scaler and global RNG states are restored. The checkpoint is removed once the outputs exist.
+Every epoch ends with an atomic ``checkpoint.pt`` (:mod:`jump_n2v.n2v.checkpoint`). A rerun with the
+same settings and data resumes from it and ends with exactly the weights an uninterrupted run gives:
+every random draw of an epoch (patches, augmentations, masks) is derived from (seed, epoch), and the
+model, optimiser, scheduler, grad scaler and global RNG states are restored
+(:mod:`jump_n2v.n2v.reproducibility`). The checkpoint is removed once the outputs exist.
 
-Blind spot (``blind_spot``): N2V assumes noise independent from pixel to pixel. Before training, the
-noise model is estimated from a sample of the training images (:func:`jump_n2v.noise.estimate_noise_model`);
-with ``auto`` the neighbours whose noise is correlated with the centre's (real Phenix exports: lag-1
-about 0.45 in x and y) join the blind spot as a region (:class:`~jump_n2v.n2v.masking.BlindRegion`),
-else the blind spot is the pixel alone.
+Before training, the noise model is estimated from a sample of the training images and decides the
+blind spot (:func:`jump_n2v.n2v.blind_spot.decide_blind_spot`).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import io
-import json
 import logging
 import math
-import platform
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,22 +33,29 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
-from jump_n2v.atomic import atomic_output, write_text_atomic
 from jump_n2v.devices import resolve_device, resolve_precision
-from jump_n2v.n2v.masking import BlindRegion, StructMask, mask_batch, masked_mse, network_masked_mse, neighbourhood_region
-from jump_n2v.n2v.posterior import Posterior, fit_posterior
+from jump_n2v.n2v.artefacts import versions, write_outputs
+from jump_n2v.n2v.blind_spot import BlindSpotMasking, decide_blind_spot, mask_plan_batch
+from jump_n2v.n2v.checkpoint import (
+    CHECKPOINT_NAME,
+    checkpoint_payload,
+    cpu_state,
+    load_checkpoint,
+    restore_training_state,
+)
+# Bound under this name: the tests interrupt a run by replacing training._save_checkpoint.
+from jump_n2v.n2v.checkpoint import save_checkpoint as _save_checkpoint
+from jump_n2v.n2v.masking import BlindRegion, StructMask, masked_mse, network_masked_mse
 from jump_n2v.n2v.model import UNet, build_unet
-from jump_n2v.n2v.sampling import PLAN_COLUMNS, PatchSampler, array_location
+from jump_n2v.n2v.posterior import Posterior, fit_posterior
+from jump_n2v.n2v.reproducibility import data_identity, derived_seed, run_fingerprint, seed_everything
+from jump_n2v.n2v.sampling import PatchSampler, array_location
 from jump_n2v.n2v.similarity import fit_noise_model, normalised_quantiles, training_record
-from jump_n2v.noise import SHORT_RANGE_TOLERANCE
+from jump_n2v.noise import NoiseModel
 from jump_n2v.settings import validated_section
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-MODEL_FORMAT = 1
-LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "learning_rate", "seconds")
 COSINE_FINAL_FRACTION = 0.01  # cosine schedule ends at 1% of the initial learning rate
 PLATEAU_FACTOR = 0.5
 
@@ -120,246 +119,7 @@ class N2VSettings:
         return "uniform" if self.variant == "n2v" else "median"
 
 
-@dataclass
-class TrainedModel:
-    """A trained network ready for prediction (eval mode, on the CPU) with its normalisation."""
-
-    net: UNet
-    settings: N2VSettings
-    mean: float
-    std: float
-    metadata: dict
-    posterior: Posterior | None = None
-
-
-def _correlation_evidence(model) -> str:
-    lag = model.lag
-    return (
-        f"lag-1 corr x={lag(0, 1):.2f} y={lag(1, 0):.2f}, diagonal {lag(1, 1):.2f}/{lag(1, -1):.2f}, "
-        f"lag-2 x={lag(0, 2):.2f} y={lag(2, 0):.2f}"
-    )
-
-
-def _texture_signature(model) -> bool:
-    """Lag-2 correlation above SHORT_RANGE_TOLERANCE along both x and y: isotropic long-range correlation,
-    which cell texture gives and a camera's pixel mixing (a 2 x 2 box, a half-pixel shift) does not; a
-    one-axis streak (lag 2 along rows only) is a mixing and keeps its offsets."""
-    return min(abs(model.lag(0, 2)), abs(model.lag(2, 0))) > SHORT_RANGE_TOLERANCE
-
-
-def decide_blind_spot(settings: N2VSettings, noise_model) -> tuple[BlindRegion | None, dict]:
-    """The blind-spot region to train with and the record of why (model.json ``blind_spot``).
-
-    ``noise_model`` is the fitted :class:`~jump_n2v.noise.NoiseModel`, or None when it could not be
-    estimated (then ``auto`` keeps a one-pixel blind spot). A ``struct_mask`` line is always added.
-    """
-    threshold = settings.blind_spot_correlation
-    evidence = "no noise model" if noise_model is None else _correlation_evidence(noise_model)
-    estimated = [] if noise_model is None else [tuple(o) for o in noise_model.correlated_offsets(threshold)]
-    if noise_model is not None and _texture_signature(noise_model):
-        # Lag-2 correlation along both axes is cell texture, not an acquisition's mixing (every real Phenix
-        # site mixes nearest neighbours only: lag-2 ~0 on its background); the region stops at the 8 neighbours.
-        estimated = [(dy, dx) for dy, dx in estimated if max(abs(dy), abs(dx)) <= 1]
-        evidence += f"; lag-2 above {SHORT_RANGE_TOLERANCE} along x and y (texture): region kept within the 8 neighbours"
-    if settings.blind_spot == "pixel":
-        region, why = None, "forced by blind_spot: pixel"
-    elif settings.blind_spot == "region" and settings.blind_spot_offsets is not None:
-        region, why = BlindRegion.from_offsets(settings.blind_spot_offsets), "blind_spot_offsets"
-    elif settings.blind_spot == "region":
-        if estimated:
-            region, why = BlindRegion.from_offsets(estimated), f"neighbours with noise correlation > {threshold}"
-        else:
-            region, why = neighbourhood_region("square"), f"no neighbour correlated above {threshold}: the 8 neighbours"
-    elif estimated:
-        region, why = BlindRegion.from_offsets(estimated), f"auto: neighbours with noise correlation > {threshold}"
-    else:
-        region, why = None, f"auto: no neighbour with noise correlation > {threshold}"
-    if settings.struct_mask is not None:
-        region = settings.struct_mask.region().union(region)
-        why += f"; plus struct_mask {settings.struct_mask.axis} line of {settings.struct_mask.span}"
-    record = {
-        "mode": "region" if region is not None else "pixel",
-        "offsets": region.to_list() if region is not None else [],
-        "setting": settings.blind_spot,
-        "evidence": f"{evidence}; {why}",
-    }
-    return region, record
-
-
-def _noise_sample(sampler: PatchSampler) -> list[np.ndarray]:
-    """The training images the noise model is fitted to and the training-data record describes (at most
-    NOISE_SAMPLE_IMAGES whole images: flat background blocks anywhere in them count)."""
-    return [sampler.image(a, i) for a, i in sampler.train_images[:NOISE_SAMPLE_IMAGES]]  # decoded once already in memory mode
-
-
-def _estimate_noise(images: list[np.ndarray], seed: int, log: logging.Logger):
-    """The noise model of the noise-sample images, or None (logged) when it cannot be fitted.
-
-    The mixing is measured on the intensity bins freest of texture (background), then fixed: on a
-    confluent real field the whole-image fit read texture as noise and masked 24 neighbours (issue 18)."""
-    model, note = fit_noise_model(images, seed)
-    if model is None:
-        log.warning("%s (training image(s)): no noise model for the blind spot or the posterior", note)
-    else:
-        log.info("noise model: %s", note)
-    return model
-
-
-def network_architecture(settings: N2VSettings, region: BlindRegion | None) -> dict[str, Any]:
-    """The U-Net's build arguments (model.pt ``architecture``): the baseline ring one pixel beyond the
-    blind spot, so the baseline never reads a pixel whose noise the blind spot hides (see
-    :class:`~jump_n2v.n2v.model.UNet`)."""
-    return {
-        "depth": settings.depth, "base_filters": settings.base_filters, "variant": settings.variant,
-        "baseline_radius": (region.radius if region is not None else 0) + 1,
-    }
-
-
-def _derived_seed(*entropy: int) -> int:
-    """A 63-bit seed for a torch generator from the settings seed and a stream id."""
-    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]) >> 1
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _global_rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_global_rng_state(state: dict) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-# -- data identity --------------------------------------------------------------------------------
-
-
-def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
-    from jump_n2v.ngff import open_channel_array
-
-    opened, names = [], []
-    for item in arrays:
-        if isinstance(item, (str, Path)):
-            try:
-                array = open_channel_array(item)
-            except Exception as error:  # zarr raises several types for a missing/invalid store
-                raise ValueError(f"cannot open Zarr array {item}: {error}") from error
-            opened.append(array)
-            names.append(str(item))
-        else:
-            opened.append(item)
-            names.append(array_location(item))
-    return opened, names
-
-
-def _data_identity(arrays: Sequence[Any], names: Sequence[str]) -> list[dict]:
-    identity = []
-    for array, name in zip(arrays, names):
-        attrs = getattr(array, "attrs", None)
-        image_ids = attrs.get("image_ids") if attrs is not None else None
-        identity.append(
-            {
-                "array": name,
-                "shape": list(array.shape),
-                "dtype": str(np.dtype(array.dtype)),
-                "image_ids": list(image_ids) if image_ids is not None else None,
-            }
-        )
-    return identity
-
-
-def _fingerprint(settings: N2VSettings, identity: list[dict]) -> str:
-    text = json.dumps({"settings": settings.to_dict(), "data": identity}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-# -- schedule -------------------------------------------------------------------------------------
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, settings: N2VSettings):
-    if settings.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=settings.epochs, eta_min=settings.learning_rate * COSINE_FINAL_FRACTION
-        )
-    if settings.lr_schedule == "plateau":
-        # Halve after half the early-stopping patience, so the rate drops before training gives up.
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=PLATEAU_FACTOR,
-            patience=max(1, settings.early_stopping_patience // 2),
-        )
-    return None
-
-
-# -- the loop ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Progress:
-    """Everything about a run that a checkpoint must carry beyond the torch state dicts."""
-
-    epochs_done: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    epochs_since_best: int = 0
-    stopped_early: bool = False
-    rows: list = dataclasses.field(default_factory=list)
-
-
-def _save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_output(path) as temporary:
-        torch.save(payload, temporary)
-
-
-def _load_checkpoint(path: Path, fingerprint: str, log: logging.Logger) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a checkpoint we cannot read is worth a line, not a failed run
-        log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)
-        return None
-    if checkpoint.get("format") != CHECKPOINT_FORMAT or checkpoint.get("fingerprint") != fingerprint:
-        log.info(
-            "ignoring checkpoint %s: it was written for other settings or training data; "
-            "training from scratch", path,
-        )
-        return None
-    return checkpoint
-
-
-def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.detach().to("cpu", copy=True) for key, value in net.state_dict().items()}
-
-
-def mask_plan_batch(
-    targets: torch.Tensor, rows: np.ndarray, generator: torch.Generator, mask_options: Mapping[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blind-spot mask the patches read for plan ``rows``; the region turns with each patch's
-    flip/rotation, so it covers the pixels that share noise in the image, not in the patch."""
-    transforms = torch.from_numpy(np.asarray(rows)[:, PLAN_COLUMNS.index("transform")]).to(targets.device)
-    return mask_batch(targets, transforms=transforms, generator=generator, **mask_options)
+# -- the run: set up, resume, one epoch (train, validate), checkpoint, posterior, write ------------
 
 
 def train_channel(
@@ -389,7 +149,18 @@ def train_channel(
     return metadata
 
 
-# -- the steps of a run: set up, resume, one epoch (train, validate), checkpoint, posterior, write ------
+@dataclass
+class _Progress:
+    """Everything about a run that a checkpoint must carry beyond the torch state dicts."""
+
+    epochs_done: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    rows: list = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True, eq=False)
@@ -414,7 +185,7 @@ class _TrainingRun:
     device: torch.device
     autocast_dtype: torch.dtype | None
     sampler: PatchSampler
-    noise_model: Any
+    noise_model: NoiseModel | None
     blind_spot: dict
     data_quantiles: list[float]  # normalised-intensity quantiles of the noise-sample images (training_data)
     data_images: int
@@ -423,7 +194,7 @@ class _TrainingRun:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
-    mask_options: dict
+    masking: BlindSpotMasking
     validation: _ValidationSet
     progress: _Progress
     best_weights: dict[str, torch.Tensor]
@@ -436,9 +207,9 @@ class _TrainingRun:
         """Open the data, pick device and precision, seed, then build sampler, blind spot, net and
         optimiser, in this order (the global RNG state the net starts from depends on it)."""
         arrays, names = _open_arrays(arrays)
-        fingerprint = _fingerprint(settings, _data_identity(arrays, names))
+        fingerprint = run_fingerprint(settings.to_dict(), data_identity(arrays, names))
         device, autocast_dtype = _select_device(settings, log)
-        _seed_everything(settings.seed)
+        seed_everything(settings.seed)
         sampler = _setup_sampler(arrays, names, settings, device, autocast_dtype, log)
         noise_sample = _noise_sample(sampler)
         noise_model, region, blind_spot = _setup_blind_spot(noise_sample, settings, log)
@@ -450,33 +221,23 @@ class _TrainingRun:
         # channels_last lets oneDNN / cuDNN pick their fast NHWC convolution kernels.
         net = net.to(memory_format=torch.channels_last)
         optimizer, scheduler, scaler = _configure_optimizers(net, settings, device, autocast_dtype)
-        mask_options = dict(
-            masked_fraction=settings.masked_fraction,
-            roi_size=settings.roi_size,
-            replacement=settings.replacement,
-            region=region,
-        )
+        masking = BlindSpotMasking.from_settings(settings, region)
         return cls(
             settings=settings, log=log, checkpoint_path=checkpoint_path, fingerprint=fingerprint, names=names,
             device=device, autocast_dtype=autocast_dtype, sampler=sampler, noise_model=noise_model,
             blind_spot=blind_spot, data_quantiles=quantiles, data_images=data_images,
             architecture=architecture, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            mask_options=mask_options, validation=_setup_validation(sampler, settings, device, mask_options),
-            progress=_Progress(), best_weights=_cpu_state(net),
+            masking=masking, validation=_setup_validation(sampler, settings, device, masking),
+            progress=_Progress(), best_weights=cpu_state(net),
         )
 
     def resume(self) -> None:
         """Restore every state from ``checkpoint.pt`` when it was written for these settings and data,
         so the run continues exactly where an interrupted one stopped."""
-        checkpoint = _load_checkpoint(self.checkpoint_path, self.fingerprint, self.log)
+        checkpoint = load_checkpoint(self.checkpoint_path, self.fingerprint, self.log)
         if checkpoint is None:
             return
-        self.net.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
-        _restore_global_rng_state(checkpoint["rng"])
+        restore_training_state(checkpoint, self.net, self.optimizer, self.scheduler, self.scaler)
         self.progress = _Progress(**checkpoint["progress"])
         self.best_weights = checkpoint["best_weights"]
         self.resumed_from = self.progress.epochs_done
@@ -504,7 +265,7 @@ class _TrainingRun:
         masks) derives from (seed, epoch), so a resumed epoch repeats an uninterrupted one."""
         settings = self.settings
         self.net.train()
-        generator = torch.Generator(device=self.device).manual_seed(_derived_seed(settings.seed, _MASK_STREAM, epoch))
+        generator = torch.Generator(device=self.device).manual_seed(derived_seed(settings.seed, _MASK_STREAM, epoch))
         loss_sum = torch.zeros((), device=self.device)
         plan = self.sampler.epoch_plan(epoch, settings.steps_per_epoch, settings.batch_size)
         for rows, patches in zip(plan, self.sampler.batches(plan)):
@@ -520,7 +281,7 @@ class _TrainingRun:
     def training_step(self, rows: np.ndarray, patches: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         """Mask one batch, predict it and take one optimiser step on the masked-pixel loss (returned, detached)."""
         targets = torch.from_numpy(patches).to(self.device, non_blocking=True)
-        inputs, masks = mask_plan_batch(targets, rows, generator, self.mask_options)
+        inputs, masks = mask_plan_batch(targets, rows, generator, self.masking)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             prediction = self.net(inputs)
@@ -556,7 +317,7 @@ class _TrainingRun:
         progress.seconds += seconds
         if val_loss < progress.best_val_loss:
             progress.best_val_loss, progress.best_epoch, progress.epochs_since_best = val_loss, epoch + 1, 0
-            self.best_weights = _cpu_state(self.net)
+            self.best_weights = cpu_state(self.net)
         else:
             progress.epochs_since_best += 1
         progress.stopped_early = (
@@ -593,20 +354,11 @@ class _TrainingRun:
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` atomically with every state a resumed run needs to end identically."""
-        _save_checkpoint(
-            self.checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "fingerprint": self.fingerprint,
-                "model": _cpu_state(self.net),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "scaler": self.scaler.state_dict(),
-                "rng": _global_rng_state(),
-                "progress": dataclasses.asdict(self.progress),
-                "best_weights": self.best_weights,
-            },
+        payload = checkpoint_payload(
+            self.fingerprint, self.net, self.optimizer, self.scheduler, self.scaler,
+            dataclasses.asdict(self.progress), self.best_weights,
         )
+        _save_checkpoint(self.checkpoint_path, payload)
 
     def fit_posterior(self) -> tuple[Posterior | None, dict]:
         """Fit the posterior step's weights for the best net on the validation targets (only with a
@@ -618,7 +370,7 @@ class _TrainingRun:
             best_net.load_state_dict(self.best_weights)
             posterior, posterior_evidence = fit_posterior(
                 best_net, self.validation.targets, norm.mean, norm.std, self.noise_model,
-                batch_size=settings.batch_size, seed=_derived_seed(settings.seed, _POSTERIOR_STREAM),
+                batch_size=settings.batch_size, seed=derived_seed(settings.seed, _POSTERIOR_STREAM),
             )
         if posterior is not None:
             self.log.info(
@@ -656,7 +408,7 @@ class _TrainingRun:
                 "validation_images": [list(image) for image in sampler.validation_images],
             },
             "seed": settings.seed,
-            "versions": _versions(),
+            "versions": versions(),
             "blind_spot": self.blind_spot,
             "noise_model": noise_model.to_dict() if noise_model is not None else None,
             "posterior": {**posterior_evidence, **(posterior.to_dict() if posterior is not None else {})},
@@ -666,12 +418,34 @@ class _TrainingRun:
     def write(self, model_dir: Path, metadata: dict) -> None:
         """Write the outputs from the best weights, then drop the checkpoint: the outputs now stand for the run."""
         progress = self.progress
-        _write_outputs(model_dir, self.settings, self.architecture, self.best_weights, self.sampler.normalization, metadata, progress.rows)
+        write_outputs(model_dir, self.settings.variant, self.architecture, self.best_weights, self.sampler.normalization, metadata, progress.rows)
         self.checkpoint_path.unlink(missing_ok=True)
         self.log.info(
             "wrote %s: best val loss %.5f at epoch %d of %d",
             model_dir, progress.best_val_loss, progress.best_epoch, progress.epochs_done,
         )
+
+
+# -- setting up: data, device, sampler, noise model and blind spot, net, optimiser, validation -----
+
+
+def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """The arrays (paths opened as Zarr arrays) and the names model.json records for them."""
+    from jump_n2v.ngff import open_channel_array
+
+    opened, names = [], []
+    for item in arrays:
+        if isinstance(item, (str, Path)):
+            try:
+                array = open_channel_array(item)
+            except Exception as error:  # zarr raises several types for a missing/invalid store
+                raise ValueError(f"cannot open Zarr array {item}: {error}") from error
+            opened.append(array)
+            names.append(str(item))
+        else:
+            opened.append(item)
+            names.append(array_location(item))
+    return opened, names
 
 
 def _select_device(settings: N2VSettings, log: logging.Logger) -> tuple[torch.device, torch.dtype | None]:
@@ -717,9 +491,28 @@ def _setup_sampler(
     return sampler
 
 
+def _noise_sample(sampler: PatchSampler) -> list[np.ndarray]:
+    """The training images the noise model is fitted to and the training-data record describes (at most
+    NOISE_SAMPLE_IMAGES whole images: flat background blocks anywhere in them count)."""
+    return [sampler.image(a, i) for a, i in sampler.train_images[:NOISE_SAMPLE_IMAGES]]  # decoded once already in memory mode
+
+
+def _estimate_noise(images: list[np.ndarray], seed: int, log: logging.Logger) -> NoiseModel | None:
+    """The noise model of the noise-sample images, or None (logged) when it cannot be fitted.
+
+    The mixing is measured on the intensity bins freest of texture (background), then fixed: on a
+    confluent real field the whole-image fit read texture as noise and masked 24 neighbours (issue 18)."""
+    model, note = fit_noise_model(images, seed)
+    if model is None:
+        log.warning("%s (training image(s)): no noise model for the blind spot or the posterior", note)
+    else:
+        log.info("noise model: %s", note)
+    return model
+
+
 def _setup_blind_spot(
     images: list[np.ndarray], settings: N2VSettings, log: logging.Logger
-) -> tuple[Any, BlindRegion | None, dict]:
+) -> tuple[NoiseModel | None, BlindRegion | None, dict]:
     """The noise model of the noise-sample images, and the blind-spot region decided from it (logged, with its record)."""
     noise_model = _estimate_noise(images, settings.seed, log)
     region, blind_spot = decide_blind_spot(settings, noise_model)
@@ -732,6 +525,16 @@ def _setup_blind_spot(
     return noise_model, region, blind_spot
 
 
+def network_architecture(settings: N2VSettings, region: BlindRegion | None) -> dict[str, Any]:
+    """The U-Net's build arguments (model.pt ``architecture``): the baseline ring one pixel beyond the
+    blind spot, so the baseline never reads a pixel whose noise the blind spot hides (see
+    :class:`~jump_n2v.n2v.model.UNet`)."""
+    return {
+        "depth": settings.depth, "base_filters": settings.base_filters, "variant": settings.variant,
+        "baseline_radius": (region.radius if region is not None else 0) + 1,
+    }
+
+
 def _configure_optimizers(
     net: UNet, settings: N2VSettings, device: torch.device, autocast_dtype: torch.dtype | None
 ) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
@@ -742,108 +545,26 @@ def _configure_optimizers(
     return optimizer, scheduler, scaler
 
 
+def _make_scheduler(optimizer: torch.optim.Optimizer, settings: N2VSettings):
+    """The learning-rate schedule ``lr_schedule`` names, or None for a constant rate."""
+    if settings.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=settings.epochs, eta_min=settings.learning_rate * COSINE_FINAL_FRACTION
+        )
+    if settings.lr_schedule == "plateau":
+        # Halve after half the early-stopping patience, so the rate drops before training gives up.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=PLATEAU_FACTOR,
+            patience=max(1, settings.early_stopping_patience // 2),
+        )
+    return None
+
+
 def _setup_validation(
-    sampler: PatchSampler, settings: N2VSettings, device: torch.device, mask_options: Mapping[str, Any]
+    sampler: PatchSampler, settings: N2VSettings, device: torch.device, masking: BlindSpotMasking
 ) -> _ValidationSet:
     """Mask the sampler's validation patches once, from their own random stream."""
     targets = torch.from_numpy(sampler.validation).to(device)
-    generator = torch.Generator(device=device).manual_seed(_derived_seed(settings.seed, _VALIDATION_MASK_STREAM))
-    inputs, masks = mask_batch(targets, generator=generator, **mask_options)
+    generator = torch.Generator(device=device).manual_seed(derived_seed(settings.seed, _VALIDATION_MASK_STREAM))
+    inputs, masks = masking.mask(targets, generator=generator)
     return _ValidationSet(targets=targets, inputs=inputs.contiguous(memory_format=torch.channels_last), masks=masks)
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata as importlib_metadata
-
-    try:
-        package = importlib_metadata.version("jump-n2v")
-    except importlib_metadata.PackageNotFoundError:
-        package = "unknown"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "jump_n2v": package,
-    }
-
-
-# -- outputs ----------------------------------------------------------------------------------------
-
-
-def _write_outputs(model_dir, settings, architecture, weights, norm, metadata, rows) -> None:
-    """All outputs, each atomically; model.json last, so its presence means the folder is complete."""
-    with atomic_output(model_dir / "model.pt") as temporary:
-        torch.save(
-            {
-                "format": MODEL_FORMAT,
-                "architecture": architecture,
-                "state_dict": weights,
-                "normalization": norm.to_dict(),
-            },
-            temporary,
-        )
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(model_dir / "training_log.csv", buffer.getvalue())
-    _write_curve(model_dir / "training_curve.png", rows, metadata["training"]["best_epoch"], settings)
-    write_text_atomic(model_dir / "model.json", json.dumps(metadata, indent=2) + "\n")
-
-
-def _write_curve(path: Path, rows: list[dict], best_epoch: int, settings: N2VSettings) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    epochs = [row["epoch"] for row in rows]
-    axes.plot(epochs, [row["train_loss"] for row in rows], marker=".", label="train")
-    axes.plot(epochs, [row["val_loss"] for row in rows], marker=".", label="validation")
-    if best_epoch:
-        axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("masked-pixel MSE (normalised units)")
-    axes.set_title(f"{settings.variant.upper()} training loss")
-    axes.legend()
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, format="png")
-
-
-# -- loading ------------------------------------------------------------------------------------------
-
-
-def load_trained(model_dir_or_model_json: str | Path) -> TrainedModel:
-    """The network and normalisation written by :func:`train_channel` (a model folder or its model.json)."""
-    path = Path(model_dir_or_model_json)
-    model_json = path / "model.json" if path.is_dir() else path
-    weights_path = model_json.with_name("model.pt")
-    try:
-        metadata = json.loads(model_json.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no trained model at {path}: {model_json} does not exist") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{model_json} is not valid JSON: {error}") from None
-    if not weights_path.exists():
-        raise FileNotFoundError(f"{model_json} has no weights beside it: {weights_path} is missing")
-    saved = torch.load(weights_path, map_location="cpu", weights_only=True)
-    if saved.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{weights_path}: unsupported model format {saved.get('format')!r}")
-    net = build_unet(**saved["architecture"])
-    net.load_state_dict(saved["state_dict"])
-    net.eval()
-    settings = N2VSettings.from_dict(metadata["settings"])
-    normalization = metadata["normalization"]
-    posterior = metadata.get("posterior") or {}
-    return TrainedModel(
-        net=net,
-        settings=settings,
-        mean=float(normalization["mean"]),
-        std=float(normalization["std"]),
-        metadata=metadata,
-        posterior=Posterior.from_dict(posterior) if posterior.get("fitted") else None,
-    )
