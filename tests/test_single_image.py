@@ -26,7 +26,7 @@ def test_train_on_image_keeps_the_image_beside_the_model(tmp_path):
     trained = train_on_image(image, tmp_path / "model", TINY)
     stored = open_channel_array(str(tmp_path / "model" / "image.zarr"), mode="r")
     np.testing.assert_array_equal(stored[0], image)
-    assert trained.metadata["data"]["arrays"] == [str(tmp_path / "model" / "image.zarr")]
+    assert trained.record.data["arrays"] == [str(tmp_path / "model" / "image.zarr")]
     assert trained.mean == pytest.approx(float(image.mean()), rel=0.05)
 
 

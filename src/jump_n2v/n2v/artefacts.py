@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import platform
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from jump_n2v.atomic import atomic_output, write_text_atomic
+from jump_n2v.model_record import ModelRecord, model_json_path
 from jump_n2v.n2v.sampling import Normalization
 
 MODEL_FORMAT = 1
@@ -25,7 +25,7 @@ LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "learning_rate", "seco
 
 def write_outputs(
     model_dir: Path, variant: str, architecture: dict, weights: dict[str, torch.Tensor], norm: Normalization,
-    metadata: dict, rows: list[dict],
+    record: ModelRecord, rows: list[dict],
 ) -> None:
     """All outputs, each atomically; model.json last, so its presence means the folder is complete."""
     with atomic_output(model_dir / "model.pt") as temporary:
@@ -43,8 +43,8 @@ def write_outputs(
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(model_dir / "training_log.csv", buffer.getvalue())
-    _write_curve(model_dir / "training_curve.png", rows, metadata["training"]["best_epoch"], variant)
-    write_text_atomic(model_dir / "model.json", json.dumps(metadata, indent=2) + "\n")
+    _write_curve(model_dir / "training_curve.png", rows, record.training.best_epoch, variant)
+    write_text_atomic(model_json_path(model_dir), record.to_json())
 
 
 def _write_curve(path: Path, rows: list[dict], best_epoch: int, variant: str) -> None:

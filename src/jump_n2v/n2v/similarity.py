@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from jump_n2v.atomic import write_text_atomic
+from jump_n2v.model_record import ModelRecord
 from jump_n2v.n2v.blind_spot import BlindSpotMasking
 from jump_n2v.n2v.masking import BlindRegion, network_masked_mse
 from jump_n2v.noise import NoiseModel, estimate_site_noise_models
@@ -100,9 +101,9 @@ def training_record(quantiles: Sequence[float], noise_model: NoiseModel | None, 
     }
 
 
-def _blind_region(metadata: Mapping[str, Any]) -> BlindRegion | None:
+def _blind_region(record: ModelRecord) -> BlindRegion | None:
     """The blind-spot region the model was trained with (its struct_mask line included), from model.json."""
-    record = metadata.get("blind_spot") or {}
+    record = record.blind_spot or {}
     offsets = record.get("offsets") or []
     return BlindRegion.from_offsets(offsets) if record.get("mode") == "region" and offsets else None
 
@@ -124,7 +125,7 @@ def masked_loss(trained: Any, images: Sequence[np.ndarray], patches: int, seed: 
         batch[row, 0] = image[y : y + size, x : x + size]
     targets = torch.from_numpy((batch - np.float32(trained.mean)) * np.float32(1.0 / trained.std))
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, _MASK_STREAM]).generate_state(1)[0]))
-    masking = BlindSpotMasking.from_settings(settings, _blind_region(trained.metadata))
+    masking = BlindSpotMasking.from_settings(settings, _blind_region(trained.record))
     inputs, masks = masking.mask(targets, generator=generator)
     device = next(trained.net.parameters()).device
     return network_masked_mse(trained.net, inputs.to(device), targets.to(device), masks.to(device), settings.batch_size)
@@ -156,7 +157,7 @@ def compare_with_training(
     tolerance, moved[, note]}}, moved: [names], notes: [...]}``; ``comparable`` is False (nothing moved)
     for a model without the record.
     """
-    record = trained.metadata.get("training_data")
+    record = trained.record.training_data
     if not isinstance(record, Mapping):
         return {"format": COMPARISON_FORMAT, "comparable": False, "statistics": {}, "moved": [],
                 "notes": ["model.json has no training_data record (a model trained before it was recorded): "

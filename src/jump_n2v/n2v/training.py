@@ -52,6 +52,7 @@ from jump_n2v.n2v.reproducibility import data_identity, derived_seed, run_finger
 from jump_n2v.n2v.sampling import PatchSampler, array_location
 from jump_n2v.n2v.similarity import fit_noise_model, normalised_quantiles, training_record
 from jump_n2v.noise import NoiseModel
+from jump_n2v.model_record import ModelRecord, TrainingSummary
 from jump_n2v.settings import validated_section
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def train_channel(
     """Train an N2V model on the images of ``arrays`` (Zarr arrays or paths of Zarr arrays).
 
     Writes model.pt, model.json, training_log.csv and training_curve.png into ``model_dir`` and
-    returns the model.json content. Resumes from ``model_dir/checkpoint.pt`` when it was written for
+    returns the model.json content (:meth:`ModelRecord.to_dict`). Resumes from ``model_dir/checkpoint.pt`` when it was written for
     the same settings and data.
     """
     log = log or logger
@@ -144,9 +145,9 @@ def train_channel(
         run.fit_epoch()
         run.save_checkpoint()
     posterior, posterior_evidence = run.fit_posterior()
-    metadata = run.model_metadata(posterior, posterior_evidence)
-    run.write(model_dir, metadata)
-    return metadata
+    record = run.model_record(posterior, posterior_evidence)
+    run.write(model_dir, record)
+    return record.to_dict()
 
 
 @dataclass
@@ -382,43 +383,43 @@ class _TrainingRun:
             self.log.info("posterior step not fitted: %s", posterior_evidence["reason"])
         return posterior, posterior_evidence
 
-    def model_metadata(self, posterior: Posterior | None, posterior_evidence: dict) -> dict:
-        """The model.json content: settings, normalisation, training summary, data split, seed, versions,
+    def model_record(self, posterior: Posterior | None, posterior_evidence: dict) -> ModelRecord:
+        """The model.json record: settings, normalisation, training summary, data split, seed, versions,
         blind spot, noise model, posterior and the training-data record (:mod:`jump_n2v.n2v.similarity`)."""
         settings, progress, sampler = self.settings, self.progress, self.sampler
         noise_model = self.noise_model
-        return {
-            "settings": settings.to_dict(),
-            "normalization": sampler.normalization.to_dict(),
-            "training": {
-                "best_val_loss": progress.best_val_loss,
-                "best_epoch": progress.best_epoch,
-                "epochs_run": progress.epochs_done,
-                "steps": progress.steps,
-                "seconds": round(progress.seconds, 3),
-                "stopped_early": progress.stopped_early,
-                "resumed_from_epoch": self.resumed_from,
-                "patches_per_second": (
+        return ModelRecord(
+            settings=settings.to_dict(),
+            normalization=sampler.normalization.to_dict(),
+            training=TrainingSummary(
+                best_val_loss=progress.best_val_loss,
+                best_epoch=progress.best_epoch,
+                epochs_run=progress.epochs_done,
+                steps=progress.steps,
+                seconds=round(progress.seconds, 3),
+                stopped_early=progress.stopped_early,
+                resumed_from_epoch=self.resumed_from,
+                patches_per_second=(
                     progress.steps * settings.batch_size / progress.seconds if progress.seconds > 0 else None
                 ),
-            },
-            "data": {
+            ),
+            data={
                 "arrays": self.names,
                 "train_images": [list(image) for image in sampler.train_images],
                 "validation_images": [list(image) for image in sampler.validation_images],
             },
-            "seed": settings.seed,
-            "versions": versions(),
-            "blind_spot": self.blind_spot,
-            "noise_model": noise_model.to_dict() if noise_model is not None else None,
-            "posterior": {**posterior_evidence, **(posterior.to_dict() if posterior is not None else {})},
-            "training_data": training_record(self.data_quantiles, noise_model, progress.best_val_loss, self.data_images),
-        }
+            seed=settings.seed,
+            versions=versions(),
+            blind_spot=self.blind_spot,
+            noise_model=noise_model.to_dict() if noise_model is not None else None,
+            posterior={**posterior_evidence, **(posterior.to_dict() if posterior is not None else {})},
+            training_data=training_record(self.data_quantiles, noise_model, progress.best_val_loss, self.data_images),
+        )
 
-    def write(self, model_dir: Path, metadata: dict) -> None:
+    def write(self, model_dir: Path, record: ModelRecord) -> None:
         """Write the outputs from the best weights, then drop the checkpoint: the outputs now stand for the run."""
         progress = self.progress
-        write_outputs(model_dir, self.settings.variant, self.architecture, self.best_weights, self.sampler.normalization, metadata, progress.rows)
+        write_outputs(model_dir, self.settings.variant, self.architecture, self.best_weights, self.sampler.normalization, record, progress.rows)
         self.checkpoint_path.unlink(missing_ok=True)
         self.log.info(
             "wrote %s: best val loss %.5f at epoch %d of %d",
