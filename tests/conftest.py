@@ -1,8 +1,57 @@
-"""Fixtures shared by test modules: a real S3-compatible server (moto's standalone server) on 127.0.0.1."""
+"""What the test modules share: the tiny plate's config and the tiny n2v settings, a private tiny
+workflow copy, the S3 server and pinned torch fixtures, and the markers that tell unit tests from the rest.
+
+Test modules import the constants and helpers here by name (``from conftest import TINY_CONFIG``), as they
+import tests/workflow_copy.py: pytest puts tests/ on sys.path (the default "prepend" import mode).
+
+Markers (declared in pyproject.toml): a unit test is one with none of workflow, s3, slurm, browser or
+cellprofiler (``make test-unit`` runs those only; ``make test`` runs everything). A test that asks for the
+S3 server (``s3_endpoint``, directly or through another fixture) is marked s3 here, so it never needs saying.
+"""
+
+import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 
 from s3_server import moto_server
+from workflow_copy import REPO, copy_workflow
+
+# The tiny demo plate (4 sites of 64x64, 2 channels, a few training steps) the end-to-end tests run;
+# TINY_PLATES is its plate sheet, relative to the folder snakemake runs in (the config names it so).
+TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+TINY_PLATES = "tests/data/tiny_plates.tsv"
+
+# n2v settings small enough to train in a second on a CPU; a test that needs others states only the
+# difference: {**TINY_N2V, "epochs": 4}.
+TINY_N2V = dict(patch_size=16, batch_size=4, base_filters=4, epochs=1, steps_per_epoch=3, validation_patches=8, device="cpu")
+
+
+def tiny_config() -> dict:
+    """The tiny config (tests/data/tiny_config.yaml), read afresh: the caller may change it."""
+    with open(TINY_CONFIG) as handle:
+        return yaml.safe_load(handle)
+
+
+def tiny_experiment() -> dict:
+    """The tiny config's one experiment ("tiny": channels, demo plate, settings), read afresh."""
+    return tiny_config()["experiments"]["tiny"]
+
+
+def tiny_workflow(workdir: Path, paths) -> Path:
+    """The repository's ``paths`` copied into ``workdir``, with the tiny config as config/config.yaml
+    and its plate sheet where it names it: a plain ``snakemake`` there runs the tiny plate."""
+    copy_workflow(workdir, [*paths, TINY_PLATES])
+    (workdir / "config").mkdir(exist_ok=True)
+    shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
+    return workdir
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "s3_endpoint" in item.fixturenames:
+            item.add_marker(pytest.mark.s3)
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,10 @@ from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest.readers import read_channel
 from jump_n2v.ngff import open_channel_array
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import tiny_experiment
+from workflow_copy import REPO
+
 CELLPROFILER_VENV = REPO / ".venv-cellprofiler"
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 PLATE = "BR00000001"
 DENOISED = ["DNA", "RNA"]
 MEASURED = ["OrigDNA", "OrigRNA", "OrigBrightfield", "IllumDNA"]
@@ -43,7 +44,7 @@ PIXEL_SIZE_UM = 0.65
 # magnitude (float32 raw units: 1/65537; float with negatives: flat 0.5, ~250x here).
 MEAN_TOLERANCE = 0.10
 
-pytestmark = [pytest.mark.cellprofiler, pytest.mark.slow]
+pytestmark = [pytest.mark.cellprofiler, pytest.mark.workflow, pytest.mark.slow]
 
 
 def write_gallery_plate(root: Path) -> Path:
@@ -84,9 +85,7 @@ def write_gallery_plate(root: Path) -> Path:
 
 
 def run_workflow(workdir: Path, table_gz: Path) -> Path:
-    with open(TINY_CONFIG) as handle:
-        tiny = yaml.safe_load(handle)
-    settings = next(iter(tiny["experiments"].values()))["settings"]
+    settings = tiny_experiment()["settings"]
     sheet = write_plate_sheet(workdir / "plates.tsv", [{"experiment": "gallery", "plate": PLATE, "format": "loaddata",
                                                        "load_data": str(table_gz)}])
     config = {

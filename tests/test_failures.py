@@ -5,7 +5,6 @@ Each test runs the real workflow (a private copy, so locks and metadata stay in 
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,26 +13,25 @@ import pytest
 import yaml
 
 from jump_n2v.config import write_plate_sheet
+from conftest import tiny_config, tiny_workflow
 from workflow_copy import copy_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "profiles"]
 JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+
+pytestmark = pytest.mark.workflow
 
 
 def workflow_copy(workdir: Path, config: dict | None = None, plates: list[dict] | None = None) -> Path:
     """The workflow in ``workdir`` with ``config`` (default: the tiny config) and its plate sheet ``plates``
     (rows) as config/plates.tsv."""
+    if config is None:
+        return tiny_workflow(workdir, WORKFLOW_PATHS)
     copy_workflow(workdir, WORKFLOW_PATHS)
     (workdir / "config").mkdir()
-    if config is None:
-        copy_workflow(workdir, ["tests/data/tiny_plates.tsv"])
-        shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
-    else:
-        write_plate_sheet(workdir / "config" / "plates.tsv", plates)
-        config = {**config, "plates": "config/plates.tsv"}
-        (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_plate_sheet(workdir / "config" / "plates.tsv", plates)
+    config = {**config, "plates": "config/plates.tsv"}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return workdir
 
 
@@ -87,8 +85,7 @@ def test_every_rule_carries_threads_memory_and_runtime(tmp_path):
 
 def test_a_failed_job_shows_its_error_and_a_retry_asks_for_more(tmp_path):
     # A plate whose pattern matches no file: plate_index fails at once, twice with --retries 1.
-    with open(TINY_CONFIG) as handle:
-        config = yaml.safe_load(handle)
+    config = tiny_config()
     config["experiments"]["tiny"].pop("demo")
     plates = [{"experiment": "tiny", "plate": "TinyPlate", "format": "hyperstack", "pattern": "nowhere/{well}_s{site}.tif"}]
     workdir = workflow_copy(tmp_path, config, plates)

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from jump_n2v.config import ConfigError, load_config, read_plate_sheet, validate_config, write_plate_sheet
-from workflow_copy import REPO, copy_workflow
+from conftest import tiny_experiment
+from workflow_copy import copy_workflow
 
 HYPERSTACK = {"experiment": "exp", "plate": "P1", "format": "hyperstack", "pattern": "raw/{well}_s{site}.tif"}
 LOADDATA = {"experiment": "exp", "plate": "P2", "format": "loaddata", "load_data": "tables/P2/load_data.csv"}
@@ -131,10 +132,11 @@ def test_write_plate_sheet_refuses_unknown_columns():
 
 
 @pytest.mark.slow
+@pytest.mark.workflow
 def test_a_two_plate_experiment_listed_in_a_sheet_runs_end_to_end(tmp_path):
     # Two synthetic plates, one shared model per channel: the sheet drives the whole workflow.
     copy_workflow(tmp_path, ["Snakefile", "workflow", "src", "envs", "profiles"])
-    tiny = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())["experiments"]["tiny"]
+    tiny = tiny_experiment()
     settings = {**tiny["settings"], "predict": {"tile_size": 128}}
     (tmp_path / "config").mkdir()
     write_plate_sheet(tmp_path / "config" / "plates.tsv", [

@@ -5,7 +5,6 @@ once, in a temporary copy of the workflow (so a script can be edited). Each test
 change, reads the job list of `snakemake --dry-run` and undoes the change.
 """
 
-import copy
 import os
 import re
 import subprocess
@@ -18,16 +17,17 @@ import tifffile
 import yaml
 
 from jump_n2v.config import write_plate_sheet
+from conftest import tiny_experiment
 from workflow_copy import copy_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs"]
 EXPERIMENT = "rerun"
 CHANNELS = ["DNA", "Mito"]
 SITES = [("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2)]
 
 JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+
+pytestmark = pytest.mark.workflow
 
 
 def write_loaddata_plate(root: Path, plate: str, seed: int) -> Path:
@@ -52,9 +52,6 @@ def write_loaddata_plate(root: Path, plate: str, seed: int) -> Path:
 
 
 def base_config(workdir: Path) -> dict:
-    with open(TINY_CONFIG) as handle:
-        tiny = yaml.safe_load(handle)
-    tiny_experiment = next(iter(tiny["experiments"].values()))
     csv = write_loaddata_plate(workdir / "plates", "P1", seed=1)
     (workdir / "config").mkdir(exist_ok=True)
     write_plate_sheet(workdir / "config" / "plates.tsv", [sheet_row("P1", csv.relative_to(workdir))])
@@ -64,7 +61,7 @@ def base_config(workdir: Path) -> dict:
         "experiments": {
             EXPERIMENT: {
                 "channels": CHANNELS,
-                "settings": copy.deepcopy(tiny_experiment.get("settings", {})),
+                "settings": tiny_experiment()["settings"],
             }
         },
     }

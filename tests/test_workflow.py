@@ -13,12 +13,12 @@ import tifffile
 
 from jump_n2v.ngff import open_channel_array
 
-from workflow_copy import copy_workflow
+from conftest import TINY_CONFIG, TINY_PLATES
+from workflow_copy import REPO, copy_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
-TINY_PLATES = "tests/data/tiny_plates.tsv"
 CHANNELS = ["DNA", "Mito"]
+
+pytestmark = pytest.mark.workflow
 
 
 def snakemake(workdir, *args, check=True):

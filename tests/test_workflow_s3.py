@@ -19,14 +19,17 @@ import yaml
 import gallery_plate as gallery
 from s3_server import public_bucket, s3_client
 from jump_n2v.config import write_plate_sheet
+from conftest import tiny_experiment
 from test_rerun import job, planned_jobs
-from workflow_copy import REPO, copy_workflow
+from workflow_copy import copy_workflow
 
 from jump_n2v.ngff import open_channel_array
 
 PLATE = "BR00000002"  # not the plate test_storage.py puts in the same session server
 CHANNELS = ["DNA", "Mito"]
-TINY_SETTINGS = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())["experiments"]["tiny"]["settings"]
+TINY_SETTINGS = tiny_experiment()["settings"]
+
+pytestmark = pytest.mark.workflow
 
 
 @pytest.fixture(scope="module")
