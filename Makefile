@@ -27,9 +27,9 @@ system-deps:
 test: setup system-deps cellprofiler-env real-fields
 	$(PY) -m pytest -ra
 
-# Unit tests: every test without a marker for Snakemake, the S3 server, SLURM, Chromium or CellProfiler
-# (markers: pyproject.toml; tests/conftest.py). Some read the real fields, so they are fetched first.
-UNIT_TESTS := not (workflow or s3 or slurm or browser or cellprofiler)
+# Unit tests: every test not marked slow nor for Snakemake, the S3 server, SLURM, Chromium or CellProfiler
+# (markers: pyproject.toml; tests/conftest.py). One reads the real fields, so they are fetched first.
+UNIT_TESTS := not (slow or workflow or s3 or slurm or browser or cellprofiler)
 test-unit: setup real-fields
 	$(PY) -m pytest -ra -m "$(UNIT_TESTS)"
 

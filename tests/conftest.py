@@ -4,8 +4,8 @@ workflow copy, the S3 server and pinned torch fixtures, and the markers that tel
 Test modules import the constants and helpers here by name (``from conftest import TINY_CONFIG``), as they
 import tests/workflow_copy.py: pytest puts tests/ on sys.path (the default "prepend" import mode).
 
-Markers (declared in pyproject.toml): a unit test is one with none of workflow, s3, slurm, browser or
-cellprofiler (``make test-unit`` runs those only; ``make test`` runs everything). A test that asks for the
+Markers (declared in pyproject.toml): a unit test is one with none of slow, workflow, s3, slurm, browser
+or cellprofiler (``make test-unit`` runs those only; ``make test`` runs everything). A test that asks for the
 S3 server (``s3_endpoint``, directly or through another fixture) is marked s3 here, so it never needs saying.
 """
 
