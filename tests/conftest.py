@@ -9,7 +9,11 @@ or cellprofiler (``make test-unit`` runs those only; ``make test`` runs everythi
 S3 server (``s3_endpoint``, directly or through another fixture) is marked s3 here, so it never needs saying.
 """
 
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +50,31 @@ def tiny_workflow(workdir: Path, paths) -> Path:
     (workdir / "config").mkdir(exist_ok=True)
     shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
     return workdir
+
+
+def run_snakemake(*args: str, cwd=None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``snakemake *args`` (this interpreter's) in ``cwd``, unbuffered, its output captured as text; the
+    caller checks the return code (``result.args`` is the command)."""
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+
+
+def job_blocks(output: str) -> list[tuple[str, dict]]:
+    """(rule, {field: value}) for each job block snakemake printed."""
+    blocks, rule, fields = [], None, {}
+    for line in output.splitlines() + [""]:
+        header = JOB_HEADER.match(line)
+        if header or not line.startswith("    "):
+            if rule is not None:
+                blocks.append((rule, fields))
+            rule, fields = (header.group("rule") if header else None), {}
+            continue
+        field, _, value = line.strip().partition(": ")
+        fields[field] = value
+    return blocks
 
 
 def pytest_collection_modifyitems(items):

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest.readers import read_channel
 from jump_n2v.ngff import open_channel_array
 
-from conftest import tiny_experiment
+from conftest import run_snakemake, tiny_experiment
 from workflow_copy import REPO
 
 CELLPROFILER_VENV = REPO / ".venv-cellprofiler"
@@ -99,9 +97,8 @@ def run_workflow(workdir: Path, table_gz: Path) -> Path:
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     exported = workdir / "results" / "gallery" / PLATE / "denoised_tiff" / "load_data.csv"
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(config_path), "--cores", "2", str(exported.relative_to(workdir))]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                           "--configfile", str(config_path), "--cores", "2", str(exported.relative_to(workdir)))
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     return exported
 

@@ -4,7 +4,6 @@ Each test runs the real workflow (a private copy, so locks and metadata stay in 
 """
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +12,10 @@ import pytest
 import yaml
 
 from jump_n2v.config import write_plate_sheet
-from conftest import tiny_config, tiny_workflow
+from conftest import job_blocks, run_snakemake, tiny_config, tiny_workflow
 from workflow_copy import copy_workflow
 
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "profiles"]
-JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
 
 pytestmark = pytest.mark.workflow
 
@@ -36,23 +34,7 @@ def workflow_copy(workdir: Path, config: dict | None = None, plates: list[dict] 
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def job_blocks(output: str) -> list[tuple[str, dict]]:
-    """(rule, {field: value}) for each job block snakemake printed."""
-    blocks, rule, fields = [], None, {}
-    for line in output.splitlines() + [""]:
-        header = JOB_HEADER.match(line)
-        if header or not line.startswith("    "):
-            if rule is not None:
-                blocks.append((rule, fields))
-            rule, fields = (header.group("rule") if header else None), {}
-            continue
-        field, _, value = line.strip().partition(": ")
-        fields[field] = value
-    return blocks
+    return run_snakemake(*args, cwd=workdir, timeout=timeout)
 
 
 def resources(block: dict) -> dict[str, str]:

@@ -1,7 +1,6 @@
 """End-to-end runs of the real workflow (Snakemake, no mocks) on a tiny synthetic plate."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import tifffile
 
 from jump_n2v.ngff import open_channel_array
 
-from conftest import TINY_CONFIG, TINY_PLATES
+from conftest import TINY_CONFIG, TINY_PLATES, run_snakemake
 from workflow_copy import REPO, copy_workflow
 
 CHANNELS = ["DNA", "Mito"]
@@ -22,11 +21,9 @@ pytestmark = pytest.mark.workflow
 
 
 def snakemake(workdir, *args, check=True):
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(workdir), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(f"{' '.join(result.args)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}")
     return result
 
 
