@@ -1,5 +1,6 @@
 """What the test modules share: the tiny plate's config and the tiny n2v settings, a private tiny
-workflow copy, the S3 server and pinned torch fixtures, and the markers that tell unit tests from the rest.
+workflow copy, snakemake's runner and job-list parser, demo sites through the demo camera, the S3 server
+and pinned torch fixtures, and the markers that tell unit tests from the rest.
 
 Test modules import the constants and helpers here by name (``from conftest import TINY_CONFIG``), as they
 import tests/workflow_copy.py: pytest puts tests/ on sys.path (the default "prepend" import mode).
@@ -9,6 +10,7 @@ or cellprofiler (``make test-unit`` runs those only; ``make test`` runs everythi
 S3 server (``s3_endpoint``, directly or through another fixture) is marked s3 here, so it never needs saying.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,9 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from scipy import ndimage
 
+from jump_n2v.demo import DemoSpec, render_site
 from s3_server import moto_server
 from workflow_copy import REPO, copy_workflow
 
@@ -77,6 +82,44 @@ def job_blocks(output: str) -> list[tuple[str, dict]]:
     return blocks
 
 
+def demo_camera(spec: DemoSpec, photons: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What the demo's camera reads from ``photons`` (float, not yet rounded): gain x Poisson counts +
+    offset + Gaussian read noise."""
+    return spec.gain * rng.poisson(photons) + spec.offset + rng.normal(0, spec.read_noise, photons.shape)
+
+
+def demo_sites(spec: DemoSpec, sites: int, channel: str, *, box: bool = False, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Raw uint16 and clean images of one demo stain, ``sites`` sites drawn from ``seed``; ``box`` mixes
+    the noisy image with a 2 x 2 box after the camera (the clean one too, so it stays the mean of the raw)."""
+    rng = np.random.default_rng(seed)
+    raws, cleans = [], []
+    for _ in range(sites):
+        photons = render_site(spec, rng)[channel]
+        noisy = demo_camera(spec, photons, rng)
+        clean = spec.gain * photons + spec.offset
+        if box:
+            noisy, clean = ndimage.uniform_filter(noisy, 2, mode="reflect"), ndimage.uniform_filter(clean, 2, mode="reflect")
+        raws.append(np.clip(np.rint(noisy), 0, 65535).astype(np.uint16))
+        cleans.append(clean)
+    return raws, cleans
+
+
+@contextlib.contextmanager
+def torch_pinned():
+    """One thread and deterministic algorithms inside the block (see ``pinned_torch``); torch's own
+    settings back after it."""
+    import torch
+
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "s3_endpoint" in item.fixturenames:
@@ -94,12 +137,7 @@ def s3_endpoint():
 def pinned_torch():
     """One training trajectory per CPU for a test that trains: one thread and deterministic algorithms
     (the settings' seed does the rest). Another CPU's float kernels still round differently, so such
-    a test asserts what holds for any honest trajectory, never one run's numbers."""
-    import torch
-
-    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.set_num_threads(previous[0])
-    torch.use_deterministic_algorithms(previous[1])
+    a test asserts what holds for any honest trajectory, never one run's numbers. A module-scoped
+    fixture that trains uses ``with torch_pinned():`` instead."""
+    with torch_pinned():
+        yield

@@ -27,7 +27,7 @@ from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest.readers import read_channel
 from jump_n2v.ngff import open_channel_array
 
-from conftest import run_snakemake, tiny_experiment
+from conftest import demo_camera, run_snakemake, tiny_experiment
 from workflow_copy import REPO
 
 CELLPROFILER_VENV = REPO / ".venv-cellprofiler"
@@ -66,7 +66,7 @@ def write_gallery_plate(root: Path) -> Path:
             "Metadata_Well": well, "Metadata_Site": str(site), "Metadata_AbsPositionZ": "0.134",
         }
         for number, channel in enumerate(["DNA", "RNA", "Brightfield"], start=1):
-            noisy = spec.gain * rng.poisson(photons[channel]) + spec.offset + rng.normal(0, spec.read_noise, (64, 64))
+            noisy = demo_camera(spec, photons[channel], rng)
             name = f"r{row_number:02d}c{column:02d}f{site:02d}p01-ch{number}sk1fk1fl1.tiff"
             tifffile.imwrite(images / name, np.clip(np.rint(noisy), 0, 65535).astype(np.uint16), **resolution)
             if channel == "RNA":

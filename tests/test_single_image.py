@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_N2V
 from jump_n2v.ngff import open_channel_array
 from jump_n2v.single_image import image_panels, image_qc, train_on_image
-
-from conftest import TINY_N2V
 
 torch.set_num_threads(1)
 TINY = {**TINY_N2V, "validation_patches": 4}

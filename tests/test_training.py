@@ -10,12 +10,11 @@ import pytest
 import torch
 import zarr
 
+from conftest import TINY_N2V
 from jump_n2v.config import load_schema
 from jump_n2v.n2v import training
 from jump_n2v.n2v.masking import StructMask
 from jump_n2v.n2v.training import N2VSettings, load_trained, train_channel
-
-from conftest import TINY_N2V
 
 torch.set_num_threads(1)
 
