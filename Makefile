@@ -2,7 +2,7 @@
 #   make demo   set up (virtualenv) and run the workflow on the synthetic demo plate
 #   make test   set up (virtualenv + system packages + CellProfiler venv) and run the whole test suite
 # and, beside them, make test-unit: the unit tests only (virtualenv and real fields; no Snakemake,
-# no system services), a few minutes.
+# no system services), under 3 minutes on 2 cores.
 VENV ?= .venv
 PYTHON ?= python3
 CORES ?= 2
