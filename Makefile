@@ -1,12 +1,14 @@
 # The two commands of the README:
 #   make demo   set up (virtualenv) and run the workflow on the synthetic demo plate
 #   make test   set up (virtualenv + system packages + CellProfiler venv) and run the whole test suite
+# and, beside them, make test-unit: the unit tests only (virtualenv and real fields; no Snakemake,
+# no system services), under 3 minutes on 2 cores.
 VENV ?= .venv
 PYTHON ?= python3
 CORES ?= 2
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup system-deps lint bench-env cellprofiler-env real-fields
+.PHONY: demo test test-unit setup system-deps lint bench-env cellprofiler-env real-fields
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,12 @@ system-deps:
 
 test: setup system-deps cellprofiler-env real-fields
 	$(PY) -m pytest -ra
+
+# Unit tests: every test not marked slow nor for Snakemake, the S3 server, SLURM, Chromium or CellProfiler
+# (markers: pyproject.toml; tests/conftest.py). One reads the real fields, so they are fetched first.
+UNIT_TESTS := not (slow or workflow or s3 or slurm or browser or cellprofiler)
+test-unit: setup real-fields
+	$(PY) -m pytest -ra -m "$(UNIT_TESTS)"
 
 lint: setup
 	$(VENV)/bin/snakemake --lint

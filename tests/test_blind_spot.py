@@ -9,6 +9,7 @@ import torch
 import zarr
 from scipy import ndimage
 
+from conftest import demo_camera
 from jump_n2v.demo import DemoSpec, mix_pixels
 from jump_n2v.n2v.masking import STRUCT_RANDOM_RANGE, StructMask, dihedral, neighbourhood_region
 from jump_n2v.n2v.posterior import Posterior, binning_signal, correlated_unit_noise, fit_posterior
@@ -281,7 +282,7 @@ def test_training_on_pixel_mixed_noise_masks_a_region_and_records_why(tmp_path):
     yy, xx = np.mgrid[0:128, 0:128]
     photons = 5.0 + 40.0 * np.exp(-((yy - 64) ** 2 + (xx - 40) ** 2) / 200.0)
     images = np.stack([
-        mix_pixels(spec.gain * rng.poisson(photons) + spec.offset + rng.normal(0, spec.read_noise, photons.shape), "box2x2")
+        mix_pixels(demo_camera(spec, photons, rng), "box2x2")
         for _ in range(4)
     ])
     data = np.rint(images).astype(np.uint16)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +27,10 @@ from jump_n2v.export import export_tiffs, write_loaddata_csv
 from jump_n2v.ingest.readers import read_channel
 from jump_n2v.ngff import open_channel_array
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import demo_camera, run_snakemake, tiny_experiment
+from workflow_copy import REPO
+
 CELLPROFILER_VENV = REPO / ".venv-cellprofiler"
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 PLATE = "BR00000001"
 DENOISED = ["DNA", "RNA"]
 MEASURED = ["OrigDNA", "OrigRNA", "OrigBrightfield", "IllumDNA"]
@@ -43,7 +42,7 @@ PIXEL_SIZE_UM = 0.65
 # magnitude (float32 raw units: 1/65537; float with negatives: flat 0.5, ~250x here).
 MEAN_TOLERANCE = 0.10
 
-pytestmark = [pytest.mark.cellprofiler, pytest.mark.slow]
+pytestmark = [pytest.mark.cellprofiler, pytest.mark.workflow, pytest.mark.slow]
 
 
 def write_gallery_plate(root: Path) -> Path:
@@ -67,7 +66,7 @@ def write_gallery_plate(root: Path) -> Path:
             "Metadata_Well": well, "Metadata_Site": str(site), "Metadata_AbsPositionZ": "0.134",
         }
         for number, channel in enumerate(["DNA", "RNA", "Brightfield"], start=1):
-            noisy = spec.gain * rng.poisson(photons[channel]) + spec.offset + rng.normal(0, spec.read_noise, (64, 64))
+            noisy = demo_camera(spec, photons[channel], rng)
             name = f"r{row_number:02d}c{column:02d}f{site:02d}p01-ch{number}sk1fk1fl1.tiff"
             tifffile.imwrite(images / name, np.clip(np.rint(noisy), 0, 65535).astype(np.uint16), **resolution)
             if channel == "RNA":
@@ -84,9 +83,7 @@ def write_gallery_plate(root: Path) -> Path:
 
 
 def run_workflow(workdir: Path, table_gz: Path) -> Path:
-    with open(TINY_CONFIG) as handle:
-        tiny = yaml.safe_load(handle)
-    settings = next(iter(tiny["experiments"].values()))["settings"]
+    settings = tiny_experiment()["settings"]
     sheet = write_plate_sheet(workdir / "plates.tsv", [{"experiment": "gallery", "plate": PLATE, "format": "loaddata",
                                                        "load_data": str(table_gz)}])
     config = {
@@ -100,9 +97,8 @@ def run_workflow(workdir: Path, table_gz: Path) -> Path:
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     exported = workdir / "results" / "gallery" / PLATE / "denoised_tiff" / "load_data.csv"
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(config_path), "--cores", "2", str(exported.relative_to(workdir))]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                           "--configfile", str(config_path), "--cores", "2", str(exported.relative_to(workdir)))
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     return exported
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import TINY_CONFIG
+from workflow_copy import REPO
+
 PACKAGE_ROOT = REPO / "src"
 PACKAGE = "jump_n2v"
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 
 # Import name -> the conda-forge package names that provide it (any one will do).
 PROVIDERS = {
@@ -192,6 +193,7 @@ def third_party_imports(script):
 # --- tests -------------------------------------------------------------------------------------
 
 
+@pytest.mark.workflow  # the rules come from Snakemake (workflow_rules)
 def test_every_rule_that_does_work_names_an_existing_env_file_under_envs():
     rules = rules_with_action()
     assert rules, "the workflow has no rules"
@@ -202,6 +204,7 @@ def test_every_rule_that_does_work_names_an_existing_env_file_under_envs():
         assert conda.parent == REPO / "envs", f"rule {rule['name']}: env {conda} is not under envs/"
 
 
+@pytest.mark.workflow  # the rules come from Snakemake (workflow_rules)
 def test_every_env_file_is_used_by_a_rule():
     used = {Path(rule["conda"]) for rule in rules_with_action() if rule["conda"]}
     for env in sorted((REPO / "envs").glob("*.yaml")):
@@ -232,12 +235,14 @@ def test_n2v_env_installs_a_cuda_build_of_pytorch():
     assert "cuda-version" in conda, "pin cuda-version so the CUDA build resolves to one CUDA release"
 
 
+@pytest.mark.workflow  # the rules come from Snakemake (workflow_rules)
 def test_rule_scripts_exist():
     for rule in rules_with_action():
         if rule["script"]:
             assert Path(rule["script"]).is_file(), f"rule {rule['name']}: script {rule['script']} does not exist"
 
 
+@pytest.mark.workflow  # the rules come from Snakemake (workflow_rules)
 def test_every_module_a_rule_script_imports_is_in_its_env():
     problems = []
     for rule in rules_with_action():

@@ -12,13 +12,13 @@ import torch
 import yaml
 import zarr
 
+from conftest import TINY_N2V
 from jump_n2v.cli import main
 from jump_n2v.export_bmz import export_bmz, validate_bmz
 from jump_n2v.n2v import N2VSettings, load_trained, train_channel
 from jump_n2v.predict.runner import denoise_image
 
 torch.set_num_threads(1)
-TINY = dict(patch_size=16, batch_size=4, base_filters=4, epochs=1, steps_per_epoch=3, validation_patches=8, device="cpu")
 
 
 @pytest.fixture(scope="module", params=["n2v", "n2v2"])
@@ -29,7 +29,7 @@ def model_dir(request, tmp_path_factory):
     images = np.stack([500 + 200 * np.sin(xx / 4.0) * np.cos(yy / 5.0) + rng.normal(0, 40, yy.shape) for _ in range(3)])
     array = zarr.create_array(store=str(root / "raw.zarr"), shape=images.shape, chunks=(1, 96, 80), dtype="uint16")
     array[:] = images.astype(np.uint16)
-    train_channel([str(root / "raw.zarr")], N2VSettings.from_dict({**TINY, "variant": request.param}), root / "DNA")
+    train_channel([str(root / "raw.zarr")], N2VSettings.from_dict({**TINY_N2V, "variant": request.param}), root / "DNA")
     return root / "DNA"
 
 

@@ -4,8 +4,6 @@ Each test runs the real workflow (a private copy, so locks and metadata stay in 
 """
 
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,47 +12,29 @@ import pytest
 import yaml
 
 from jump_n2v.config import write_plate_sheet
+from conftest import job_blocks, run_snakemake, tiny_config, tiny_workflow
 from workflow_copy import copy_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "profiles"]
-JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+
+pytestmark = pytest.mark.workflow
 
 
 def workflow_copy(workdir: Path, config: dict | None = None, plates: list[dict] | None = None) -> Path:
     """The workflow in ``workdir`` with ``config`` (default: the tiny config) and its plate sheet ``plates``
     (rows) as config/plates.tsv."""
+    if config is None:
+        return tiny_workflow(workdir, WORKFLOW_PATHS)
     copy_workflow(workdir, WORKFLOW_PATHS)
     (workdir / "config").mkdir()
-    if config is None:
-        copy_workflow(workdir, ["tests/data/tiny_plates.tsv"])
-        shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
-    else:
-        write_plate_sheet(workdir / "config" / "plates.tsv", plates)
-        config = {**config, "plates": "config/plates.tsv"}
-        (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_plate_sheet(workdir / "config" / "plates.tsv", plates)
+    config = {**config, "plates": "config/plates.tsv"}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return workdir
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def job_blocks(output: str) -> list[tuple[str, dict]]:
-    """(rule, {field: value}) for each job block snakemake printed."""
-    blocks, rule, fields = [], None, {}
-    for line in output.splitlines() + [""]:
-        header = JOB_HEADER.match(line)
-        if header or not line.startswith("    "):
-            if rule is not None:
-                blocks.append((rule, fields))
-            rule, fields = (header.group("rule") if header else None), {}
-            continue
-        field, _, value = line.strip().partition(": ")
-        fields[field] = value
-    return blocks
+    return run_snakemake(*args, cwd=workdir, timeout=timeout)
 
 
 def resources(block: dict) -> dict[str, str]:
@@ -87,8 +67,7 @@ def test_every_rule_carries_threads_memory_and_runtime(tmp_path):
 
 def test_a_failed_job_shows_its_error_and_a_retry_asks_for_more(tmp_path):
     # A plate whose pattern matches no file: plate_index fails at once, twice with --retries 1.
-    with open(TINY_CONFIG) as handle:
-        config = yaml.safe_load(handle)
+    config = tiny_config()
     config["experiments"]["tiny"].pop("demo")
     plates = [{"experiment": "tiny", "plate": "TinyPlate", "format": "hyperstack", "pattern": "nowhere/{well}_s{site}.tif"}]
     workdir = workflow_copy(tmp_path, config, plates)

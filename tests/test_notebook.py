@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_copy import REPO
+
 NOTEBOOK = REPO / "docs" / "single_image.ipynb"
 
 TINY_PARAMETERS = """IMAGE_PATH = None

@@ -1,16 +1,14 @@
 """The plate sheet: one row per plate, validated by workflow/schemas/plates.schema.yaml, errors naming
 the sheet's line and column; and a two-plate experiment listed in a sheet run through the workflow."""
 
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
 
 from jump_n2v.config import ConfigError, load_config, read_plate_sheet, validate_config, write_plate_sheet
-from workflow_copy import REPO, copy_workflow
+from conftest import run_snakemake, tiny_experiment
+from workflow_copy import copy_workflow
 
 HYPERSTACK = {"experiment": "exp", "plate": "P1", "format": "hyperstack", "pattern": "raw/{well}_s{site}.tif"}
 LOADDATA = {"experiment": "exp", "plate": "P2", "format": "loaddata", "load_data": "tables/P2/load_data.csv"}
@@ -131,10 +129,11 @@ def test_write_plate_sheet_refuses_unknown_columns():
 
 
 @pytest.mark.slow
+@pytest.mark.workflow
 def test_a_two_plate_experiment_listed_in_a_sheet_runs_end_to_end(tmp_path):
     # Two synthetic plates, one shared model per channel: the sheet drives the whole workflow.
     copy_workflow(tmp_path, ["Snakefile", "workflow", "src", "envs", "profiles"])
-    tiny = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())["experiments"]["tiny"]
+    tiny = tiny_experiment()
     settings = {**tiny["settings"], "predict": {"tile_size": 128}}
     (tmp_path / "config").mkdir()
     write_plate_sheet(tmp_path / "config" / "plates.tsv", [
@@ -145,8 +144,7 @@ def test_a_two_plate_experiment_listed_in_a_sheet_runs_end_to_end(tmp_path):
     config = {"results": "results", "plates": "config/plates.tsv", "experiments": {"screen": {
         "channels": ["DNA"], "train_on": "experiment", "demo": {**tiny["demo"], "sites": 1}, "settings": settings}}}
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=tmp_path, capture_output=True,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = run_snakemake("--cores", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     results = tmp_path / "results" / "screen"
     summary = pd.read_csv(results / "report" / "summary.csv")

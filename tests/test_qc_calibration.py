@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from conftest import demo_camera
 from jump_n2v.demo import DEMO_CHANNELS, DemoSpec, render_site
 from jump_n2v.noise import NoiseModel
 from jump_n2v.qc.metrics import image_metrics, intensity_shifts, summarize
@@ -147,7 +148,7 @@ def test_the_clean_image_reads_no_intensity_shift_on_poisson_demo_sites(channel,
     shifts = []
     for _ in range(8):
         photons = render_site(spec, rng)[channel]
-        noisy = spec.gain * rng.poisson(photons) + spec.offset + rng.normal(0, spec.read_noise, photons.shape)
+        noisy = demo_camera(spec, photons, rng)
         clean = spec.gain * photons + spec.offset
         if mixed:
             noisy, clean = ndimage.uniform_filter(noisy, 2, mode="reflect"), ndimage.uniform_filter(clean, 2, mode="reflect")

@@ -16,7 +16,8 @@ import torch
 import zarr
 from scipy import ndimage
 
-from jump_n2v.demo import DEMO_CHANNELS, DemoSpec, render_site
+from conftest import demo_sites
+from jump_n2v.demo import DEMO_CHANNELS, DemoSpec
 from jump_n2v.noise import estimate_noise_model
 from jump_n2v.qc.metrics import image_metrics, summarize
 
@@ -24,22 +25,6 @@ torch.set_num_threads(1)
 
 # The flags a denoiser that removes signal or hands noise back raises.
 MODEL_FLAGS = {"residual_structure", "noise_leak", "no_estimated_gain", "residual_autocorrelation"}
-
-
-def demo_images(spec: DemoSpec, sites: int, channel: str, box: bool, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Raw uint16 and clean images of one demo stain; ``box`` mixes the noisy image with a 2 x 2 box
-    after the camera (the clean one too, so it stays the mean of the raw)."""
-    rng = np.random.default_rng(seed)
-    raws, cleans = [], []
-    for _ in range(sites):
-        photons = render_site(spec, rng)[channel]
-        noisy = spec.gain * rng.poisson(photons) + spec.offset + rng.normal(0, spec.read_noise, photons.shape)
-        clean = spec.gain * photons + spec.offset
-        if box:
-            noisy, clean = ndimage.uniform_filter(noisy, 2, mode="reflect"), ndimage.uniform_filter(clean, 2, mode="reflect")
-        raws.append(np.clip(np.rint(noisy), 0, 65535).astype(np.uint16))
-        cleans.append(clean)
-    return raws, cleans
 
 
 def summary_row(raws, outputs, cleans, channel, name):
@@ -53,7 +38,7 @@ def summary_row(raws, outputs, cleans, channel, name):
 
 @pytest.mark.parametrize("channel", DEMO_CHANNELS)
 def test_a_blur_is_flagged_on_every_stain_and_cannot_raise_the_estimated_gain(channel):
-    raws, cleans = demo_images(DemoSpec(), sites=2, channel=channel, box=False)
+    raws, cleans = demo_sites(DemoSpec(), sites=2, channel=channel, box=False)
     for sigma in (1.0, 2.0, 3.0):
         blurred = [ndimage.gaussian_filter(raw.astype(np.float64), sigma) for raw in raws]
         row = summary_row(raws, blurred, cleans, channel, f"blur{sigma}")
@@ -65,7 +50,7 @@ def test_a_blur_is_flagged_on_every_stain_and_cannot_raise_the_estimated_gain(ch
 
 
 def test_the_raw_image_handed_back_is_flagged():
-    raws, cleans = demo_images(DemoSpec(size=128, cells_per_site=4), sites=2, channel="DNA", box=False)
+    raws, cleans = demo_sites(DemoSpec(size=128, cells_per_site=4), sites=2, channel="DNA", box=False)
     row = summary_row(raws, [raw.astype(np.float64) for raw in raws], cleans, "DNA", "identity")
     assert {"noise_leak", "no_estimated_gain"} <= set(row["flags"])
     assert row["noise_leak_median"] == pytest.approx(1.0, abs=0.1)
@@ -97,7 +82,7 @@ def test_n2v_on_independent_noise_passes_and_a_one_pixel_blind_spot_on_correlate
     # seeds 0, 1, 2, 42 here: a real N2V passes and denoises; a one-pixel blind spot on correlated
     # noise is flagged, either for handing the shared noise back or for doing worse than raw.
     spec = DemoSpec(size=128, cells_per_site=4)
-    raws, cleans = demo_images(spec, sites=4, channel="DNA", box=False)
+    raws, cleans = demo_sites(spec, sites=4, channel="DNA", box=False)
     good = summary_row(raws, train_and_denoise(raws, tmp_path / "independent"), cleans, "DNA", "independent")
     assert not MODEL_FLAGS & set(good["flags"]), good["flags"]
     assert good["psnr_gain_db_mean"] > 3  # it did denoise
@@ -105,7 +90,7 @@ def test_n2v_on_independent_noise_passes_and_a_one_pixel_blind_spot_on_correlate
     # can make it pessimistic (seed 2: 3.5 dB estimated for 5.4 dB).
     assert good["psnr_gain_db_mean"] - 2.5 < good["estimated_gain_db_median"] < good["psnr_gain_db_mean"] + 1.5
 
-    raws, cleans = demo_images(spec, sites=4, channel="DNA", box=True)
+    raws, cleans = demo_sites(spec, sites=4, channel="DNA", box=True)
     one_pixel = summary_row(raws, train_and_denoise(raws, tmp_path / "correlated"), cleans, "DNA", "correlated")
     flags = set(one_pixel["flags"])
     assert "noise_leak" in flags or {"psnr_drop", "no_estimated_gain"} <= flags, one_pixel["flags"]

@@ -19,6 +19,9 @@ EIGHT_NEIGHBOURS = {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)} - {(0, 0
 STAINS_V7 = ("Actin", "ER", "RNA", "AGP", "Mito", "Brightfield", "DNA")
 CAMERA_GAIN, READ_SD = 16.0, 8.0  # ADU per electron and ADU: about 30-300 photons per pixel on these fields
 
+# Noise models estimated on whole real fields, site after site: a minute and a half of CPU, so not in make test-unit.
+pytestmark = pytest.mark.slow
+
 
 def _region(model) -> set[tuple[int, int]]:
     region, _ = decide_blind_spot(N2VSettings.from_dict({}), model)

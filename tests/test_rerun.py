@@ -5,11 +5,7 @@ once, in a temporary copy of the workflow (so a script can be edited). Each test
 change, reads the job list of `snakemake --dry-run` and undoes the change.
 """
 
-import copy
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +14,15 @@ import tifffile
 import yaml
 
 from jump_n2v.config import write_plate_sheet
+from conftest import job_blocks, run_snakemake, tiny_experiment
 from workflow_copy import copy_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs"]
 EXPERIMENT = "rerun"
 CHANNELS = ["DNA", "Mito"]
 SITES = [("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2)]
 
-JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (?P<rule>\w+):$")
+pytestmark = pytest.mark.workflow
 
 
 def write_loaddata_plate(root: Path, plate: str, seed: int) -> Path:
@@ -52,9 +47,6 @@ def write_loaddata_plate(root: Path, plate: str, seed: int) -> Path:
 
 
 def base_config(workdir: Path) -> dict:
-    with open(TINY_CONFIG) as handle:
-        tiny = yaml.safe_load(handle)
-    tiny_experiment = next(iter(tiny["experiments"].values()))
     csv = write_loaddata_plate(workdir / "plates", "P1", seed=1)
     (workdir / "config").mkdir(exist_ok=True)
     write_plate_sheet(workdir / "config" / "plates.tsv", [sheet_row("P1", csv.relative_to(workdir))])
@@ -64,7 +56,7 @@ def base_config(workdir: Path) -> dict:
         "experiments": {
             EXPERIMENT: {
                 "channels": CHANNELS,
-                "settings": copy.deepcopy(tiny_experiment.get("settings", {})),
+                "settings": tiny_experiment()["settings"],
             }
         },
     }
@@ -75,31 +67,26 @@ def sheet_row(plate: str, load_data: Path) -> dict:
 
 
 def snakemake(workdir: Path, *args: str) -> str:
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = run_snakemake("--cores", "2", *args, cwd=workdir)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(f"{' '.join(result.args)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}")
     return result.stdout + result.stderr
 
 
 def planned_jobs(workdir: Path, *args: str) -> set[tuple]:
     """(rule, (wildcard, value)...) for each job a dry run would run; the target rule `all` left out."""
     output = snakemake(workdir, "--dry-run", *args)
-    jobs, rule, wildcards = set(), None, ()
-    for line in output.splitlines() + [""]:
-        header = JOB_HEADER.match(line)
-        if header or not line.startswith("    "):
-            if rule is not None and rule != "all":
-                jobs.add((rule, *wildcards))
-            rule, wildcards = (header.group("rule") if header else None), ()
-            continue
-        field, _, value = line.strip().partition(": ")
-        if field == "wildcards" and rule is not None:
-            wildcards = tuple(tuple(item.split("=", 1)) for item in value.split(", "))
+    jobs = {(rule, *job_wildcards(fields)) for rule, fields in job_blocks(output) if rule != "all"}
     if not jobs:
         assert "Nothing to be done" in output, output[-3000:]
     return jobs
+
+
+def job_wildcards(fields: dict) -> tuple:
+    """((wildcard, value), ...) of a job block's wildcards line; () for a job without one."""
+    if "wildcards" not in fields:
+        return ()
+    return tuple(tuple(item.split("=", 1)) for item in fields["wildcards"].split(", "))
 
 
 def job(rule, **wildcards):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_N2V
 from jump_n2v.ngff import open_channel_array
 from jump_n2v.single_image import image_panels, image_qc, train_on_image
 
 torch.set_num_threads(1)
-TINY = {"epochs": 1, "steps_per_epoch": 3, "patch_size": 16, "batch_size": 4, "base_filters": 4,
-        "validation_patches": 4, "device": "cpu"}
+TINY = {**TINY_N2V, "validation_patches": 4}
 
 
 def noisy(shape=(40, 36), seed=0):

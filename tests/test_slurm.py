@@ -18,13 +18,12 @@ import pytest
 import yaml
 
 from jump_n2v.ngff import open_channel_array
-from workflow_copy import copy_workflow
+from conftest import TINY_CONFIG, tiny_workflow
+from workflow_copy import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm" / "config.yaml"
 WORKFLOW_PROFILE = REPO / "profiles" / "default" / "config.yaml"
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
 CLUSTER_STATE = Path(os.environ.get("JUMP_N2V_SLURM_STATE", "/tmp/jump-n2v-slurm"))
 GPU_RULES = {"train", "predict"}
 # What the tiny plate runs through SLURM: every rule of the workflow that does work; the cheap
@@ -83,6 +82,7 @@ def test_profile_sends_training_and_prediction_to_one_gpu_each():
             assert "gpu" not in resources and resources.get("slurm_partition", "cpu") == "cpu", rule
 
 
+@pytest.mark.workflow
 def test_profile_names_only_rules_the_workflow_has():
     rules = list_rules()
     assert set(load_profile()["set-resources"]) <= rules, set(load_profile()["set-resources"]) - rules
@@ -99,6 +99,7 @@ def test_profile_and_workflow_profile_set_disjoint_keys():
     assert not set(workflow_profile) & set(load_profile())
 
 
+@pytest.mark.workflow
 def test_workflow_profile_is_picked_up_by_a_plain_snakemake_call(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--dry-run", "--configfile", str(TINY_CONFIG),
@@ -181,9 +182,7 @@ def make_test_profile(path: Path) -> Path:
 def slurm_run(slurm_cluster, tmp_path_factory):
     """The tiny plate run end to end with `snakemake --profile <test copy of slurm/>`."""
     workdir = tmp_path_factory.mktemp("slurm_run")
-    copy_workflow(workdir, [*WORKFLOW_PATHS, "tests/data/tiny_plates.tsv"])
-    # The tiny plate replaces the demo config, so only it is built.
-    shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
+    tiny_workflow(workdir, WORKFLOW_PATHS)  # the tiny plate replaces the demo config, so only it is built
     profile = make_test_profile(workdir / "slurm-test")
     command = [sys.executable, "-m", "snakemake", "--profile", str(profile)]
     result = subprocess.run(command, cwd=workdir, env=slurm_cluster, capture_output=True, text=True, timeout=1800)
@@ -360,8 +359,7 @@ def test_after_kill_9_in_mid_training_the_readmes_slurm_recovery_finishes_the_ru
 
     workdir = tmp_path / "run"
     workdir.mkdir()
-    copy_workflow(workdir, [*WORKFLOW_PATHS, "tests/data/tiny_plates.tsv"])
-    shutil.copy2(TINY_CONFIG, workdir / "config" / "config.yaml")
+    tiny_workflow(workdir, WORKFLOW_PATHS)
     profile = make_test_profile(workdir / "slurm-test")
     command = [sys.executable, "-m", "snakemake", "--profile", str(profile)]
     try:

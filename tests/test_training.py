@@ -10,6 +10,7 @@ import pytest
 import torch
 import zarr
 
+from conftest import TINY_N2V
 from jump_n2v.config import load_schema
 from jump_n2v.n2v import training
 from jump_n2v.n2v.masking import StructMask
@@ -18,10 +19,7 @@ from jump_n2v.n2v.training import N2VSettings, train_channel
 
 torch.set_num_threads(1)
 
-TINY = dict(
-    patch_size=16, batch_size=4, base_filters=4, epochs=4, steps_per_epoch=3, validation_patches=8,
-    train_images=8, learning_rate=0.004, device="cpu",
-)
+TINY = {**TINY_N2V, "epochs": 4, "train_images": 8, "learning_rate": 0.004}
 OUTPUTS = ("model.pt", "model.json", "training_log.csv", "training_curve.png")
 
 

@@ -16,11 +16,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import ndimage
 
+from conftest import demo_sites, torch_pinned
 from jump_n2v.config import resolve_section
-from jump_n2v.demo import DemoSpec, render_site
+from jump_n2v.demo import DemoSpec
 from jump_n2v.n2v.similarity import QUANTILE_LEVELS, STATISTICS, TOLERANCE_SETTINGS, check_array, comparison_path, compare_with_training
 from jump_n2v.n2v.trained import load_trained
 from jump_n2v.n2v.training import N2VSettings, train_channel
@@ -42,15 +42,7 @@ def demo_images(channel="DNA", *, light=1.0, box=False, seed=0, sites=4):
     """Raw uint16 demo sites; ``light`` scales every photon count, ``box`` mixes the noise 2 x 2."""
     spec = SPEC if light == 1.0 else dataclasses.replace(
         SPEC, peak_photons={k: v * light for k, v in SPEC.peak_photons.items()}, background_photons=SPEC.background_photons * light)
-    rng = np.random.default_rng(seed)
-    raws = []
-    for _ in range(sites):
-        photons = render_site(spec, rng)[channel]
-        noisy = spec.gain * rng.poisson(photons) + spec.offset + rng.normal(0, spec.read_noise, photons.shape)
-        if box:
-            noisy = ndimage.uniform_filter(noisy, 2, mode="reflect")
-        raws.append(np.clip(np.rint(noisy), 0, 65535).astype(np.uint16))
-    return raws
+    return demo_sites(spec, sites, channel, box=box, seed=seed)[0]
 
 
 def channel_store(path, images, plate="P1", channel="DNA"):
@@ -64,15 +56,9 @@ def channel_store(path, images, plate="P1", channel="DNA"):
 def model_dir(tmp_path_factory):
     """One training trajectory per CPU (one thread, deterministic algorithms), a few seconds."""
     folder = tmp_path_factory.mktemp("unlike")
-    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
+    with torch_pinned():
         channel_store(folder / "raw.zarr", demo_images())
         train_channel([str(folder / "raw.zarr")], N2VSettings.from_dict(SMALL), folder / "model", log=logging.getLogger("test"))
-    finally:
-        torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
     return folder / "model"
 
 

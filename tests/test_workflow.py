@@ -1,7 +1,6 @@
 """End-to-end runs of the real workflow (Snakemake, no mocks) on a tiny synthetic plate."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,20 +12,18 @@ import tifffile
 
 from jump_n2v.ngff import open_channel_array
 
-from workflow_copy import copy_workflow
+from conftest import TINY_CONFIG, TINY_PLATES, run_snakemake
+from workflow_copy import REPO, copy_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
-TINY_PLATES = "tests/data/tiny_plates.tsv"
 CHANNELS = ["DNA", "Mito"]
+
+pytestmark = pytest.mark.workflow
 
 
 def snakemake(workdir, *args, check=True):
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(workdir), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(f"{' '.join(result.args)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}")
     return result
 
 

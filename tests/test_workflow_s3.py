@@ -5,10 +5,7 @@ arrays, the s3 plate's exported LoadData table must be the published table with 
 channels' file columns replaced, and a changed remote object must rerun only its channel."""
 
 import io
-import os
 from pathlib import Path
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,14 +16,17 @@ import yaml
 import gallery_plate as gallery
 from s3_server import public_bucket, s3_client
 from jump_n2v.config import write_plate_sheet
+from conftest import run_snakemake, tiny_experiment
 from test_rerun import job, planned_jobs
-from workflow_copy import REPO, copy_workflow
+from workflow_copy import copy_workflow
 
 from jump_n2v.ngff import open_channel_array
 
 PLATE = "BR00000002"  # not the plate test_storage.py puts in the same session server
 CHANNELS = ["DNA", "Mito"]
-TINY_SETTINGS = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())["experiments"]["tiny"]["settings"]
+TINY_SETTINGS = tiny_experiment()["settings"]
+
+pytestmark = pytest.mark.workflow
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,7 @@ def gallery_run(s3_endpoint, tmp_path_factory):
         for experiment in config["experiments"]
     ])
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = run_snakemake("--cores", "2", cwd=workdir)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-8000:]
     return {"workdir": workdir, "client": client, "keys": keys, "mirror": mirror, "table": mirror / table_key}
 
