@@ -89,7 +89,7 @@ def workflow_config(results: Path, load_data: Path, sheet: Path) -> dict:
             "settings": {
                 "n2v": {"base_filters": 8, "batch_size": 8, "patch_size": 32, "epochs": 2, "steps_per_epoch": 10,
                         "validation_patches": 16, "train_images": 16},
-                "predict": {"tile_size": 256, "export_tiff": True},
+                "predict": {"tile_size": 256}, "export": {"export_tiff": True},
             },
         }},
     }

@@ -209,7 +209,7 @@ def unplannable_plates(tmp_path_factory, s3_endpoint):
         "channels": ["DNA", "ER"], "channel_order": ["DNA", "ER", "RNA", "AGP"],
         "storage": {"endpoint_url": s3_endpoint, "retries": 0, "connect_timeout": 5, "read_timeout": 30},
         "settings": {"n2v": {"patch_size": 32}, "ingest": {"on_bad_image": "skip", "max_rejected_fraction": 0.3},
-                     "predict": {"export_tiff": True}}}}}
+                     "export": {"export_tiff": True}}}}}
     plates = [{"experiment": "planned", "plate": plate, "format": "hyperstack", "pattern": f"images/{plate}/{{well}}_s{{site}}.tif"}
               for plate in ("RGBA", "Small", "Rejects")]
     plates += [{"experiment": "planned", "plate": "NoBucket", "format": "loaddata", "load_data": "s3://no-such-bucket-jump/BR1/load_data.csv"},

@@ -40,8 +40,8 @@ def gallery_run(s3_endpoint, tmp_path_factory):
     table_key = gallery.table_key(PLATE, ".csv.gz")
     gallery.write_table(gallery.load_data_table(PLATE, f"s3://{gallery.BUCKET}/"), mirror / table_key)
     gallery.upload(client, mirror, [*keys, table_key])
-    settings = {**TINY_SETTINGS, "predict": {**TINY_SETTINGS["predict"], "export_tiff": False}}
-    exported = {**TINY_SETTINGS, "predict": {**TINY_SETTINGS["predict"], "export_tiff": True}}
+    settings = {**TINY_SETTINGS, "export": {**TINY_SETTINGS["export"], "export_tiff": False}}
+    exported = {**TINY_SETTINGS, "export": {**TINY_SETTINGS["export"], "export_tiff": True}}
     table_url = f"s3://{gallery.BUCKET}/{table_key}"
     storage = {"endpoint_url": s3_endpoint, "retries": 1, "connect_timeout": 5, "read_timeout": 30}
     config = {

@@ -173,8 +173,8 @@ def channel_source_files(wildcards):
     sources = channel_sources(index, c, existing_only=True)
     try:
         check_patch_fits(sources, settings_for(wildcards, "n2v")["patch_size"], f"channel {c}")
-        if settings_for(wildcards, "predict")["export_tiff"]:
-            exported_paths(index, c, export_dir(e, p, c), settings_for(wildcards, "predict")["export_layout"])
+        if settings_for(wildcards, "export")["export_tiff"]:
+            exported_paths(index, c, export_dir(e, p, c), settings_for(wildcards, "export")["export_layout"])
         remote_channel_fingerprints(wildcards)
     except (DiscoveryError, ValueError, OSError) as error:
         return [planning_problem_file(wildcards, f"split_raw-{c}", error)]
@@ -270,11 +270,11 @@ def export_dir(experiment, plate, channel):
 
 
 def exported_channels(experiment):
-    """Channels whose denoised images are also exported as TIFFs (predict.export_tiff)."""
+    """Channels whose denoised images are also exported as TIFFs (export.export_tiff)."""
     return [
         c
         for c in experiment_cfg(experiment)["channels"]
-        if channel_settings(config, experiment, c)["predict"]["export_tiff"]
+        if channel_settings(config, experiment, c)["export"]["export_tiff"]
     ]
 
 
@@ -297,11 +297,11 @@ def export_source_table(wildcards):
 
 
 def ome_zarr_channels(experiment):
-    """Channels that go into the plate's OME-Zarr HCS export (predict.export_ome_zarr)."""
+    """Channels that go into the plate's OME-Zarr HCS export (export.export_ome_zarr)."""
     return [
         c
         for c in experiment_cfg(experiment)["channels"]
-        if channel_settings(config, experiment, c)["predict"]["export_ome_zarr"]
+        if channel_settings(config, experiment, c)["export"]["export_ome_zarr"]
     ]
 
 
