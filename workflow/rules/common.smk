@@ -236,7 +236,6 @@ def qc_inputs(wildcards):
         "raw": f"{RESULTS}/{e}/{p}/raw/{c}.zarr",
         "denoised": f"{RESULTS}/{e}/{p}/denoised/{c}.zarr",
         "model_json": f"{model}/model.json",
-        "training_log": f"{model}/training_log.csv",
     }
     if has_ground_truth(e, p):
         inputs["clean"] = f"{RESULTS}/{e}/{p}/clean/{c}.zarr"
