@@ -1,5 +1,8 @@
-"""The files QC reads from the other stages (model.json, training_check.json, the export's clipping.csv)
-and its own (noise_model.json, the metrics and summary tables), each with a clear error naming the file."""
+"""The files QC reads and writes, each with a clear error naming the file.
+
+From the other stages: model.json, training_check.json and the TIFF export's clipping.csv; its own:
+noise_model.json and the metrics and summary tables.
+"""
 
 from __future__ import annotations
 
