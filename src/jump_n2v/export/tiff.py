@@ -29,6 +29,8 @@ Pixel values (``export_dtype``, see :func:`convert_for_export`):
 Sources that were float images have no dtype maximum: their float32 values are written as they are.
 The pixels pushed outside the range are counted per image in ``clipping.csv`` in the export folder
 (image, well, site, file, pixels, clipped_low, clipped_high) and in the job log.
+
+:mod:`jump_n2v.export.loaddata` writes the CellProfiler LoadData CSV that points at these files.
 """
 
 from __future__ import annotations
