@@ -17,6 +17,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/export.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/report.smk"
 

@@ -57,7 +57,7 @@ def intensity_shifts(raw: np.ndarray, denoised: np.ndarray) -> dict[str, float]:
 def measure(version: str, channel: str, steps: int, seed: int) -> dict:
     from jump_n2v.noise import estimate_noise_model
     from jump_n2v.predict.runner import denoise_image
-    from jump_n2v.qc.metrics import image_metrics
+    from jump_n2v.qc.measures import image_metrics
     from jump_n2v.single_image import train_on_image
 
     raw = tifffile.imread(site_channels(version)[channel]).astype(np.float32)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_noise import make_datasets, run_bm3d  # noqa: E402
 
 from jump_n2v.noise import estimate_noise_model  # noqa: E402
-from jump_n2v.qc.metrics import image_metrics  # noqa: E402
+from jump_n2v.qc.measures import image_metrics  # noqa: E402
 
 STATISTICS = ("residual_curvature_corr", "noise_leak", "residual_autocorr_excess_x", "residual_autocorr_excess_y",
               "estimated_gain_db", "mean_shift_relative", "psnr_denoised_db")

@@ -23,7 +23,8 @@ import yaml
 
 from jump_n2v.config import write_plate_sheet
 from jump_n2v.demo import DemoSpec, render_site
-from jump_n2v.export import export_tiffs, write_loaddata_csv
+from jump_n2v.export.loaddata import write_loaddata_csv
+from jump_n2v.export.tiff import export_tiffs
 from jump_n2v.ingest.readers import read_channel
 from jump_n2v.ngff import open_channel_array
 

@@ -21,7 +21,8 @@ import zarr
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.config import resolve_section
-from jump_n2v.export import export_tiffs, write_loaddata_csv
+from jump_n2v.export.loaddata import write_loaddata_csv
+from jump_n2v.export.tiff import export_tiffs
 from jump_n2v.ingest import discover_plate, read_index, split_channel, write_index
 from jump_n2v.n2v import N2VSettings, train_channel, load_trained
 from jump_n2v.predict.arrays import predict_array

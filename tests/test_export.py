@@ -10,7 +10,8 @@ import pytest
 import tifffile
 import zarr
 
-from jump_n2v.export import convert_for_export, exported_name, export_tiffs, source_dtype, write_loaddata_csv
+from jump_n2v.export.loaddata import write_loaddata_csv
+from jump_n2v.export.tiff import convert_for_export, exported_name, export_tiffs, source_dtype
 from jump_n2v.ingest.discover import discover_plate
 from jump_n2v.ingest.discover import write_index as discover_write_index
 from jump_n2v.ingest.readers import read_channel

@@ -14,7 +14,7 @@ import zarr
 
 from conftest import TINY_N2V
 from jump_n2v.cli import main
-from jump_n2v.export_bmz import export_bmz, validate_bmz
+from jump_n2v.export.bmz import export_bmz, validate_bmz
 from jump_n2v.n2v import N2VSettings, load_trained, train_channel
 from jump_n2v.predict.runner import denoise_image
 

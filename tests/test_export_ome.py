@@ -11,7 +11,7 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from jump_n2v.export_ome import resolution_factors, row_names_through, split_well, write_hcs_plate
+from jump_n2v.export.ome_zarr import resolution_factors, row_names_through, split_well, write_hcs_plate
 
 SITES = [("B02", 1), ("B02", 2), ("C03", 1), ("C03", 2), ("A01", 1)]
 

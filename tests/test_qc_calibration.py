@@ -13,7 +13,8 @@ from scipy import ndimage
 from conftest import demo_camera
 from jump_n2v.demo import DEMO_CHANNELS, DemoSpec, render_site
 from jump_n2v.noise import NoiseModel
-from jump_n2v.qc.metrics import image_metrics, intensity_shifts, summarize
+from jump_n2v.qc.measures import image_metrics, intensity_shifts
+from jump_n2v.qc.summary import summarize
 from jump_n2v.qc.report import build_report
 
 INDEPENDENT = tuple(tuple(1.0 if (dy, dx) == (2, 2) else 0.0 for dx in range(5)) for dy in range(5))

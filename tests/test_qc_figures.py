@@ -21,7 +21,7 @@ from jump_n2v.qc.figures import (
     plate_map,
     row_label,
 )
-from jump_n2v.qc.metrics import QCInputError
+from jump_n2v.qc.files import QCInputError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

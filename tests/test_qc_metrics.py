@@ -11,22 +11,20 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from jump_n2v.qc.metrics import (
+from jump_n2v.qc.channel import channel_metrics
+from jump_n2v.qc.files import QCInputError, load_model_info, write_table
+from jump_n2v.qc.measures import (
     NO_REFERENCE_METRICS,
     REFERENCE_METRICS,
-    QCInputError,
-    channel_metrics,
     image_metrics,
     lag1_autocorrelation,
-    load_model_info,
     noise_sigma,
     psnr_db,
     reference_data_range,
     snr_gain_db,
     ssim,
-    summarize,
-    write_table,
 )
+from jump_n2v.qc.summary import summarize
 
 SIZE = 96
 

@@ -19,7 +19,8 @@ from scipy import ndimage
 from conftest import demo_sites
 from jump_n2v.demo import DEMO_CHANNELS, DemoSpec
 from jump_n2v.noise import estimate_noise_model
-from jump_n2v.qc.metrics import image_metrics, summarize
+from jump_n2v.qc.measures import image_metrics
+from jump_n2v.qc.summary import summarize
 
 torch.set_num_threads(1)
 

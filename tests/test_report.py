@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -17,7 +18,7 @@ from scipy import ndimage
 
 from jump_n2v.config import resolve_section
 from jump_n2v.qc import build_report, loss_curves, load_model_info, read_rejects, run_channel_qc, summarize, write_experiment_report
-from jump_n2v.qc.metrics import QCInputError
+from jump_n2v.qc.files import QCInputError
 
 SIZE = 64
 
@@ -247,6 +248,42 @@ def test_write_experiment_report_builds_tables_and_report_from_the_qc_folders(go
     assert summary["noise_gain"].notna().all() and summary["noise_read_sd"].notna().all()
     assert (summary["blind_spot_mode"] == "not recorded").all()
     assert "not recorded" in out.read_text(encoding="utf-8")
+
+
+def test_the_noise_model_table_says_which_fit_it_shows_and_shows_the_training_fit_beside_it(good_and_bad_report):
+    # QC fits its own noise model (qc.noise_model_images raw images of the plate), while the posterior uses
+    # the one training fitted and recorded in model.json; the report showed only QC's and did not say so.
+    first_report, _ = good_and_bad_report
+    root = first_report.parents[1]
+    model_dir = root / "models" / "with-noise-model" / "DNA"
+    shutil.copytree(root / "models" / "all-plates" / "DNA", model_dir)
+    info = json.loads((model_dir / "model.json").read_text())
+    training_fit = json.loads((root / "P1" / "qc" / "DNA" / "noise_model.json").read_text())
+    training_fit.update(gain=7.25, read_variance=16.0)
+    info.update(noise_model=training_fit, training_data={"images": 8})
+    (model_dir / "model.json").write_text(json.dumps(info))
+    out = root / "two-fits" / "report.html"
+    summary = write_experiment_report(
+        "E1",
+        [root / plate / "qc" / "DNA" / "metrics.csv" for plate in ("P1", "P2")],
+        {("P1", "DNA"): model_dir, ("P2", "DNA"): root / "models" / "all-plates" / "DNA"},
+        {"DNA": {"qc": resolve_section("qc")}},
+        [],
+        root / "two-fits" / "summary.csv",
+        root / "two-fits" / "summary.parquet",
+        out,
+        versions={"jump-n2v": "0.1.0"},
+    ).set_index("plate")
+    # QC fitted its model to all 3 images of each plate (fewer than qc.noise_model_images = 16).
+    assert summary["noise_model_images"].tolist() == [3, 3]
+    assert (summary.loc["P1", "training_noise_gain"], summary.loc["P1", "training_noise_read_sd"]) == (7.25, 4.0)
+    assert summary.loc["P1", "training_noise_images"] == 8
+    assert np.isnan(summary.loc["P2", "training_noise_gain"])  # its model.json records no noise model
+    text = out.read_text(encoding="utf-8")
+    table = text[text.index('id="noise-models"'):]
+    table = table[: table.index("</table>")]
+    assert "QC fit: raw images" in table and "training fit (posterior): gain" in table and "7.25" in table
+    assert "The posterior step and the blind spot use the fit training made on its training images" in text
 
 
 def test_rejected_images_raise_a_flag_for_their_plate_and_channel(good_and_bad_report):

@@ -27,7 +27,9 @@ from jump_n2v.n2v.training import N2VSettings, train_channel
 from jump_n2v.ngff import create_channel_array
 from jump_n2v.noise import estimate_noise_model
 from jump_n2v.predict.runner import denoise_image
-from jump_n2v.qc.metrics import FLAG_DESCRIPTIONS, image_metrics, read_training_check, summarize
+from jump_n2v.qc.files import read_training_check
+from jump_n2v.qc.measures import image_metrics
+from jump_n2v.qc.summary import FLAG_DESCRIPTIONS, summarize
 
 SPEC = DemoSpec(size=128, cells_per_site=4)
 # A few seconds of training on one thread (the calibration's settings).

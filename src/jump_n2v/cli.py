@@ -119,7 +119,7 @@ def _denoise(args) -> int:
 def _export_bmz(args) -> int:
     import tifffile
 
-    from jump_n2v.export_bmz import export_bmz
+    from jump_n2v.export.bmz import export_bmz
 
     image = tifffile.imread(args.image) if args.image else None
     if image is not None and image.ndim != 2:

@@ -27,7 +27,8 @@ from jump_n2v.atomic import atomic_output
 from jump_n2v.n2v import N2VSettings, TrainedModel, load_trained, train_channel
 from jump_n2v.ngff import create_channel_array
 from jump_n2v.qc.figures import channel_panels
-from jump_n2v.qc.metrics import FLAG_DESCRIPTIONS, image_metrics, summarize
+from jump_n2v.qc.measures import image_metrics
+from jump_n2v.qc.summary import FLAG_DESCRIPTIONS, summarize
 
 IMAGE_ARRAY = "image.zarr"  # the training image, inside the model folder
 

@@ -164,7 +164,7 @@ def channel_source_files(wildcards):
     listed, two sources of a flat export with one file name) becomes the plate's planning problem,
     before any split or training.
     """
-    from jump_n2v.export import exported_paths
+    from jump_n2v.export.tiff import exported_paths
     from jump_n2v.ingest import DiscoveryError, channel_sources, check_patch_fits, read_index
 
     e, p, c = wildcards.experiment, wildcards.plate, wildcards.channel
@@ -236,7 +236,6 @@ def qc_inputs(wildcards):
         "raw": f"{RESULTS}/{e}/{p}/raw/{c}.zarr",
         "denoised": f"{RESULTS}/{e}/{p}/denoised/{c}.zarr",
         "model_json": f"{model}/model.json",
-        "training_log": f"{model}/training_log.csv",
     }
     if has_ground_truth(e, p):
         inputs["clean"] = f"{RESULTS}/{e}/{p}/clean/{c}.zarr"

@@ -31,32 +31,3 @@ rule train:
         n2v=lambda w: settings_for(w, "n2v"),
     script:
         "../scripts/train.py"
-
-
-rule export_bmz:
-    """A model as a BioImage Model Zoo package (Fiji/deepImageJ, ilastik, napari), tested with bioimageio.core.
-
-    Not part of the default targets: ask for it, e.g.
-    snakemake results/demo/models/DemoPlate/DNA/model.bmz.zip
-    """
-    input:
-        weights=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/model.pt",
-        model_json=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/model.json",
-        training_log=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/training_log.csv",
-        # The test tensors come from one of the model's validation images.
-        arrays=lambda w: expand(
-            f"{RESULTS}/{w.experiment}/{{plate}}/raw/{w.channel}.zarr",
-            plate=plates_of_group(w.experiment, w.group),
-        ),
-    output:
-        package=f"{RESULTS}/{{experiment}}/models/{{group}}/{{channel}}/model.bmz.zip",
-    log:
-        f"{RESULTS}/{{experiment}}/logs/export_bmz/{{group}}/{{channel}}.log",
-    conda:
-        "../../envs/bmz.yaml"
-    threads: 1
-    resources:
-        mem_mb=grows_with_attempt(4000),
-        runtime=grows_with_attempt(30),
-    script:
-        "../scripts/export_bmz.py"

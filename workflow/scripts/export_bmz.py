@@ -1,6 +1,6 @@
 import torch
 
-from jump_n2v.export_bmz import export_bmz
+from jump_n2v.export.bmz import export_bmz
 from jump_n2v.logs import rule_logger
 
 log = rule_logger(snakemake.log[0])

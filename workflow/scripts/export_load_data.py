@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from jump_n2v.export import write_loaddata_csv
+from jump_n2v.export.loaddata import write_loaddata_csv
 from jump_n2v.logs import rule_logger
 
 log = rule_logger(snakemake.log[0])

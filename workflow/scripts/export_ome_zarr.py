@@ -1,4 +1,4 @@
-from jump_n2v.export_ome import write_hcs_plate
+from jump_n2v.export.ome_zarr import write_hcs_plate
 from jump_n2v.locks import output_lock
 from jump_n2v.logs import rule_logger
 

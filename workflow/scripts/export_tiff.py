@@ -1,5 +1,5 @@
 from jump_n2v.atomic import atomic_output
-from jump_n2v.export import export_tiffs
+from jump_n2v.export.tiff import export_tiffs
 from jump_n2v.locks import output_lock
 from jump_n2v.logs import rule_logger
 

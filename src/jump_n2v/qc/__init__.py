@@ -20,23 +20,11 @@ from typing import Any, Mapping
 import pandas as pd
 
 from jump_n2v.config import resolve_section
+from jump_n2v.qc.channel import channel_metrics, channel_noise_model
 from jump_n2v.qc.figures import channel_panels, loss_curves, plate_map
-from jump_n2v.qc.metrics import (
-    FLAG_DESCRIPTIONS,
-    QCInputError,
-    channel_metrics,
-    channel_noise_model,
-    image_metrics,
-    load_model_info,
-    noise_sigma,
-    psnr_db,
-    reference_data_range,
-    ssim,
-    read_noise_model,
-    summarize,
-    write_noise_model,
-    write_table,
-)
+from jump_n2v.qc.files import QCInputError, load_model_info, read_noise_model, write_noise_model, write_table
+from jump_n2v.qc.measures import image_metrics, noise_sigma, psnr_db, reference_data_range, ssim
+from jump_n2v.qc.summary import FLAG_DESCRIPTIONS, summarize
 from jump_n2v.qc.report import build_report, read_rejects, software_versions, write_experiment_report
 
 __all__ = [

@@ -22,7 +22,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from jump_n2v.atomic import atomic_output  # noqa: E402
-from jump_n2v.qc.metrics import QCInputError, array_image_ids, open_zarr, read_index  # noqa: E402
+from jump_n2v.qc.channel import array_image_ids, open_zarr, well_site_by_image  # noqa: E402
+from jump_n2v.qc.files import QCInputError  # noqa: E402
 from jump_n2v.wells import parse_well, row_label  # noqa: E402
 
 DPI = 100
@@ -92,7 +93,7 @@ def channel_panels(
     if denoised.shape != raw.shape:
         raise QCInputError(f"{denoised_where}: shape {denoised.shape} differs from the raw array's {raw.shape}")
     image_ids = array_image_ids(raw, raw_where)
-    index_table = read_index(index)
+    index_table = well_site_by_image(index)
     rows = choose_rows(raw.shape[0], panel_sites, seed)
     width, height = panel_figure_size(len(rows))
     figure, axes = plt.subplots(2 * len(rows), 3, figsize=(width / DPI, height / DPI), squeeze=False, layout="constrained")

@@ -27,16 +27,15 @@ from PIL import Image
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.qc.figures import noise_model_trends
-from jump_n2v.qc.metrics import (
-    FLAG_DESCRIPTIONS,
+from jump_n2v.qc.files import (
     QCInputError,
     load_model_info,
     read_export_clipping,
-    read_training_check,
     read_noise_model,
-    summarize,
+    read_training_check,
     write_table,
 )
+from jump_n2v.qc.summary import FLAG_DESCRIPTIONS, summarize
 
 # (column, header) of the summary table, in order; absent columns are left out (reference metrics
 # exist only when the plate has a clean reference).
@@ -95,10 +94,12 @@ FLAG_THRESHOLDS = {
     "no_estimated_gain": "min_estimated_gain_db",
 }
 
-# (column, header) of the noise-model table, one row per plate and channel.
+# (column, header) of the noise-model table, one row per plate and channel: QC's own fit, then the
+# training fit from model.json (the one the posterior step uses), then the blind spot.
 NOISE_MODEL_TABLE = (
     ("plate", "plate"),
     ("channel", "channel"),
+    ("noise_model_images", "QC fit: raw images"),
     ("noise_gain", "gain (ADU/e⁻, per pixel)"),
     ("noise_offset", "offset (ADU)"),
     ("noise_read_sd", "read noise σ (ADU)"),
@@ -108,6 +109,9 @@ NOISE_MODEL_TABLE = (
     ("noise_corr_x2", "lag-2 x"),
     ("noise_corr_y2", "lag-2 y"),
     ("noise_processed", "processed data"),
+    ("training_noise_gain", "training fit (posterior): gain"),
+    ("training_noise_read_sd", "training fit: read noise σ (ADU)"),
+    ("training_noise_images", "training fit: images"),
     ("blind_spot_mode", "blind spot"),
     ("blind_spot_offsets", "blind-spot offsets"),
     ("blind_spot_setting", "setting"),
@@ -382,7 +386,7 @@ def build_report(
 
     Arguments:
         experiment: the experiment name (page title).
-        summary_df: :func:`jump_n2v.qc.metrics.summarize` output (``flags`` as lists or ``;``-joined
+        summary_df: :func:`jump_n2v.qc.summary.summarize` output (``flags`` as lists or ``;``-joined
             strings, so a re-read CSV works too).
         channel_artifacts: one mapping per (plate, channel) with keys ``plate``, ``channel`` and
             optionally ``panels_png``, ``plate_map_png``, ``curve_png`` (PNG paths: embedded for

@@ -39,7 +39,7 @@ from jump_n2v.atomic import atomic_output
 from jump_n2v.n2v import load_trained
 from jump_n2v.predict.tiling import halo_size
 
-MODEL_SOURCE = Path(__file__).resolve().parent / "n2v" / "model.py"
+MODEL_SOURCE = Path(__file__).resolve().parents[1] / "n2v" / "model.py"
 TEST_TILE = 256  # side of the test tensors, at most (smaller images give smaller tensors)
 CITATIONS = {
     "n2v": ("Krull, Buchholz, Jug: Noise2Void - Learning Denoising from Single Noisy Images (CVPR 2019)", "10.1109/CVPR.2019.00223"),
@@ -51,11 +51,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _recorded_image(metadata: dict, model_json: Path) -> np.ndarray:
+def _recorded_image(data: dict | None, model_json: Path) -> np.ndarray:
     """The first validation (else training) image the model recorded, read from its Zarr array."""
     from jump_n2v.ngff import open_channel_array
 
-    data = metadata.get("data") or {}
+    data = data or {}
     pairs = data.get("validation_images") or data.get("train_images") or []
     arrays = data.get("arrays") or []
     if not pairs or not arrays:
@@ -95,7 +95,8 @@ def _write_cover(path: Path, before: np.ndarray, after: np.ndarray) -> None:
 
 def _readme(name: str, trained, halo: int) -> str:
     settings = trained.settings
-    training = trained.metadata.get("training", {})
+    training = trained.record.training
+    best_val_loss = float("nan") if training.best_val_loss is None else training.best_val_loss
     return f"""# {name}
 
 A Noise2Void ({settings.variant.upper()}) denoiser for one Cell Painting channel, trained with
@@ -107,8 +108,8 @@ A Noise2Void ({settings.variant.upper()}) denoiser for one Cell Painting channel
   images) and its inverse are part of the package, so the output is in the input's units.
 - Tiling: the output declares a halo of {halo} pixels (the network's receptive field); tiles that
   overlap by twice the halo give the whole-image result.
-- Training: {training.get("steps", "?")} steps, best validation loss {training.get("best_val_loss", float("nan")):.4g}
-  at epoch {training.get("best_epoch", "?")}; the full settings, data split and versions are in the attached model.json.
+- Training: {training.steps} steps, best validation loss {best_val_loss:.4g}
+  at epoch {training.best_epoch}; the full settings, data split and versions are in the attached model.json.
 
 N2V assumes pixel-wise independent, zero-mean noise. Noise correlated between neighbouring pixels
 (e.g. from binning or demosaicing) stays in the output; check the residual (raw - denoised) for structure.
@@ -123,29 +124,10 @@ where a clean reference exists), reported per plate and channel in the workflow'
 """
 
 
-def build_bmz_description(model_dir: str | os.PathLike, work_dir: Path, *, image: np.ndarray | None = None,
-                          name: str | None = None, authors: list[str] | None = None):
-    """The bioimage.io ``ModelDescr`` of a jump-n2v model folder, its files written under ``work_dir``."""
-    from bioimageio.spec.model.v0_5 import (
-        ArchitectureFromFileDescr, Author, AxisId, BatchAxis, ChannelAxis, CiteEntry, FileDescr,
-        FixedZeroMeanUnitVarianceDescr, FixedZeroMeanUnitVarianceKwargs, Identifier, InputTensorDescr,
-        ModelDescr, OutputTensorDescr, ParameterizedSize, PytorchStateDictWeightsDescr, ScaleLinearDescr,
-        ScaleLinearKwargs, SizeReference, SpaceInputAxis, SpaceOutputAxisWithHalo, TensorId,
-        TorchscriptWeightsDescr, Version, WeightsDescr,
-    )
-
-    model_dir = Path(model_dir)
-    model_json = model_dir / "model.json" if model_dir.is_dir() else model_dir
-    model_dir = model_json.parent
-    trained = load_trained(model_json)
-    net, settings = trained.net, trained.settings
-    multiple = 2**settings.depth
-    halo = halo_size(net)
-    # The smallest input leaves an interior once the halo is cropped on both sides.
-    minimum = max(8 * multiple, (2 * halo // multiple + 1) * multiple)
-
-    source = image if image is not None else _recorded_image(trained.metadata, model_json)
-    raw = _test_crop(np.asarray(source), multiple, minimum)
+def _package_files(trained, raw: np.ndarray, work_dir: Path, name: str, halo: int) -> dict[str, Path]:
+    """The package's files under ``work_dir``: test tensors (``raw`` and the network's output on it), both
+    weight formats, the architecture's source, cover, README and sample TIFFs; name -> path."""
+    net = trained.net
     with torch.inference_mode():
         normalised = torch.from_numpy((raw - np.float32(trained.mean)) / np.float32(trained.std))[None, None]
         output = (net(normalised) * trained.std + trained.mean).numpy().astype(np.float32)
@@ -167,11 +149,18 @@ def build_bmz_description(model_dir: str | os.PathLike, work_dir: Path, *, image
     _write_cover(files["cover"], raw, output[0, 0])
     tifffile.imwrite(files["sample_input"], raw, photometric="minisblack")
     tifffile.imwrite(files["sample_output"], output[0, 0], photometric="minisblack")
-    name = name or f"jump-n2v {settings.variant.upper()} {model_dir.name}"
     files["readme"].write_text(_readme(name, trained, halo))
-    attachments = [FileDescr(source=model_dir / "model.json")]
-    if (model_dir / "training_log.csv").exists():
-        attachments.append(FileDescr(source=model_dir / "training_log.csv"))
+    return files
+
+
+def _tensor_descriptions(trained, files: dict[str, Path], minimum: int, multiple: int, halo: int):
+    """The input and output tensor descriptions: y and x any multiple of ``multiple`` from ``minimum``,
+    the output with the halo; normalisation in, back to image units out."""
+    from bioimageio.spec.model.v0_5 import (
+        AxisId, BatchAxis, ChannelAxis, FileDescr, FixedZeroMeanUnitVarianceDescr, FixedZeroMeanUnitVarianceKwargs,
+        Identifier, InputTensorDescr, OutputTensorDescr, ParameterizedSize, ScaleLinearDescr, ScaleLinearKwargs,
+        SizeReference, SpaceInputAxis, SpaceOutputAxisWithHalo, TensorId,
+    )
 
     size = ParameterizedSize(min=minimum, step=multiple)
     input_axes = [BatchAxis(), ChannelAxis(channel_names=[Identifier("channel")]),
@@ -190,18 +179,53 @@ def build_bmz_description(model_dir: str | os.PathLike, work_dir: Path, *, image
         sample_tensor=FileDescr(source=files["sample_output"]),
         postprocessing=[ScaleLinearDescr(kwargs=ScaleLinearKwargs(gain=trained.std, offset=trained.mean))],
     )
+    return inputs, outputs
+
+
+def _weights_description(trained, files: dict[str, Path]):
+    """Both weight formats: the state dict with its architecture (source and keyword arguments), and TorchScript."""
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromFileDescr, Identifier, PytorchStateDictWeightsDescr, TorchscriptWeightsDescr, Version, WeightsDescr,
+    )
+
+    settings = trained.settings
     torch_version = Version(torch.__version__.split("+")[0])
-    weights = WeightsDescr(
+    return WeightsDescr(
         pytorch_state_dict=PytorchStateDictWeightsDescr(
             source=files["state_dict"], pytorch_version=torch_version,
             architecture=ArchitectureFromFileDescr(
                 source=files["architecture"], sha256=_sha256(files["architecture"]), callable=Identifier("UNet"),
                 kwargs={"depth": settings.depth, "base_filters": settings.base_filters, "n2v2": settings.variant == "n2v2",
-                        "baseline_radius": net.baseline_radius},
+                        "baseline_radius": trained.net.baseline_radius},
             ),
         ),
         torchscript=TorchscriptWeightsDescr(source=files["torchscript"], pytorch_version=torch_version, parent="pytorch_state_dict"),
     )
+
+
+def build_bmz_description(model_dir: str | os.PathLike, work_dir: Path, *, image: np.ndarray | None = None,
+                          name: str | None = None, authors: list[str] | None = None):
+    """The bioimage.io ``ModelDescr`` of a jump-n2v model folder, its files written under ``work_dir``."""
+    from bioimageio.spec.model.v0_5 import Author, CiteEntry, FileDescr, ModelDescr
+
+    model_dir = Path(model_dir)
+    model_json = model_dir / "model.json" if model_dir.is_dir() else model_dir
+    model_dir = model_json.parent
+    trained = load_trained(model_json)
+    settings = trained.settings
+    multiple = 2**settings.depth
+    halo = halo_size(trained.net)
+    # The smallest input leaves an interior once the halo is cropped on both sides.
+    minimum = max(8 * multiple, (2 * halo // multiple + 1) * multiple)
+
+    source = image if image is not None else _recorded_image(trained.record.data, model_json)
+    raw = _test_crop(np.asarray(source), multiple, minimum)
+    name = name or f"jump-n2v {settings.variant.upper()} {model_dir.name}"
+    files = _package_files(trained, raw, work_dir, name, halo)
+    attachments = [FileDescr(source=model_dir / "model.json")]
+    if (model_dir / "training_log.csv").exists():
+        attachments.append(FileDescr(source=model_dir / "training_log.csv"))
+    inputs, outputs = _tensor_descriptions(trained, files, minimum, multiple, halo)
     text, doi = CITATIONS[settings.variant]
     return ModelDescr(
         name=name,
@@ -214,7 +238,7 @@ def build_bmz_description(model_dir: str | os.PathLike, work_dir: Path, *, image
         tags=["denoising", "noise2void", settings.variant, "cell-painting", "2d", "fluorescence-light-microscopy", "pytorch"],
         inputs=[inputs],
         outputs=[outputs],
-        weights=weights,
+        weights=_weights_description(trained, files),
         attachments=attachments,
         # Same tolerance as CAREamics' N2V packages: TorchScript and eager differ at float rounding.
         config={"bioimageio": {"test_kwargs": {"pytorch_state_dict": {"absolute_tolerance": 1e-3, "relative_tolerance": 1e-3},

@@ -1,4 +1,4 @@
-"""Hand denoised images to downstream tools: per-image TIFFs and a CellProfiler LoadData CSV.
+"""Export a denoised channel as per-image TIFFs named after the source files, for CellProfiler and viewers.
 
 Each denoised (images, Y, X) Zarr array is written as one single-channel TIFF per image, named after
 the image's source file so that existing file-name conventions keep working:
@@ -30,12 +30,7 @@ Sources that were float images have no dtype maximum: their float32 values are w
 The pixels pushed outside the range are counted per image in ``clipping.csv`` in the export folder
 (image, well, site, file, pixels, clipped_low, clipped_high) and in the job log.
 
-:func:`write_loaddata_csv` then writes the LoadData CSV pointing at the exported files. For a LoadData
-plate it is the input table itself, restricted to this plate's rows: every column kept, in order
-(metadata, illumination functions, channels that were not denoised), with only the exported
-channels' ``FileName_Orig<CH>`` / ``PathName_Orig<CH>`` (or ``URL_Orig<CH>``) replaced. Other plates
-get ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` and the file columns of the exported
-channels. Either way a CellProfiler pipeline built for the raw images runs on the denoised ones unchanged.
+:mod:`jump_n2v.export.loaddata` writes the CellProfiler LoadData CSV that points at these files.
 """
 
 from __future__ import annotations
@@ -44,7 +39,6 @@ import logging
 import os
 import posixpath
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,19 +47,12 @@ import zarr
 
 from jump_n2v.atomic import atomic_output
 from jump_n2v.dtypes import integer_bounds
-from jump_n2v.ingest.discover import LOAD_DATA_ROW, _find_column, read_index, read_table
-from jump_n2v.ngff import open_channel_array
-from jump_n2v.wells import normalise_well
+from jump_n2v.export.channels import check_images_indexed, index_by_image, open_denoised
 
 LAYOUTS = ("flat", "mirror")
 EXPORT_DTYPES = ("source", "float32")
 CLIPPING_TABLE = "clipping.csv"
 _INTEGER_DTYPES = tuple(np.dtype(name) for name in ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64"))
-
-
-def _index_by_image(index_csv: str | os.PathLike, channels: Sequence[str]) -> pd.DataFrame:
-    """The plate's index keyed by its integer image id (the arrays' ``image_ids``)."""
-    return read_index(index_csv, channels).set_index("image", drop=False)
 
 
 def _source_columns(index: pd.DataFrame) -> list[str]:
@@ -123,23 +110,6 @@ def exported_paths(index: pd.DataFrame, channel: str, out_dir: str | os.PathLike
         seen[path] = source
         paths[int(row["image"])] = path
     return paths
-
-
-def _open_denoised(denoised_zarr: str | os.PathLike) -> tuple[zarr.Array, list[str], str]:
-    path = Path(denoised_zarr)
-    if not path.exists():
-        raise FileNotFoundError(f"denoised Zarr array {path} does not exist")
-    array = open_channel_array(path)
-    image_ids = array.attrs.get("image_ids")
-    channel = array.attrs.get("channel")
-    if image_ids is None or channel is None:
-        raise ValueError(f"{path}: the array's attributes lack 'image_ids' or 'channel'")
-    if array.ndim != 3 or len(image_ids) != array.shape[0]:
-        raise ValueError(
-            f"{path}: expected an (images, Y, X) array with one image_ids entry per image, got shape "
-            f"{array.shape} and {len(image_ids)} image_ids"
-        )
-    return array, [int(image) for image in image_ids], str(channel)
 
 
 def source_dtype(array: zarr.Array) -> np.dtype:
@@ -221,15 +191,13 @@ def export_tiffs(
     ``compression`` is passed to tifffile (e.g. "zlib"); the default writes uncompressed files, which
     every reader supports.
     """
-    array, image_ids, array_channel = _open_denoised(denoised_zarr)
+    array, image_ids, array_channel = open_denoised(denoised_zarr)
     if channel is not None and channel != array_channel:
         raise ValueError(f"{denoised_zarr} holds channel {array_channel!r}, not {channel!r}")
     if export_dtype not in EXPORT_DTYPES:
         raise ValueError(f"unknown export dtype {export_dtype!r}; expected one of {', '.join(EXPORT_DTYPES)}")
-    index = _index_by_image(index_csv, [array_channel])
-    unknown = [image for image in image_ids if image not in index.index]
-    if unknown:
-        raise ValueError(f"{denoised_zarr}: image(s) {unknown[:5]} are not in the index table {index_csv}")
+    index = index_by_image(index_csv, [array_channel])
+    check_images_indexed(denoised_zarr, image_ids, index, index_csv)
     paths = exported_paths(index, array_channel, out_dir, layout)
     sourceless = [image for image in image_ids if image not in paths]
     if sourceless:
@@ -271,127 +239,3 @@ def export_tiffs(
             low, high, 100 * (low + high) / total, total, CLIPPING_TABLE,
         )
     return {image: paths[image] for image in image_ids}
-
-
-def _rows_of_source_table(
-    source_table: str | os.PathLike, index: pd.DataFrame, index_csv, storage: Mapping | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The source LoadData table's rows of ``index``'s sites and the index in the same order (the
-    table's), each row checked against its site."""
-    if LOAD_DATA_ROW not in index.columns:
-        raise ValueError(
-            f"{index_csv} has no {LOAD_DATA_ROW} column linking its sites to the rows of {source_table}; "
-            "rebuild the index (delete it and rerun)"
-        )
-    table = read_table(source_table, storage)
-    positions = index[LOAD_DATA_ROW].astype(int)
-    outside = positions[(positions < 0) | (positions >= len(table))]
-    if not outside.empty:
-        raise ValueError(f"{index_csv}: {LOAD_DATA_ROW} {outside.iloc[0]} is not a data row of {source_table} ({len(table)} rows)")
-    rows = table.iloc[positions.to_numpy()].copy()
-    for (image, well, site), (_, row) in zip(index[["image", "well", "site"]].itertuples(index=False), rows.iterrows()):
-        try:
-            same = normalise_well(row["Metadata_Well"]) == well and int(float(row["Metadata_Site"])) == int(site)
-        except (KeyError, ValueError):
-            same = False
-        if not same:
-            raise ValueError(
-                f"{source_table}, data row {row.name + 1} is not well {well} site {site} as the index {index_csv} says "
-                f"(image {image}): the table changed since the index was built; rebuild the index"
-            )
-    order = np.argsort(positions.to_numpy(), kind="stable")
-    return rows.iloc[order], index.iloc[order]
-
-
-def write_loaddata_csv(
-    index_csv: str | os.PathLike,
-    denoised_zarrs: Mapping[str, str | os.PathLike],
-    out_dir: str | os.PathLike | Mapping[str, str | os.PathLike],
-    layout: str,
-    dst_path: str | os.PathLike,
-    *,
-    source_table: str | os.PathLike | None = None,
-    storage: Mapping | None = None,
-    log: logging.Logger | None = None,
-) -> pd.DataFrame:
-    """Write a CellProfiler LoadData CSV pointing at the TIFFs :func:`export_tiffs` wrote.
-
-    ``denoised_zarrs`` maps each exported channel to its denoised array. ``out_dir`` is the folder
-    :func:`export_tiffs` wrote to, or a mapping channel -> folder when each channel was exported to its
-    own. Every referenced file must exist.
-
-    With ``source_table`` (the plate's LoadData table, .csv, .csv.gz or .parquet, local or s3:// read
-    with the plate's ``storage`` settings; the index must come from it) the output is that table's rows of this plate, in the table's order, every column kept;
-    only each exported channel's ``FileName_Orig<CH>`` + ``PathName_Orig<CH>`` (absolute folder) and
-    ``URL_Orig<CH>`` (a file:// URL) are replaced, and ``Series_``/``Frame_Orig<CH>`` set to 0 (the
-    exported files hold one image). Without it the table has ``Metadata_Plate``, ``Metadata_Well``,
-    ``Metadata_Site`` and ``FileName_Orig<CH>`` / ``PathName_Orig<CH>`` per channel, in index order.
-
-    A site with an image rejected at ingest in any exported channel is left out, since CellProfiler
-    needs every channel of a row; the number and the first sites are logged as a warning (the
-    per-channel rejects tables say why). The output is always a plain .csv. Returns the table.
-    """
-    if not denoised_zarrs:
-        raise ValueError("write_loaddata_csv: no channels given")
-    channels = list(denoised_zarrs)
-    index = _index_by_image(index_csv, channels)
-    present = set(index.index)
-    for channel, path in denoised_zarrs.items():
-        _, image_ids, array_channel = _open_denoised(path)
-        if array_channel != channel:
-            raise ValueError(f"{path} holds channel {array_channel!r}, but was given as channel {channel!r}")
-        present &= set(image_ids)
-    if source_table is not None:
-        table, sites = _rows_of_source_table(source_table, index, index_csv, storage)
-        kept = sites["image"].isin(present).to_numpy()
-        table, sites = table[kept], sites[kept]
-    else:
-        sites = index[index["image"].isin(present)]
-        table = pd.DataFrame(
-            {"Metadata_Plate": sites["plate"], "Metadata_Well": sites["well"], "Metadata_Site": sites["site"]}
-        )
-    left_out = index[~index["image"].isin(present)]
-    if not left_out.empty:
-        examples = ", ".join(f"{well} site {site}" for well, site in left_out[["well", "site"]].head(5).itertuples(index=False))
-        (log or logging.getLogger(__name__)).warning(
-            "LoadData %s: %d of %d site(s) LEFT OUT because an image of theirs in channel(s) %s was rejected at "
-            "ingest (see rejects/<channel>.csv; CellProfiler needs every channel of a row), e.g. %s",
-            dst_path, len(left_out), len(index), ", ".join(channels), examples,
-        )
-    for channel in channels:
-        folder = out_dir[channel] if isinstance(out_dir, Mapping) else out_dir
-        paths = exported_paths(index, channel, folder, layout)
-        files = [paths[image].resolve() for image in sites["image"]]
-        missing = [str(file) for file in files if not file.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"write_loaddata_csv: {len(missing)} exported {channel} file(s) are missing, e.g. {missing[0]}; "
-                "run export_tiffs for that channel first"
-            )
-        if source_table is None:
-            table[f"FileName_Orig{channel}"] = [file.name for file in files]
-            table[f"PathName_Orig{channel}"] = [str(file.parent) for file in files]
-        else:
-            _replace_channel_columns(table, channel, files, source_table)
-    table = table.reset_index(drop=True)
-    with atomic_output(dst_path) as temporary:
-        table.to_csv(temporary, index=False)
-    return table
-
-
-def _replace_channel_columns(table: pd.DataFrame, channel: str, files: list[Path], source_table) -> None:
-    """Point the source table's columns of ``channel`` at ``files`` (in place)."""
-    column = {kind: _find_column(table.columns, f"{kind}_Orig{channel}") for kind in ("FileName", "PathName", "URL", "Series", "Frame")}
-    replaced = False
-    if column["FileName"] and column["PathName"]:
-        table[column["FileName"]] = [file.name for file in files]
-        table[column["PathName"]] = [str(file.parent) for file in files]
-        replaced = True
-    if column["URL"]:
-        table[column["URL"]] = [file.as_uri() for file in files]
-        replaced = True
-    if not replaced:
-        raise ValueError(f"{source_table} has no FileName_Orig{channel} + PathName_Orig{channel} or URL_Orig{channel} column")
-    for kind in ("Series", "Frame"):
-        if column[kind]:
-            table[column[kind]] = "0"
