@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from jump_n2v.config import resolve_section
 from jump_n2v.qc.channel import channel_metrics, channel_noise_model
+from jump_n2v.settings import QCSettings
 from jump_n2v.qc.figures import channel_panels, loss_curves, plate_map
 from jump_n2v.qc.files import QCInputError, load_model_info, read_noise_model, write_noise_model, write_table
 from jump_n2v.qc.measures import image_metrics, noise_sigma, psnr_db, reference_data_range, ssim
@@ -68,16 +68,16 @@ def run_channel_qc(
     """Metrics and figures of one (plate, channel) into ``out_dir``: metrics.csv, metrics.parquet,
     noise_model.json (the noise model fitted to ``qc.noise_model_images`` raw images), panels.png, plate_map.png (when ``index`` is given: it holds the wells) and loss_curves.png (only
     when ``training_log`` is given). Returns the per-image metrics table."""
-    qc = resolve_section("qc", qc_settings)
+    qc = QCSettings.from_dict(qc_settings)
     out_dir = Path(out_dir)
-    noise_model = channel_noise_model(raw, images=qc["noise_model_images"], seed=qc["seed"])
+    noise_model = channel_noise_model(raw, images=qc.noise_model_images, seed=qc.seed)
     write_noise_model(noise_model, out_dir / "noise_model.json")
     table = channel_metrics(raw, denoised, clean=clean, index=index, noise_model=noise_model)
     write_table(table, out_dir / "metrics.csv", out_dir / "metrics.parquet")
-    channel_panels(raw, denoised, out_dir / "panels.png", index=index, panel_sites=qc["panel_sites"], crop_size=qc["crop_size"], seed=qc["seed"])
+    channel_panels(raw, denoised, out_dir / "panels.png", index=index, panel_sites=qc.panel_sites, crop_size=qc.crop_size, seed=qc.seed)
     plate, channel = table["plate"].iloc[0], table["channel"].iloc[0]
     if index is not None:
-        plate_map(table, qc["plate_map_metric"], out_dir / "plate_map.png", title=f"{plate} {channel}: {qc['plate_map_metric']}")
+        plate_map(table, qc.plate_map_metric, out_dir / "plate_map.png", title=f"{plate} {channel}: {qc.plate_map_metric}")
     if training_log is not None:
         loss_curves(training_log, out_dir / "loss_curves.png", title=f"{plate} {channel}: {training_log}")
     return table

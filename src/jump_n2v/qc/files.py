@@ -6,6 +6,7 @@ noise_model.json and the metrics and summary tables.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from jump_n2v.atomic import atomic_output
+from jump_n2v.model_record import ModelRecord, ModelRecordError
 from jump_n2v.noise import NoiseModel
 
 
@@ -31,14 +33,20 @@ def _read_json(path: Path, what: str) -> Any:
         raise QCInputError(f"{path} is not valid JSON: {error}") from error
 
 
-def load_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """``model.json`` of a model directory, with ``model_dir`` added; a clear error if unreadable."""
-    path = Path(model_dir) / "model.json"
-    info = _read_json(path, "")
-    if not isinstance(info.get("training"), dict):
-        raise QCInputError(f"{path}: no 'training' summary object")
-    info["model_dir"] = str(model_dir)
-    return info
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """A model folder and its model.json record, as QC's summary and report read them."""
+
+    model_dir: str
+    record: ModelRecord
+
+
+def load_model_info(model_dir: str | os.PathLike) -> ModelInfo:
+    """The model.json record of a model directory; QCInputError naming the file if it is unusable."""
+    try:
+        return ModelInfo(str(model_dir), ModelRecord.read(Path(model_dir)))
+    except (OSError, ModelRecordError) as error:
+        raise QCInputError(f"cannot use the model's {Path(model_dir) / 'model.json'}: {error}") from error
 
 
 def read_noise_model(path: str | os.PathLike) -> NoiseModel:

@@ -26,6 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from jump_n2v.atomic import atomic_output
+from jump_n2v.model_record import ModelRecord, ModelRecordError
 from jump_n2v.qc.figures import noise_model_trends
 from jump_n2v.qc.files import (
     QCInputError,
@@ -263,23 +264,22 @@ def _flag_items(summary: pd.DataFrame, settings: Mapping[str, Mapping[str, Any]]
 
 def _model_summary(model_json: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
     try:
-        info = json.loads(Path(model_json).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        record = ModelRecord.read(model_json)
+    except (OSError, ModelRecordError) as error:
         raise QCInputError(f"report: cannot read model summary {model_json}: {error}") from error
-    training = info.get("training", {})
-    normalization = info.get("normalization", {})
+    training = record.training
     facts = {
         "model": str(model_json),
-        "best validation loss": training.get("best_val_loss"),
-        "best epoch": training.get("best_epoch"),
-        "epochs run": training.get("epochs_run"),
-        "steps": training.get("steps"),
-        "training seconds": training.get("seconds"),
-        "stopped early": training.get("stopped_early"),
-        "normalisation mean": normalization.get("mean"),
-        "normalisation std": normalization.get("std"),
-        "seed": info.get("seed"),
-        "software at training": ", ".join(f"{name} {version}" for name, version in sorted((info.get("versions") or {}).items())),
+        "best validation loss": training.best_val_loss,
+        "best epoch": training.best_epoch,
+        "epochs run": training.epochs_run,
+        "steps": training.steps,
+        "training seconds": training.seconds,
+        "stopped early": training.stopped_early,
+        "normalisation mean": record.normalization.get("mean"),
+        "normalisation std": record.normalization.get("std"),
+        "seed": record.seed,
+        "software at training": ", ".join(f"{name} {version}" for name, version in sorted(record.versions.items())),
     }
     return [(key, _cell(value)) for key, value in facts.items()]
 

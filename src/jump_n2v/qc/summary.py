@@ -8,9 +8,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from jump_n2v.config import resolve_section
 from jump_n2v.noise import NoiseModel
-from jump_n2v.qc.files import QCInputError
+from jump_n2v.qc.files import ModelInfo, QCInputError
+from jump_n2v.settings import QCSettings
 from jump_n2v.qc.measures import INTENSITY_SHIFT_METRICS, NO_REFERENCE_METRICS, NOISE_MODEL_METRICS, REFERENCE_METRICS
 
 # Columns of the summary that describe the fitted noise model of a (plate, channel).
@@ -69,7 +69,7 @@ def _above(value: Any, threshold: float) -> bool:
     return value is not None and not pd.isna(value) and value > threshold
 
 
-def _flags(row: Mapping[str, Any], qc: Mapping[str, Any]) -> list[str]:
+def _flags(row: Mapping[str, Any], qc: QCSettings) -> list[str]:
     flags = []
     # With a noise model the residual is judged against it (curvature test in units of the model's
     # sigma); shot noise makes the raw residual correlate with the signal, so the plain correlation is
@@ -77,26 +77,26 @@ def _flags(row: Mapping[str, Any], qc: Mapping[str, Any]) -> list[str]:
     structure = row.get("residual_curvature_corr_median", math.nan)
     if pd.isna(structure):
         structure = abs(row["residual_signal_corr_median"])
-    if _above(structure, qc["residual_structure_threshold"]):
+    if _above(structure, qc.residual_structure_threshold):
         flags.append("residual_structure")
     # Against the noise model's own correlation when there is one (correlated camera noise is not structure).
     autocorr_x = row.get("residual_autocorr_excess_x_median", math.nan)
     autocorr_y = row.get("residual_autocorr_excess_y_median", math.nan)
     if pd.isna(autocorr_x) or pd.isna(autocorr_y):
         autocorr_x, autocorr_y = row["residual_autocorr_x_median"], row["residual_autocorr_y_median"]
-    if max(autocorr_x, autocorr_y) > qc["residual_autocorrelation_threshold"]:
+    if max(autocorr_x, autocorr_y) > qc.residual_autocorrelation_threshold:
         flags.append("residual_autocorrelation")
-    if _above(row.get("noise_leak_median", math.nan), qc["noise_leak_threshold"]):
+    if _above(row.get("noise_leak_median", math.nan), qc.noise_leak_threshold):
         flags.append("noise_leak")
     shifts = [row.get(f"{name}_median", math.nan) for name in INTENSITY_SHIFT_METRICS]
-    if any(_above(abs(shift), qc["bias_threshold"]) for shift in shifts):
+    if any(_above(abs(shift), qc.bias_threshold) for shift in shifts):
         flags.append("bias")
     if "psnr_gain_db_mean" in row and row["psnr_gain_db_mean"] < 0:
         flags.append("psnr_drop")
     if not row["snr_gain_db_median"] > 0:  # also catches NaN
         flags.append("no_snr_gain")
     estimated_gain = row.get("estimated_gain_db_median", math.nan)
-    if not pd.isna(estimated_gain) and not estimated_gain > qc["min_estimated_gain_db"]:
+    if not pd.isna(estimated_gain) and not estimated_gain > qc.min_estimated_gain_db:
         flags.append("no_estimated_gain")
     return flags
 
@@ -149,27 +149,30 @@ def metric_columns(group: pd.DataFrame, metrics: Iterable[str]) -> dict[str, Any
     return row
 
 
-def training_summary_columns(info: Mapping[str, Any] | None) -> dict[str, Any]:
+def training_summary_columns(info: ModelInfo | None) -> dict[str, Any]:
     """The model folder and model.json's training summary (best validation loss and epoch, epochs run,
     whether it stopped early); NaN / None without a model."""
-    training = (info or {}).get("training", {})
+    if info is None:
+        return {"model_dir": None, "best_val_loss": math.nan, "best_epoch": math.nan, "epochs_run": math.nan,
+                "stopped_early": None}
+    training = info.record.training
     return {
-        "model_dir": (info or {}).get("model_dir"),
-        "best_val_loss": training.get("best_val_loss", math.nan),
-        "best_epoch": training.get("best_epoch", math.nan),
-        "epochs_run": training.get("epochs_run", math.nan),
-        "stopped_early": training.get("stopped_early"),
+        "model_dir": info.model_dir,
+        "best_val_loss": math.nan if training.best_val_loss is None else training.best_val_loss,
+        "best_epoch": training.best_epoch,
+        "epochs_run": training.epochs_run,
+        "stopped_early": training.stopped_early,
     }
 
 
-def training_noise_columns(info: Mapping[str, Any] | None) -> dict[str, Any]:
+def training_noise_columns(info: ModelInfo | None) -> dict[str, Any]:
     """TRAINING_NOISE_COLUMNS from model.json: the gain and read-noise sd of the noise model training
     fitted (``noise_model``, the one the posterior step and the blind spot use) and how many training
     images it was fitted to (``training_data.images``); NaN where model.json does not record them."""
-    record = (info or {}).get("noise_model")
+    record = info.record.noise_model if info is not None else None
     if not isinstance(record, Mapping) or record.get("gain") is None or record.get("read_variance") is None:
         return dict.fromkeys(TRAINING_NOISE_COLUMNS, math.nan)
-    images = ((info or {}).get("training_data") or {}).get("images")
+    images = (info.record.training_data or {}).get("images")
     return {
         "training_noise_gain": float(record["gain"]),
         "training_noise_read_sd": math.sqrt(max(float(record["read_variance"]), 0.0)),
@@ -177,9 +180,9 @@ def training_noise_columns(info: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def blind_spot_columns(info: Mapping[str, Any] | None) -> dict[str, Any]:
+def blind_spot_columns(info: ModelInfo | None) -> dict[str, Any]:
     """The summary's BLIND_SPOT_COLUMNS from model.json's ``blind_spot`` record ("not recorded" when absent)."""
-    record = (info or {}).get("blind_spot")
+    record = info.record.blind_spot if info is not None else None
     if not isinstance(record, Mapping):
         return {"blind_spot_mode": "not recorded", "blind_spot_offsets": None, "blind_spot_setting": None, "blind_spot_evidence": None}
     offsets = record.get("offsets")
@@ -257,12 +260,12 @@ def summarize(
     for (plate, channel), group in combined.groupby(["plate", "channel"], sort=True):
         row = {"experiment": group["experiment"].iloc[0], "plate": plate, "channel": channel, **metric_columns(group, metrics)}
         info = models.get((plate, channel))
-        qc = resolve_section("qc", qc_settings.get(channel))
+        qc = QCSettings.from_dict(qc_settings.get(channel))
         row.update(training_summary_columns(info))
         noise_model = noise_models.get((plate, channel))
         row.update(noise_model_columns(noise_model))
         # How many raw images QC fitted its noise model to (run_channel_qc: a seeded sample of qc.noise_model_images).
-        row["noise_model_images"] = min(qc["noise_model_images"], len(group)) if noise_model is not None else math.nan
+        row["noise_model_images"] = min(qc.noise_model_images, len(group)) if noise_model is not None else math.nan
         row.update(training_noise_columns(info))
         row.update(blind_spot_columns(info))
         row["n_rejected"] = int((rejected or {}).get((plate, channel), 0))
