@@ -14,7 +14,7 @@ from jump_n2v.demo import DemoSpec, mix_pixels
 from jump_n2v.n2v.masking import STRUCT_RANDOM_RANGE, StructMask, dihedral, neighbourhood_region
 from jump_n2v.n2v.posterior import Posterior, binning_signal, correlated_unit_noise, fit_posterior
 from jump_n2v.n2v.sampling import PatchSampler
-from jump_n2v.n2v.blind_spot import decide_blind_spot, mask_plan_batch
+from jump_n2v.n2v.blind_spot import BlindSpotMasking, decide_blind_spot, mask_plan_batch
 from jump_n2v.n2v.trained import load_trained
 from jump_n2v.n2v.training import N2VSettings, train_channel
 from jump_n2v.noise import NoiseModel
@@ -112,7 +112,7 @@ def test_training_batches_mask_the_image_row_whatever_the_patch_orientation(tmp_
     assert set(plan[:, 4].tolist()) == set(range(8))
     targets = torch.from_numpy(sampler.read_patches(plan))
     struct = StructMask("row", 5)
-    options = dict(masked_fraction=0.01, roi_size=5, replacement="uniform", region=struct)
+    options = BlindSpotMasking(masked_fraction=0.01, roi_size=5, replacement="uniform", region=struct)
     masked, mask = mask_plan_batch(targets, plan, torch.Generator().manual_seed(1), options)
     low, high = STRUCT_RANDOM_RANGE
     raw = (image[0] - sampler.normalization.mean) / sampler.normalization.std

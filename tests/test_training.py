@@ -144,7 +144,7 @@ class Interrupted(Exception):
 
 def _interrupt_after_checkpoint(monkeypatch, epochs):
     """Make training die right after the checkpoint of epoch ``epochs`` is written."""
-    save = training._save_checkpoint
+    save = training.save_checkpoint
     calls = []
 
     def save_then_die(path, payload):
@@ -153,7 +153,7 @@ def _interrupt_after_checkpoint(monkeypatch, epochs):
         if len(calls) == epochs:
             raise Interrupted(f"killed after epoch {epochs}")
 
-    monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "plateau"])

@@ -11,7 +11,7 @@ the pixel alone (:func:`decide_blind_spot`). The decision and the masking settin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -73,13 +73,10 @@ class BlindSpotMasking:
 
 def mask_plan_batch(
     targets: torch.Tensor, rows: np.ndarray, generator: torch.Generator,
-    masking: BlindSpotMasking | Mapping[str, Any],
+    masking: BlindSpotMasking,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blind-spot mask the patches read for plan ``rows``; the region turns with each patch's
-    flip/rotation, so it covers the pixels that share noise in the image, not in the patch.
-    ``masking`` may also be given as its fields by name (a mapping)."""
-    if not isinstance(masking, BlindSpotMasking):
-        masking = BlindSpotMasking(**masking)
+    flip/rotation, so it covers the pixels that share noise in the image, not in the patch."""
     transforms = torch.from_numpy(np.asarray(rows)[:, PLAN_COLUMNS.index("transform")]).to(targets.device)
     return masking.mask(targets, transforms=transforms, generator=generator)
 

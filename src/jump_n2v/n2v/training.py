@@ -42,9 +42,8 @@ from jump_n2v.n2v.checkpoint import (
     cpu_state,
     load_checkpoint,
     restore_training_state,
+    save_checkpoint,
 )
-# Bound under this name: the tests interrupt a run by replacing training._save_checkpoint.
-from jump_n2v.n2v.checkpoint import save_checkpoint as _save_checkpoint
 from jump_n2v.n2v.masking import BlindRegion, StructMask, masked_mse, network_masked_mse
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.posterior import Posterior, fit_posterior
@@ -359,7 +358,7 @@ class _TrainingRun:
             self.fingerprint, self.net, self.optimizer, self.scheduler, self.scaler,
             dataclasses.asdict(self.progress), self.best_weights,
         )
-        _save_checkpoint(self.checkpoint_path, payload)
+        save_checkpoint(self.checkpoint_path, payload)
 
     def fit_posterior(self) -> tuple[Posterior | None, dict]:
         """Fit the posterior step's weights for the best net on the validation targets (only with a
