@@ -21,7 +21,7 @@ import pandas as pd
 from jump_n2v.atomic import atomic_output
 from jump_n2v.export.channels import index_by_image, open_denoised_channels
 from jump_n2v.export.tiff import exported_paths
-from jump_n2v.ingest.discover import LOAD_DATA_ROW, _find_column, read_table
+from jump_n2v.ingest.discover import LOAD_DATA_ROW, find_loaddata_column, read_table
 from jump_n2v.wells import normalise_well
 
 
@@ -130,7 +130,7 @@ def write_loaddata_csv(
 
 def _replace_channel_columns(table: pd.DataFrame, channel: str, files: list[Path], source_table) -> None:
     """Point the source table's columns of ``channel`` at ``files`` (in place)."""
-    column = {kind: _find_column(table.columns, f"{kind}_Orig{channel}") for kind in ("FileName", "PathName", "URL", "Series", "Frame")}
+    column = {kind: find_loaddata_column(table.columns, f"{kind}_Orig{channel}") for kind in ("FileName", "PathName", "URL", "Series", "Frame")}
     replaced = False
     if column["FileName"] and column["PathName"]:
         table[column["FileName"]] = [file.name for file in files]

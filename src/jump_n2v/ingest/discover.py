@@ -303,7 +303,7 @@ def _loaddata_sites(plate: str, csv_path: str, channels: Sequence[str], plate_cf
     return [dict(zip(sites, values)) for values in zip(*sites.values())]
 
 
-def _find_column(columns: Iterable[str], wanted: str, csv_path: str = "") -> str | None:
+def find_loaddata_column(columns: Iterable[str], wanted: str, csv_path: str = "") -> str | None:
     """Exact column name, else a unique case-insensitive match (OrigBrightField vs OrigBrightfield);
     several case-insensitive matches are an error naming them."""
     columns = list(columns)
@@ -321,9 +321,9 @@ def _channel_paths(
     table: pd.DataFrame, channel: str, csv_path: str, base: str, path_map: Mapping | None, skip: bool
 ) -> list[str]:
     """The channel's file per row: the table's text, path_map applied, then resolved against ``base``."""
-    file_column = _find_column(table.columns, f"FileName_Orig{channel}", csv_path)
-    path_column = _find_column(table.columns, f"PathName_Orig{channel}", csv_path)
-    url_column = _find_column(table.columns, f"URL_Orig{channel}", csv_path)
+    file_column = find_loaddata_column(table.columns, f"FileName_Orig{channel}", csv_path)
+    path_column = find_loaddata_column(table.columns, f"PathName_Orig{channel}", csv_path)
+    url_column = find_loaddata_column(table.columns, f"URL_Orig{channel}", csv_path)
     if file_column and path_column:
         paths = []
         for row_number, folder, name in zip(table.index, table[path_column], table[file_column]):
