@@ -1,4 +1,4 @@
-"""Numeric type helpers shared by prediction and export (bottom layer: numpy only)."""
+"""Numeric type helpers: the integer ranges that ingest records and prediction, QC and export honour (numpy only)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def integer_bounds(dtype: np.dtype) -> tuple[float, float]:
     if int(high) > info.max:
         high = np.nextafter(high, work(-np.inf))
     return float(low), float(high)
+
+
+def integer_range(dtype: np.dtype) -> list[int] | None:
+    """An integer dtype's [min, max], exactly (the ``dtype_range`` a channel array records); None for floats."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return [int(info.min), int(info.max)]
+    return None

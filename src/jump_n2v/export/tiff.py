@@ -46,7 +46,7 @@ import tifffile
 import zarr
 
 from jump_n2v.atomic import atomic_output
-from jump_n2v.dtypes import integer_bounds
+from jump_n2v.dtypes import integer_bounds, integer_range
 from jump_n2v.export.channels import check_images_indexed, index_by_image, open_denoised
 
 LAYOUTS = ("flat", "mirror")
@@ -124,8 +124,7 @@ def source_dtype(array: zarr.Array) -> np.dtype:
     if dtype_range is None:
         return np.dtype(np.float32)
     for dtype in _INTEGER_DTYPES:
-        info = np.iinfo(dtype)
-        if [int(info.min), int(info.max)] == [int(bound) for bound in dtype_range]:
+        if integer_range(dtype) == [int(bound) for bound in dtype_range]:
             return dtype
     raise ValueError(f"dtype_range {dtype_range} is the range of no integer dtype")
 
@@ -147,7 +146,7 @@ def convert_for_export(image: np.ndarray, source: np.dtype, export_dtype: str = 
         return values.astype(np.float32, copy=False), 0, 0
     if export_dtype == "source" and values.dtype == source:
         return values, 0, 0  # already rounded and clipped by predict (output_dtype: input)
-    info = np.iinfo(source)
+    minimum, maximum = integer_range(source)
     values = values.astype(np.float64)
     if not np.isfinite(values).all():
         raise ValueError(f"{np.count_nonzero(~np.isfinite(values))} pixel(s) are not finite numbers")
@@ -156,8 +155,8 @@ def convert_for_export(image: np.ndarray, source: np.dtype, export_dtype: str = 
         low, high = integer_bounds(source)
         target = source
     else:  # CellProfiler's scale for integer images: (value - dtype min) / (dtype max - dtype min)
-        values -= info.min
-        values /= float(info.max) - float(info.min)
+        values -= minimum
+        values /= float(maximum) - float(minimum)
         low, high, target = 0.0, 1.0, np.dtype(np.float32)
     clipped_low, clipped_high = int(np.count_nonzero(values < low)), int(np.count_nonzero(values > high))
     np.clip(values, low, high, out=values)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from jump_n2v.atomic import atomic_output
+from jump_n2v.dtypes import integer_range
 from jump_n2v.settings import IngestSettings
 from jump_n2v.ingest.discover import LOAD_DATA_ROW, source_column, source_path
 from jump_n2v.ingest.readers import BadImageError, ChannelImage, read_channel
@@ -54,14 +55,6 @@ def chunk_shape(height: int, width: int) -> tuple[int, int, int]:
         return math.ceil(side / math.ceil(side / MAX_TILE_SIDE))
 
     return 1, tile(height), tile(width)
-
-
-def dtype_range(dtype: np.dtype) -> list[int] | None:
-    dtype = np.dtype(dtype)
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return [int(info.min), int(info.max)]
-    return None
 
 
 def split_channel(
@@ -291,7 +284,7 @@ class _ChannelSplit:
                 "image_ids": kept_ids,
                 "source_format": self.plate_cfg.get("format"),
                 "pixel_size_um": majority.pixel_size_um,
-                "dtype_range": dtype_range(majority.dtype),
+                "dtype_range": integer_range(majority.dtype),
             }
         )
 

@@ -150,7 +150,7 @@ def train_channel(
 
 
 @dataclass
-class _Progress:
+class _RunState:
     """Everything about a run that a checkpoint must carry beyond the torch state dicts."""
 
     epochs_done: int = 0
@@ -196,7 +196,7 @@ class _TrainingRun:
     scaler: torch.amp.GradScaler
     masking: BlindSpotMasking
     validation: _ValidationSet
-    progress: _Progress
+    progress: _RunState
     best_weights: dict[str, torch.Tensor]
     resumed_from: int | None = None
 
@@ -228,7 +228,7 @@ class _TrainingRun:
             blind_spot=blind_spot, data_quantiles=quantiles, data_images=data_images,
             architecture=architecture, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             masking=masking, validation=_setup_validation(sampler, settings, device, masking),
-            progress=_Progress(), best_weights=cpu_state(net),
+            progress=_RunState(), best_weights=cpu_state(net),
         )
 
     def resume(self) -> None:
@@ -238,7 +238,7 @@ class _TrainingRun:
         if checkpoint is None:
             return
         restore_training_state(checkpoint, self.net, self.optimizer, self.scheduler, self.scaler)
-        self.progress = _Progress(**checkpoint["progress"])
+        self.progress = _RunState(**checkpoint["progress"])
         self.best_weights = checkpoint["best_weights"]
         self.resumed_from = self.progress.epochs_done
         self.log.info("resuming from %s after epoch %d", self.checkpoint_path, self.resumed_from)
