@@ -48,11 +48,16 @@ Replacement = Literal["uniform", "median"]
 STRUCT_RANDOM_RANGE = (-2.0, 2.0)
 
 
-def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:
-    """One of the 8 flips/90-degree rotations of a (..., Y, X) array (0 = identity).
+def dihedral(patch: np.ndarray | torch.Tensor, transform: int) -> np.ndarray | torch.Tensor:
+    """One of the 8 flips/90-degree rotations of a (..., Y, X) numpy array or torch tensor (0 = identity).
 
     Transforms 4-7 flip the columns first; ``transform % 4`` counter-clockwise quarter turns follow.
+    A tensor stays on its device (prediction's test-time augmentation turns tiles on the GPU).
     """
+    if isinstance(patch, torch.Tensor):
+        if transform >= 4:
+            patch = patch.flip(-1)
+        return torch.rot90(patch, transform % 4, dims=(-2, -1))
     if transform >= 4:
         patch = patch[..., ::-1]
     return np.rot90(patch, transform % 4, axes=(-2, -1))

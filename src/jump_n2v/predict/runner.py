@@ -118,8 +118,6 @@ class TileRunner:
         self.device_thread = device_thread(self.device)
         # Pinned host batches, one per worker thread: several threads fill batches while one runs.
         self._local = threading.local()
-        # Filled by _dihedral on the device thread only (TTA).
-        self._dihedral_indices: dict[tuple[tuple[int, int], int], torch.Tensor] = {}
 
     def __dask_tokenize__(self) -> tuple[str, int]:
         # dask names tasks by hashing their arguments, which for a plain object means pickling it: the
@@ -168,22 +166,10 @@ class TileRunner:
             else:
                 output = torch.zeros_like(tensor, dtype=torch.float32)
                 for transform in TTA_TRANSFORMS:
-                    transformed = self._dihedral(tensor, transform).contiguous(memory_format=torch.channels_last)
-                    output += self._dihedral(self.net(transformed).float(), INVERSE_TRANSFORM[transform])
+                    transformed = dihedral(tensor, transform).contiguous(memory_format=torch.channels_last)
+                    output += dihedral(self.net(transformed).float(), INVERSE_TRANSFORM[transform])
                 output /= len(TTA_TRANSFORMS)
         return output[:, 0].cpu().numpy()
-
-    def _dihedral(self, tensor: torch.Tensor, transform: int) -> torch.Tensor:
-        """masking.dihedral of a (B, C, Y, X) tensor, as a gather of its pixels on their device: the numpy
-        transform cannot take a tensor, and the tiles stay on the GPU. The flat pixel index (int64, 8
-        bytes a tile pixel) is made once per tile shape and transform."""
-        shape = tuple(tensor.shape[-2:])
-        index = self._dihedral_indices.get((shape, transform))
-        if index is None:
-            pixels = np.arange(shape[0] * shape[1]).reshape(shape)
-            index = torch.from_numpy(np.ascontiguousarray(dihedral(pixels, transform))).to(tensor.device)
-            self._dihedral_indices[shape, transform] = index
-        return tensor.flatten(-2)[..., index.flatten()].unflatten(-1, index.shape)
 
     def prepare(self, image: np.ndarray, mean: float, std: float) -> _TiledImage:
         """Normalise and reflect pad one 2-D image for tiling."""
