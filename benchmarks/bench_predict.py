@@ -205,7 +205,7 @@ def bench_stages(args, settings: dict) -> dict:
     network; back to intensity units; the output's encode and write, zarr's whole write."""
     import numcodecs
 
-    from jump_n2v.ngff import CHANNEL_CODEC, create_channel_array
+    from jump_n2v.plumbing.ngff import CHANNEL_CODEC, create_channel_array
     from jump_n2v.predict.arrays import output_dtype_for, to_output_dtype
     from jump_n2v.predict.runner import TileRunner
     from jump_n2v.predict.settings import PredictSettings

@@ -44,7 +44,7 @@ from s3_server import moto_server, public_bucket, s3_client  # noqa: E402
 
 from jump_n2v.config import write_plate_sheet  # noqa: E402
 from jump_n2v.ingest import discover_plate, split_channel  # noqa: E402
-from jump_n2v.storage import list_objects, storage_settings  # noqa: E402
+from jump_n2v.plumbing.storage import list_objects, storage_settings  # noqa: E402
 
 BUCKET = "cellpainting-gallery"
 CHANNELS = {"DNA": 5, "ER": 2, "RNA": 3, "AGP": 4, "Mito": 1}

@@ -1,6 +1,6 @@
 import pytest
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 
 
 def test_file_appears_only_when_the_write_completes(tmp_path):
@@ -67,7 +67,7 @@ def test_a_temporary_another_live_writer_is_filling_is_kept(tmp_path):
     final = tmp_path / "out.txt"
     ready = tmp_path / "ready"
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pathlib import Path\nfrom jump_n2v.atomic import atomic_output\n"
+        "import sys, time\nfrom pathlib import Path\nfrom jump_n2v.plumbing.atomic import atomic_output\n"
         f"with atomic_output({str(final)!r}) as t:\n    t.write_text('x')\n    Path({str(ready)!r}).touch()\n    time.sleep(600)\n"
     )])
     try:

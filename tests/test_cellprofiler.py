@@ -26,7 +26,7 @@ from jump_n2v.demo import DemoSpec, render_site
 from jump_n2v.export.loaddata import write_loaddata_csv
 from jump_n2v.export.tiff import export_tiffs
 from jump_n2v.ingest.readers import read_channel
-from jump_n2v.ngff import open_channel_array
+from jump_n2v.plumbing.ngff import open_channel_array
 
 from conftest import demo_camera, run_snakemake, tiny_experiment
 from workflow_copy import REPO

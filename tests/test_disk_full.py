@@ -19,7 +19,7 @@ import tifffile
 import torch
 import zarr
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.config import resolve_section
 from jump_n2v.export.loaddata import write_loaddata_csv
 from jump_n2v.export.tiff import export_tiffs
@@ -154,7 +154,7 @@ def test_a_full_disk_fails_the_stage_naming_the_output_and_leaves_nothing_finish
 def test_a_log_file_that_cannot_be_written_falls_back_to_the_jobs_stderr(full_disk):
     # A job on a full disk left an empty log: its error was written nowhere.
     script = (
-        "import sys\nfrom jump_n2v.logs import rule_logger\n"
+        "import sys\nfrom jump_n2v.plumbing.logs import rule_logger\n"
         f"log = rule_logger({str(full_disk / 'job.log')!r})\nlog.info('started')\n"
         "raise OSError(28, 'No space left on device while writing results/x.zarr')\n"
     )

@@ -225,7 +225,7 @@ def test_rgba_hyperstacks_are_planned_and_split_while_other_plates_fail(unplanna
     # The size check read 64x4 (height x samples) and stopped every plate of the run, even with -k.
     import numpy as np
 
-    from jump_n2v.ngff import open_channel_array
+    from jump_n2v.plumbing.ngff import open_channel_array
 
     results, returncode, output = unplannable_plates
     assert returncode != 0
@@ -272,7 +272,7 @@ def test_a_split_failing_past_max_rejected_fraction_keeps_its_rejects_table_wher
 HOLD_WRITER_LOCK = """
 import sys, time
 from pathlib import Path
-from jump_n2v.locks import model_folder_lock, output_lock
+from jump_n2v.plumbing.locks import model_folder_lock, output_lock
 lock = model_folder_lock if sys.argv[1] == "model" else output_lock
 with lock(sys.argv[2], log=sys.argv[3]):
     with open(sys.argv[3], "a") as log:

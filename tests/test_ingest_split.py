@@ -17,7 +17,7 @@ from jump_n2v.ingest import split as split_module
 from jump_n2v.ingest.discover import discover_plate
 from jump_n2v.ingest.readers import BadImageError
 from jump_n2v.ingest.split import chunk_shape, split_channel
-from jump_n2v.ngff import FULL_RESOLUTION, open_channel_array
+from jump_n2v.plumbing.ngff import FULL_RESOLUTION, open_channel_array
 
 CHANNELS = ["DNA", "ER", "RNA"]
 SHAPE = (24, 32)

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from jump_n2v.locks import WriterLockedError, model_folder_lock
+from jump_n2v.plumbing.locks import WriterLockedError, model_folder_lock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from jump_n2v.locks import model_folder_lock
+from jump_n2v.plumbing.locks import model_folder_lock
 with model_folder_lock(sys.argv[1]):
     Path(sys.argv[2]).touch()
     time.sleep(600)
@@ -84,7 +84,7 @@ def test_training_into_a_model_folder_another_run_is_writing_fails_before_traini
 HOLD_WITH_LOG = """
 import sys, time
 from pathlib import Path
-from jump_n2v.locks import output_lock
+from jump_n2v.plumbing.locks import output_lock
 with output_lock(sys.argv[1], log=sys.argv[3]):
     with open(sys.argv[3], "a") as log:
         log.write("holder: epoch 1 of 2\\n")
@@ -94,7 +94,7 @@ with output_lock(sys.argv[1], log=sys.argv[3]):
 
 
 def test_a_refused_writer_puts_the_holders_log_back_where_snakemake_deleted_it(tmp_path):
-    from jump_n2v.locks import output_lock
+    from jump_n2v.plumbing.locks import output_lock
 
     store = tmp_path / "results" / "e" / "P1" / "raw" / "DNA.zarr"
     log = tmp_path / "results" / "e" / "logs" / "split_raw" / "P1" / "DNA.log"

@@ -15,7 +15,7 @@ from ome_zarr_models.v05.image import Image
 from jump_n2v.ingest.discover import discover_plate
 from jump_n2v.ingest.split import split_channel
 from jump_n2v.n2v.model import build_unet
-from jump_n2v.ngff import create_channel_array, open_channel_array
+from jump_n2v.plumbing.ngff import create_channel_array, open_channel_array
 from jump_n2v.predict.arrays import predict_array
 
 torch.set_num_threads(1)

@@ -17,7 +17,7 @@ import zarr
 
 from jump_n2v.settings import ConfigError, ExportSettings, PredictSettings
 from jump_n2v.n2v.model import build_unet
-from jump_n2v.ngff import open_channel_array
+from jump_n2v.plumbing.ngff import open_channel_array
 from jump_n2v.predict.arrays import predict_array, to_output_dtype
 from jump_n2v.predict.runner import TileRunner, denoise_image
 from jump_n2v.predict.tiling import halo_size, plan_axis, receptive_field, resolve_tile_size

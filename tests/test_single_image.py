@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_N2V
-from jump_n2v.ngff import open_channel_array
+from jump_n2v.plumbing.ngff import open_channel_array
 from jump_n2v.single_image import image_panels, image_qc, train_on_image
 
 torch.set_num_threads(1)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jump_n2v.ngff import open_channel_array
+from jump_n2v.plumbing.ngff import open_channel_array
 from conftest import TINY_CONFIG, tiny_workflow
 from workflow_copy import REPO
 

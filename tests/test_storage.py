@@ -14,8 +14,8 @@ import gallery_plate as gallery
 from s3_server import public_bucket, s3_client, silent_server, truncating_proxy
 from jump_n2v.config import ConfigError, validate_config, write_plate_sheet
 from jump_n2v.ingest import BadImageError, discover_plate, remote_source_fingerprints, split_channel
-from jump_n2v.ngff import open_channel_array
-from jump_n2v.storage import map_path, storage_settings
+from jump_n2v.plumbing.ngff import open_channel_array
+from jump_n2v.plumbing.storage import map_path, storage_settings
 
 CHANNELS = ["DNA", "Mito"]
 
@@ -235,7 +235,7 @@ def test_storage_settings_are_checked_with_the_config(tmp_path):
 
 def test_a_table_in_a_missing_bucket_is_told_from_a_missing_table(gallery_copy):
     # Both said only "the object does not exist".
-    from jump_n2v.storage import StorageError, object_fingerprint
+    from jump_n2v.plumbing.storage import StorageError, object_fingerprint
 
     settings = storage_settings({"storage": storage(gallery_copy["endpoint"])})
     missing_bucket = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/BR1/load_data.csv"

@@ -24,7 +24,7 @@ from jump_n2v.demo import DemoSpec
 from jump_n2v.n2v.similarity import QUANTILE_LEVELS, STATISTICS, TOLERANCE_SETTINGS, check_array, comparison_path, compare_with_training
 from jump_n2v.n2v.trained import load_trained
 from jump_n2v.n2v.training import N2VSettings, train_channel
-from jump_n2v.ngff import create_channel_array
+from jump_n2v.plumbing.ngff import create_channel_array
 from jump_n2v.noise import estimate_noise_model
 from jump_n2v.predict.runner import denoise_image
 from jump_n2v.qc.files import read_training_check

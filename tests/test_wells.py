@@ -1,4 +1,4 @@
-"""One well-name parser (jump_n2v.wells) for ingest's normalised names and QC's plate positions."""
+"""One well-name parser (jump_n2v.plumbing.wells) for ingest's normalised names and QC's plate positions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from jump_n2v.ingest.discover import normalise_well as ingest_normalise_well
 from jump_n2v.ingest.discover import well_from_row_column
 from jump_n2v.qc.figures import parse_well as qc_parse_well
-from jump_n2v.wells import normalise_well, parse_well, row_label, well_name
+from jump_n2v.plumbing.wells import normalise_well, parse_well, row_label, well_name
 
 
 def test_ingest_and_qc_use_the_one_parser():

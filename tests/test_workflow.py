@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from jump_n2v.ngff import open_channel_array
+from jump_n2v.plumbing.ngff import open_channel_array
 
 from conftest import TINY_CONFIG, TINY_PLATES, run_snakemake
 from workflow_copy import REPO, copy_workflow

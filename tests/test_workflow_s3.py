@@ -20,7 +20,7 @@ from conftest import run_snakemake, tiny_experiment
 from test_rerun import job, planned_jobs
 from workflow_copy import copy_workflow
 
-from jump_n2v.ngff import open_channel_array
+from jump_n2v.plumbing.ngff import open_channel_array
 
 PLATE = "BR00000002"  # not the plate test_storage.py puts in the same session server
 CHANNELS = ["DNA", "Mito"]

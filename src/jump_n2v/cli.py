@@ -52,8 +52,8 @@ def _demo(args) -> int:
 def _train(args) -> int:
     import torch
 
-    from jump_n2v.locks import model_folder_lock
-    from jump_n2v.logs import rule_logger
+    from jump_n2v.plumbing.locks import model_folder_lock
+    from jump_n2v.plumbing.logs import rule_logger
     from jump_n2v.n2v import N2VSettings, train_channel
 
     torch.set_num_threads(args.threads)
@@ -66,7 +66,7 @@ def _train(args) -> int:
 def _predict(args) -> int:
     import torch
 
-    from jump_n2v.logs import rule_logger
+    from jump_n2v.plumbing.logs import rule_logger
     from jump_n2v.n2v import load_trained
     from jump_n2v.n2v.similarity import check_array, comparison_path, warning_text
     from jump_n2v.predict.arrays import predict_array
@@ -92,7 +92,7 @@ def _denoise(args) -> int:
     import tifffile
     import torch
 
-    from jump_n2v.atomic import atomic_output
+    from jump_n2v.plumbing.atomic import atomic_output
     from jump_n2v.n2v import load_trained
     from jump_n2v.n2v.similarity import check_array, warning_text
     from jump_n2v.predict.runner import denoise_image

@@ -28,7 +28,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 
 DEMO_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 

@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from jump_n2v.dtypes import integer_bounds
+from jump_n2v.plumbing.dtypes import integer_bounds
 
 BLOCK = 16
 MAX_LAG = 2

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.n2v import N2VSettings, TrainedModel, load_trained, train_channel
-from jump_n2v.ngff import create_channel_array
+from jump_n2v.plumbing.ngff import create_channel_array
 from jump_n2v.qc.figures import channel_panels
 from jump_n2v.qc.measures import image_metrics
 from jump_n2v.qc.summary import FLAG_DESCRIPTIONS, summarize

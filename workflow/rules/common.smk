@@ -12,7 +12,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_SRC, os.getenv(
 # jump_n2v.ingest (numpy, tifffile, zarr) is imported by the functions below that need it, when
 # the DAG is planned, so --lint, --list-rules and each cluster job's own parse do without it.
 from jump_n2v.config import channel_settings, demo_settings, experiment_settings, validate_config
-from jump_n2v.storage import is_remote, map_path, object_fingerprint, storage_settings
+from jump_n2v.plumbing.storage import is_remote, map_path, object_fingerprint, storage_settings
 
 validate_config(config)
 

@@ -1,5 +1,5 @@
 from jump_n2v.demo import DemoSpec, write_demo_manifest, write_demo_plate
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.logs import rule_logger
 
 log = rule_logger(snakemake.log[0])
 demo = snakemake.params.demo

@@ -1,7 +1,7 @@
 import torch
 
 from jump_n2v.export.bmz import export_bmz
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.logs import rule_logger
 
 log = rule_logger(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from jump_n2v.export.loaddata import write_loaddata_csv
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.logs import rule_logger
 
 log = rule_logger(snakemake.log[0])
 channels = [Path(folder).name for folder in snakemake.input.tiffs]

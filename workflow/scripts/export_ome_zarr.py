@@ -1,6 +1,6 @@
 from jump_n2v.export.ome_zarr import write_hcs_plate
-from jump_n2v.locks import output_lock
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.locks import output_lock
+from jump_n2v.plumbing.logs import rule_logger
 
 with output_lock(snakemake.output.plate, log=snakemake.log[0]):  # one run at a time writes this store
     log = rule_logger(snakemake.log[0])

@@ -1,7 +1,7 @@
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.export.tiff import export_tiffs
-from jump_n2v.locks import output_lock
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.locks import output_lock
+from jump_n2v.plumbing.logs import rule_logger
 
 with output_lock(snakemake.output.tiffs, log=snakemake.log[0]):  # one run at a time writes this folder
     log = rule_logger(snakemake.log[0])

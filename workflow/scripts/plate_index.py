@@ -1,5 +1,5 @@
 from jump_n2v.ingest import discover_plate, write_index
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.logs import rule_logger
 
 log = rule_logger(snakemake.log[0])
 table = discover_plate(snakemake.wildcards.plate, snakemake.params.plate, snakemake.params.channels,

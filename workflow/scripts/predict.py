@@ -1,7 +1,7 @@
 import torch
 
-from jump_n2v.locks import output_lock
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.locks import output_lock
+from jump_n2v.plumbing.logs import rule_logger
 from jump_n2v.n2v import load_trained
 from jump_n2v.n2v.similarity import check_array
 from jump_n2v.predict.arrays import predict_array

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.logs import rule_logger
 from jump_n2v.qc import run_channel_qc
 
 log = rule_logger(snakemake.log[0])

@@ -1,4 +1,4 @@
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.logs import rule_logger
 from jump_n2v.qc.report import write_experiment_report
 
 log = rule_logger(snakemake.log[0])

@@ -1,6 +1,6 @@
 from jump_n2v.ingest import ground_truth_index, read_index, split_channel
-from jump_n2v.locks import output_lock
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.locks import output_lock
+from jump_n2v.plumbing.logs import rule_logger
 
 w, params = snakemake.wildcards, snakemake.params
 # A second run splitting this channel into the same results folder fails at once, naming this one.

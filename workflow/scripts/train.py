@@ -2,8 +2,8 @@ from pathlib import Path
 
 import torch
 
-from jump_n2v.locks import model_folder_lock
-from jump_n2v.logs import rule_logger
+from jump_n2v.plumbing.locks import model_folder_lock
+from jump_n2v.plumbing.logs import rule_logger
 from jump_n2v.n2v import N2VSettings, train_channel
 
 torch.set_num_threads(snakemake.threads)

@@ -35,7 +35,7 @@ import numpy as np
 import tifffile
 import torch
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.n2v import load_trained
 from jump_n2v.predict.tiling import halo_size
 
@@ -53,7 +53,7 @@ def _sha256(path: Path) -> str:
 
 def _recorded_image(data: dict | None, model_json: Path) -> np.ndarray:
     """The first validation (else training) image the model recorded, read from its Zarr array."""
-    from jump_n2v.ngff import open_channel_array
+    from jump_n2v.plumbing.ngff import open_channel_array
 
     data = data or {}
     pairs = data.get("validation_images") or data.get("train_images") or []

@@ -10,7 +10,7 @@ import pandas as pd
 import zarr
 
 from jump_n2v.ingest.discover import read_index
-from jump_n2v.ngff import open_channel_array
+from jump_n2v.plumbing.ngff import open_channel_array
 
 
 def index_by_image(index_csv: str | os.PathLike, channels: Sequence[str]) -> pd.DataFrame:

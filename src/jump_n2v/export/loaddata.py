@@ -18,11 +18,11 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.export.channels import index_by_image, open_denoised_channels
 from jump_n2v.export.tiff import exported_paths
 from jump_n2v.ingest.discover import LOAD_DATA_ROW, find_loaddata_column, read_table
-from jump_n2v.wells import normalise_well
+from jump_n2v.plumbing.wells import normalise_well
 
 
 def _rows_of_source_table(

@@ -30,9 +30,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import zarr
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.export.channels import check_images_indexed, index_by_image, open_denoised_channels
-from jump_n2v.wells import parse_well, row_label
+from jump_n2v.plumbing.wells import parse_well, row_label
 
 # Display colours (RRGGBB) for the Cell Painting stains, as viewers usually show them; others cycle.
 STAIN_COLORS = {"DNA": "0000FF", "ER": "00FF00", "RNA": "FFFF00", "AGP": "FF0000", "Mito": "FF00FF"}

@@ -45,8 +45,8 @@ import pandas as pd
 import tifffile
 import zarr
 
-from jump_n2v.atomic import atomic_output
-from jump_n2v.dtypes import integer_bounds, integer_range
+from jump_n2v.plumbing.atomic import atomic_output
+from jump_n2v.plumbing.dtypes import integer_bounds, integer_range
 from jump_n2v.export.channels import check_images_indexed, index_by_image, open_denoised
 
 LAYOUTS = ("flat", "mirror")

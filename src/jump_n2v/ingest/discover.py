@@ -26,9 +26,9 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.settings import IngestSettings
-from jump_n2v.storage import (
+from jump_n2v.plumbing.storage import (
     StorageError,
     fingerprint,
     is_remote,
@@ -38,7 +38,7 @@ from jump_n2v.storage import (
     read_bytes,
     storage_settings,
 )
-from jump_n2v.wells import normalise_well, parse_well, well_name
+from jump_n2v.plumbing.wells import normalise_well, parse_well, well_name
 
 SOURCE_PREFIX = "source_"
 INDEX_COLUMNS = ("image", "plate", "well", "site")

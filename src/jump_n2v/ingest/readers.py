@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from jump_n2v.storage import StorageError, is_remote, read_bytes, storage_settings
+from jump_n2v.plumbing.storage import StorageError, is_remote, read_bytes, storage_settings
 
 # tifffile axis codes that can hold channels: C (ImageJ/OME), S (RGB(A) or planar samples),
 # Q and I (stacks whose meaning the file does not state).

@@ -22,13 +22,13 @@ import numcodecs
 import numpy as np
 import pandas as pd
 
-from jump_n2v.atomic import atomic_output
-from jump_n2v.dtypes import integer_range
+from jump_n2v.plumbing.atomic import atomic_output
+from jump_n2v.plumbing.dtypes import integer_range
 from jump_n2v.settings import IngestSettings
 from jump_n2v.ingest.discover import LOAD_DATA_ROW, source_column, source_path
 from jump_n2v.ingest.readers import BadImageError, ChannelImage, read_channel
-from jump_n2v.ngff import CHANNEL_CODEC, create_channel_array, open_channel_array, set_channel_attributes
-from jump_n2v.storage import is_remote, storage_settings
+from jump_n2v.plumbing.ngff import CHANNEL_CODEC, create_channel_array, open_channel_array, set_channel_attributes
+from jump_n2v.plumbing.storage import is_remote, storage_settings
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ REJECT_COLUMNS = ["plate", "channel", "image", "well", "site", "file", "problem"
 # keeps 2160 px binning-1 Phenix images whole. Larger images are cut into near-equal tiles <= 1024.
 WHOLE_IMAGE_MAX_SIDE = 2304
 MAX_TILE_SIDE = 1024
-# Blosc LZ4 with byte shuffle, the channel stores' codec (jump_n2v.ngff.CHANNEL_CODEC): measured on noisy
+# Blosc LZ4 with byte shuffle, the channel stores' codec (jump_n2v.plumbing.ngff.CHANNEL_CODEC): measured on noisy
 # 1080x1080 uint16 cell images it compresses to ~1.5-1.9x (better than the sources' LZW) at ~4 ms per
 # image and decodes in ~1.5 ms, so neither this split nor the later readers wait on it (zstd level 1:
 # similar size, 2-3x the encode and decode time; benchmarks/bench_codecs.py).

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jump_n2v.atomic import atomic_output, write_text_atomic
+from jump_n2v.plumbing.atomic import atomic_output, write_text_atomic
 from jump_n2v.model_record import ModelRecord, model_json_path
 from jump_n2v.n2v.sampling import Normalization
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.n2v.reproducibility import global_rng_state, restore_global_rng_state
 
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from jump_n2v.atomic import write_text_atomic
+from jump_n2v.plumbing.atomic import write_text_atomic
 from jump_n2v.model_record import ModelRecord
 from jump_n2v.n2v.blind_spot import BlindSpotMasking
 from jump_n2v.n2v.masking import BlindRegion, network_masked_mse
@@ -247,7 +247,7 @@ def check_array(
     settings (a :class:`~jump_n2v.predict.PredictSettings` or a resolved mapping with the ``training_check_*``
     keys); ``model`` the model.json path, recorded in the comparison."""
     if isinstance(source, (str, Path)):
-        from jump_n2v.ngff import open_channel_array
+        from jump_n2v.plumbing.ngff import open_channel_array
 
         source = open_channel_array(source)
     if not isinstance(settings, Mapping):

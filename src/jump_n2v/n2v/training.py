@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
-from jump_n2v.devices import resolve_device, resolve_precision
+from jump_n2v.plumbing.devices import resolve_device, resolve_precision
 from jump_n2v.n2v.artefacts import versions, write_outputs
 from jump_n2v.n2v.blind_spot import BlindSpotMasking, decide_blind_spot, mask_plan_batch
 from jump_n2v.n2v.checkpoint import (
@@ -431,7 +431,7 @@ class _TrainingRun:
 
 def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
     """The arrays (paths opened as Zarr arrays) and the names model.json records for them."""
-    from jump_n2v.ngff import open_channel_array
+    from jump_n2v.plumbing.ngff import open_channel_array
 
     opened, names = [], []
     for item in arrays:

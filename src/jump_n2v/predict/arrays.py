@@ -24,10 +24,10 @@ import torch
 import zarr
 from torch import nn
 
-from jump_n2v.atomic import atomic_output
-from jump_n2v.dtypes import integer_bounds
-from jump_n2v.logs import Progress
-from jump_n2v.ngff import create_channel_array, open_channel_array, set_channel_attributes
+from jump_n2v.plumbing.atomic import atomic_output
+from jump_n2v.plumbing.dtypes import integer_bounds
+from jump_n2v.plumbing.logs import Progress
+from jump_n2v.plumbing.ngff import create_channel_array, open_channel_array, set_channel_attributes
 from jump_n2v.predict.runner import TileRunner
 from jump_n2v.settings import PredictSettings
 from jump_n2v.predict.tiling import AxisTiling
@@ -74,7 +74,7 @@ def predict_array(
 
     The output has the source's shape and chunks and dtype float32, or with ``output_dtype: input``
     the source dtype (see :func:`to_output_dtype`: integers are rounded and clipped to the dtype's
-    range), coded with the channel stores' codec (jump_n2v.ngff.CHANNEL_CODEC). Its attributes are the
+    range), coded with the channel stores' codec (jump_n2v.plumbing.ngff.CHANNEL_CODEC). Its attributes are the
     source's plus ``output_dtype`` and ``attrs``. The store is written atomically: an interrupted run
     leaves nothing at ``dst_path``.
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from jump_n2v.devices import resolve_device, resolve_precision
+from jump_n2v.plumbing.devices import resolve_device, resolve_precision
 from jump_n2v.n2v.masking import dihedral
 from jump_n2v.settings import PredictSettings
 from jump_n2v.predict.tiling import AxisTiling, halo_size, plan_axis, resolve_tile_size, size_multiple

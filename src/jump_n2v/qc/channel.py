@@ -11,7 +11,7 @@ import pandas as pd
 import zarr
 
 from jump_n2v.ingest.discover import read_index
-from jump_n2v.ngff import open_channel_array
+from jump_n2v.plumbing.ngff import open_channel_array
 from jump_n2v.noise import NoiseModel, estimate_noise_model
 from jump_n2v.qc.files import QCInputError
 from jump_n2v.qc.measures import NO_REFERENCE_METRICS, NOISE_MODEL_METRICS, REFERENCE_METRICS, image_metrics

@@ -21,10 +21,10 @@ from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from jump_n2v.atomic import atomic_output  # noqa: E402
+from jump_n2v.plumbing.atomic import atomic_output  # noqa: E402
 from jump_n2v.qc.channel import array_image_ids, open_zarr, well_site_by_image  # noqa: E402
 from jump_n2v.qc.files import QCInputError  # noqa: E402
-from jump_n2v.wells import parse_well, row_label  # noqa: E402
+from jump_n2v.plumbing.wells import parse_well, row_label  # noqa: E402
 
 DPI = 100
 PANEL_INCHES = 3.2  # side of one image panel

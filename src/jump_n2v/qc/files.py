@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.model_record import ModelRecord, ModelRecordError
 from jump_n2v.noise import NoiseModel
 

@@ -25,7 +25,7 @@ import jinja2
 import pandas as pd
 from PIL import Image
 
-from jump_n2v.atomic import atomic_output
+from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.model_record import ModelRecord, ModelRecordError
 from jump_n2v.qc.figures import noise_model_trends
 from jump_n2v.qc.files import (

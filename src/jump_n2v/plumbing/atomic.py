@@ -2,7 +2,7 @@
 
 An interrupted job therefore leaves at most a ``.tmp-*`` sibling, never a file or Zarr directory that
 looks finished, and the next write of the same output removes such leftovers (gigabytes for a plate's
-Zarr array). A writer holds a lock (``.tmp-*.lock``, see jump_n2v.locks) while it writes, so only
+Zarr array). A writer holds a lock (``.tmp-*.lock``, see jump_n2v.plumbing.locks) while it writes, so only
 leftovers of writers that are gone are removed, never a temporary another live process is filling.
 Works for files and directories (Zarr stores) alike.
 """
@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from jump_n2v.locks import release, try_lock
+from jump_n2v.plumbing.locks import release, try_lock
 
 
 def _remove(path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Plumbing under every stage: atomic writes, writer locks, logs, devices, numeric ranges, storage, Zarr arrays, wells."""
