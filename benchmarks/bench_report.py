@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from jump_n2v.config import resolve_section
+from jump_n2v.settings import resolve_section
 from jump_n2v.demo import DemoSpec, render_site
 from jump_n2v.qc import loss_curves, run_channel_qc, write_experiment_report
 

@@ -30,7 +30,7 @@ import torch
 import zarr
 from scipy import ndimage
 
-from jump_n2v.config import resolve_section
+from jump_n2v.settings import resolve_section
 from jump_n2v.demo import DEMO_CHANNELS, DemoSpec, render_site
 from jump_n2v.n2v.similarity import STATISTICS, TOLERANCE_SETTINGS, compare_with_training
 from jump_n2v.n2v.trained import load_trained

@@ -20,7 +20,7 @@ import torch
 import zarr
 
 from jump_n2v.plumbing.atomic import atomic_output
-from jump_n2v.config import resolve_section
+from jump_n2v.settings import resolve_section
 from jump_n2v.export.loaddata import write_loaddata_csv
 from jump_n2v.export.tiff import export_tiffs
 from jump_n2v.ingest import discover_plate, read_index, split_channel, write_index

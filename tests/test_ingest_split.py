@@ -366,7 +366,7 @@ def test_rejecting_more_than_max_rejected_fraction_fails_the_split(tmp_path):
 
 
 def test_max_rejected_fraction_defaults_to_five_percent():
-    from jump_n2v.config import resolve_section
+    from jump_n2v.settings import resolve_section
 
     assert resolve_section("ingest")["max_rejected_fraction"] == 0.05
 

@@ -16,7 +16,7 @@ import zarr
 from PIL import Image
 from scipy import ndimage
 
-from jump_n2v.config import resolve_section
+from jump_n2v.settings import resolve_section
 from jump_n2v.qc import build_report, loss_curves, load_model_info, read_rejects, run_channel_qc, summarize, write_experiment_report
 from jump_n2v.qc.files import QCInputError
 

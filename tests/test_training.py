@@ -11,7 +11,7 @@ import torch
 import zarr
 
 from conftest import TINY_N2V
-from jump_n2v.config import load_schema
+from jump_n2v.settings import load_schema
 from jump_n2v.n2v import training
 from jump_n2v.n2v.masking import StructMask
 from jump_n2v.n2v.trained import load_trained

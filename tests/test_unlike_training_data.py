@@ -19,7 +19,7 @@ import pytest
 from scipy import ndimage
 
 from conftest import demo_sites, torch_pinned
-from jump_n2v.config import resolve_section
+from jump_n2v.settings import resolve_section
 from jump_n2v.demo import DemoSpec
 from jump_n2v.n2v.similarity import QUANTILE_LEVELS, STATISTICS, TOLERANCE_SETTINGS, check_array, comparison_path, compare_with_training
 from jump_n2v.n2v.trained import load_trained
