@@ -40,7 +40,7 @@ from real_fields import site_channels  # noqa: E402
 def intensity_shifts(raw: np.ndarray, denoised: np.ndarray) -> dict[str, float]:
     """Relative shift (%) of the mean over the whole image, its background and its brightest 0.5 %.
 
-    Defined here rather than taken from jump_n2v.qc.metrics.intensity_shifts: the code under test may be
+    Defined here rather than taken from jump_n2v.qc.measures.intensity_shifts: the code under test may be
     another checkout (before it existed), and both sides must be measured with the same ruler. The bright
     region is the raw values' top 0.5 %, so it slightly favours pixels with positive noise (the QC's own
     measure does not); the same raw image is measured before and after, so the bias is the same on both."""

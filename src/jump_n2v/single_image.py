@@ -9,7 +9,7 @@ The plate pipeline's functions, wrapped for a single 2-D image (used by ``docs/s
 * :func:`image_qc` gives the per-image QC metrics (noise level before and after, the residual's
   structure, PSNR/SSIM when a clean reference is given) and the QC flags a plate would get.
 
-Denoising itself is :func:`jump_n2v.predict.denoise_image`, as in ``jump-n2v denoise``.
+Denoising itself is :func:`jump_n2v.predict.runner.denoise_image`, as in ``jump-n2v denoise``.
 """
 
 from __future__ import annotations

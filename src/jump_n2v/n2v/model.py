@@ -13,7 +13,7 @@ of a heavy-tailed image (one debris object 40 times brighter than the cells) is 
 object's few patches, and a network that has not yet learnt to pass intensities through shifted the
 background of the real Version1 site by +35 % and the object by +47 % after 100 steps; predicting a
 correction to a local mean, which keeps every intensity where it is, brought both within 2 % at the
-same budget (README 'Intensities preserved').
+same budget (docs/benchmarks.md 'Intensities preserved on a sparse real field').
 """
 
 from __future__ import annotations

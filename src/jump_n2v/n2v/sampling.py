@@ -15,7 +15,7 @@ deviation of a normal variable) of the training pixels, not by their mean and st
 the real Version1 site one debris object (0.5 % of the pixels, 40 times brighter than the cells) made
 ER's standard deviation 2,288 ADU where the background's spread is 151, squeezing the whole background
 into 0.07 normalised units; with the robust scale the background keeps unit spread whatever the
-bright tail holds (README 'Intensities preserved').
+bright tail holds (docs/benchmarks.md 'Intensities preserved on a sparse real field').
 """
 
 from __future__ import annotations

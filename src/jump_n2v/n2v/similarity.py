@@ -8,7 +8,7 @@ normalisation, and the best validation loss (the masked N2V loss on held-out pat
 is denoised, :func:`compare_with_training` describes a few seeded images of it the same way (the same
 estimator, the same quantiles, the network's masked loss on patches of them, masked as validation was)
 and names each statistic that moved beyond its tolerance (the ``predict`` settings
-``training_check_*``; defaults measured on synthetic plates, README 'Images unlike the training data').
+``training_check_*``; defaults measured on synthetic plates, docs/benchmarks.md 'Images unlike the training data').
 
 Statistics (``change`` in the comparison; each is "moved" when it exceeds its tolerance):
 
@@ -244,7 +244,7 @@ def check_array(
     write the comparison to ``out_json`` (atomically, when given) and log a warning naming what moved.
 
     ``source`` is an (images, Y, X) array or the path of a channel store; ``settings`` the ``predict``
-    settings (a :class:`~jump_n2v.predict.PredictSettings` or a resolved mapping with the ``training_check_*``
+    settings (a :class:`~jump_n2v.settings.PredictSettings` or a resolved mapping with the ``training_check_*``
     keys); ``model`` the model.json path, recorded in the comparison."""
     if isinstance(source, (str, Path)):
         from jump_n2v.plumbing.ngff import open_channel_array

@@ -9,7 +9,7 @@ built on) opens it with the plate's pixel size and the channel's name:
 
 The group has one resolution level only. NGFF allows that (a multiscales entry needs at least one
 dataset), and these arrays are working stores read row by row by training, prediction and QC, never
-browsed zoomed out; the optional HCS export (jump_n2v.export_ome) is the place for pyramids.
+browsed zoomed out; the optional HCS export (jump_n2v.export.ome_zarr) is the place for pyramids.
 
 Only this module knows the layout: writers call :func:`create_channel_array` and
 :func:`set_channel_attributes`, readers :func:`open_channel_array`. The NGFF metadata is always

@@ -32,7 +32,7 @@ FLAG_DESCRIPTIONS = {
     "qc.residual_structure_threshold: the residual is concentrated on structure, so the denoiser removed "
     "signal along with noise (a blur does). Every denoiser removes some (BM3D with the true noise "
     "parameters reads 0.09-0.25 on the synthetic plates); the default 0.25 is where blurs that cost 2 dB "
-    "or more are all flagged (README 'QC calibration').",
+    "or more are all flagged (docs/benchmarks.md 'QC calibration').",
     "residual_autocorrelation": "median lag-1 autocorrelation of the residual along x or y exceeds the "
     "noise model's own (0 without a model) by more than qc.residual_autocorrelation_threshold: the "
     "removed part has spatial structure that the noise does not have (signal, or row/column-correlated "
@@ -42,7 +42,7 @@ FLAG_DESCRIPTIONS = {
     "blind spot on correlated noise), so noise was handed back and the estimated MSE is only corrected "
     "to first order. Some leak is no defect (BM3D carries 0.06-0.26, and the posterior step mixes the raw "
     "pixel in where that lowers the MSE); the default 0.3 is above every output at or above BM3D's PSNR on "
-    "the synthetic plates (README 'QC calibration').",
+    "the synthetic plates (docs/benchmarks.md 'QC calibration').",
     "no_estimated_gain": "median estimated gain over raw (from the noise model) is not above "
     "qc.min_estimated_gain_db: the output is estimated to be no closer to the clean signal than that.",
     "bias": "the median relative shift of the image mean, of the background mean or of the bright-object "
