@@ -12,7 +12,7 @@ import torch
 
 from jump_n2v.n2v.model import build_unet
 from jump_n2v.predict.runner import TileRunner
-from jump_n2v.predict.settings import PredictSettings
+from jump_n2v.settings import PredictSettings
 
 torch.manual_seed(0)
 torch.set_num_threads(2)

@@ -120,7 +120,7 @@ def default_net():
 
 def bench_ours(image: np.ndarray, settings: dict, repeats: int) -> dict:
     from jump_n2v.predict.runner import TileRunner, denoise_image
-    from jump_n2v.predict.settings import PredictSettings
+    from jump_n2v.settings import PredictSettings
     from jump_n2v.predict.tiling import plan_axis
 
     net = default_net()
@@ -208,7 +208,7 @@ def bench_stages(args, settings: dict) -> dict:
     from jump_n2v.plumbing.ngff import CHANNEL_CODEC, create_channel_array
     from jump_n2v.predict.arrays import output_dtype_for, to_output_dtype
     from jump_n2v.predict.runner import TileRunner
-    from jump_n2v.predict.settings import PredictSettings
+    from jump_n2v.settings import PredictSettings
 
     resolved = PredictSettings.from_dict(settings)
     runner = TileRunner(default_net(), resolved)
@@ -366,7 +366,7 @@ def main(argv=None) -> int:
     if args.output_codec == "zstd":
         from zarr.codecs import ZstdCodec
 
-        from jump_n2v import ngff
+        from jump_n2v.plumbing import ngff
 
         ngff.CHANNEL_CODEC = ZstdCodec(level=0)
     if args.identity:

@@ -5,7 +5,7 @@ from jump_n2v.plumbing.logs import rule_logger
 from jump_n2v.n2v import load_trained
 from jump_n2v.n2v.similarity import check_array
 from jump_n2v.predict.arrays import predict_array
-from jump_n2v.predict.settings import PredictSettings
+from jump_n2v.settings import PredictSettings
 
 torch.set_num_threads(snakemake.threads)
 # A second run predicting this channel into the same results folder fails at once, naming this one.
