@@ -32,7 +32,8 @@ import zarr
 
 from jump_n2v.settings import resolve_section
 from jump_n2v.demo import DemoSpec, render_site
-from jump_n2v.qc import loss_curves, run_channel_qc, write_experiment_report
+from jump_n2v.qc import run_channel_qc, write_experiment_report
+from jump_n2v.training_log import loss_curves
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
 

@@ -12,8 +12,6 @@ import zarr
 from jump_n2v.qc.figures import (
     channel_panels,
     choose_rows,
-    loss_curves,
-    loss_figure_size,
     panel_figure_size,
     parse_well,
     plate_figure_size,
@@ -70,33 +68,6 @@ def test_channel_panels_with_fewer_images_than_sites_shows_them_all(tmp_path):
     out = tmp_path / "panels.png"
     assert channel_panels(raw, denoised, out, panel_sites=3, crop_size=128) == ["img0"]
     assert png_size(out) == panel_figure_size(1)
-
-
-def write_log(path, epochs=6):
-    epoch = np.arange(1, epochs + 1)
-    pd.DataFrame(
-        {
-            "epoch": epoch,
-            "step": epoch * 10,
-            "train_loss": 1.0 / epoch,
-            "val_loss": 1.2 / epoch + 0.02 * epoch,
-            "learning_rate": 1e-3 * 0.9**epoch,
-            "seconds": epoch * 1.5,
-        }
-    ).to_csv(path, index=False)
-
-
-def test_loss_curves_writes_a_png_of_the_documented_size(tmp_path):
-    write_log(tmp_path / "training_log.csv")
-    loss_curves(tmp_path / "training_log.csv", tmp_path / "curve.png", title="P1 DNA")
-    assert png_size(tmp_path / "curve.png") == loss_figure_size()
-
-
-def test_loss_curves_names_a_log_missing_columns(tmp_path):
-    pd.DataFrame({"epoch": [1], "train_loss": [1.0]}).to_csv(tmp_path / "training_log.csv", index=False)
-    with pytest.raises(QCInputError, match="training_log.csv.*val_loss"):
-        loss_curves(tmp_path / "training_log.csv", tmp_path / "curve.png")
-    assert not (tmp_path / "curve.png").exists()
 
 
 @pytest.mark.parametrize(

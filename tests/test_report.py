@@ -17,7 +17,8 @@ from PIL import Image
 from scipy import ndimage
 
 from jump_n2v.settings import resolve_section
-from jump_n2v.qc import build_report, loss_curves, load_model_info, read_rejects, run_channel_qc, summarize, write_experiment_report
+from jump_n2v.training_log import loss_curves
+from jump_n2v.qc import build_report, load_model_info, read_rejects, run_channel_qc, summarize, write_experiment_report
 from jump_n2v.qc.files import QCInputError
 
 SIZE = 64
@@ -89,7 +90,7 @@ def write_model(model_dir):
     pd.DataFrame(
         {"epoch": epochs, "step": epochs * 10, "train_loss": 0.1 / epochs, "val_loss": 0.12 / epochs, "learning_rate": 1e-3, "seconds": epochs * 0.7}
     ).to_csv(model_dir / "training_log.csv", index=False)
-    loss_curves(model_dir / "training_log.csv", model_dir / "training_curve.png")  # stands in for the one training draws
+    loss_curves(model_dir / "training_log.csv", model_dir / "training_curve.png")  # what training draws from its log
 
 
 def build_example(tmp_path, plates):
@@ -108,7 +109,6 @@ def build_example(tmp_path, plates):
                 qc_dir,
                 clean=root / plate / "clean" / "DNA.zarr" if with_clean else None,
                 index=root / plate / "index.csv",
-                training_log=model_dir / "training_log.csv",
                 qc_settings={"panel_sites": 1, "crop_size": 32},
             )
         )
@@ -119,7 +119,7 @@ def build_example(tmp_path, plates):
                 "channel": "DNA",
                 "panels_png": qc_dir / "panels.png",
                 "plate_map_png": qc_dir / "plate_map.png",
-                "curve_png": qc_dir / "loss_curves.png",
+                "curve_png": model_dir / "training_curve.png",  # as the workflow's report rule passes it
                 "model_json": model_dir / "model.json",
             }
         )
@@ -153,7 +153,8 @@ def test_report_is_self_contained_with_every_section_and_embedded_figures(good_a
     # Three figures per plate, embedded as lossless WebP: the very pixels of the PNGs QC wrote.
     assert len(parsed.image_sources) == 6
     root = out.parents[1]
-    written = [root / plate / "qc" / "DNA" / name for plate in ("P1", "P2") for name in ("panels.png", "plate_map.png", "loss_curves.png")]
+    curve = root / "models" / "all-plates" / "DNA" / "training_curve.png"
+    written = [path for plate in ("P1", "P2") for path in (root / plate / "qc" / "DNA" / "panels.png", root / plate / "qc" / "DNA" / "plate_map.png", curve)]
     for source, png in zip(parsed.image_sources, written):
         assert source.startswith("data:image/webp;base64,")
         with Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))) as embedded, Image.open(png) as original:

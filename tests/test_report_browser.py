@@ -19,6 +19,7 @@ import zarr
 from PIL import Image
 
 from jump_n2v.qc import build_report, run_channel_qc, summarize
+from jump_n2v.training_log import loss_curves
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -92,8 +93,9 @@ def report(tmp_path_factory) -> Path:
     pd.DataFrame(
         {"epoch": epochs, "step": epochs * 5, "train_loss": 1 / epochs, "val_loss": 1.1 / epochs, "learning_rate": 1e-3, "seconds": epochs}
     ).to_csv(model_dir / "training_log.csv", index=False)
-    table = run_channel_qc(root / "raw.zarr", root / "denoised.zarr", root / "qc", index=root / "index.csv", training_log=model_dir / "training_log.csv", qc_settings={"panel_sites": 1, "crop_size": 32})
-    artifacts = [{"plate": "P1", "channel": "DNA", "panels_png": root / "qc" / "panels.png", "plate_map_png": root / "qc" / "plate_map.png", "curve_png": root / "qc" / "loss_curves.png"}]
+    loss_curves(model_dir / "training_log.csv", model_dir / "training_curve.png")  # what training draws from its log
+    table = run_channel_qc(root / "raw.zarr", root / "denoised.zarr", root / "qc", index=root / "index.csv", qc_settings={"panel_sites": 1, "crop_size": 32})
+    artifacts = [{"plate": "P1", "channel": "DNA", "panels_png": root / "qc" / "panels.png", "plate_map_png": root / "qc" / "plate_map.png", "curve_png": model_dir / "training_curve.png"}]
     out = root / "report.html"
     build_report("E1", summarize([table]), artifacts, {"DNA": {"qc": {"panel_sites": 1}}}, {"jump-n2v": "0.1.0"}, None, out)
     return out

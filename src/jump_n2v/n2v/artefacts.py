@@ -17,10 +17,10 @@ import torch
 
 from jump_n2v.plumbing.atomic import atomic_output, write_text_atomic
 from jump_n2v.model_record import ModelRecord, model_json_path
+from jump_n2v.training_log import LOG_COLUMNS, loss_curves
 from jump_n2v.n2v.sampling import Normalization
 
 MODEL_FORMAT = 1
-LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "learning_rate", "seconds")
 
 
 def write_outputs(
@@ -43,31 +43,8 @@ def write_outputs(
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(model_dir / "training_log.csv", buffer.getvalue())
-    _write_curve(model_dir / "training_curve.png", rows, record.training.best_epoch, variant)
+    loss_curves(model_dir / "training_log.csv", model_dir / "training_curve.png", title=f"{variant.upper()} training loss")
     write_text_atomic(model_json_path(model_dir), record.to_json())
-
-
-def _write_curve(path: Path, rows: list[dict], best_epoch: int, variant: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    epochs = [row["epoch"] for row in rows]
-    axes.plot(epochs, [row["train_loss"] for row in rows], marker=".", label="train")
-    axes.plot(epochs, [row["val_loss"] for row in rows], marker=".", label="validation")
-    if best_epoch:
-        axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("masked-pixel MSE (normalised units)")
-    axes.set_title(f"{variant.upper()} training loss")
-    axes.legend()
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, format="png")
 
 
 def versions() -> dict[str, str]:

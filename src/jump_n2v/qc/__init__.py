@@ -21,7 +21,7 @@ import pandas as pd
 
 from jump_n2v.qc.channel import channel_metrics, channel_noise_model
 from jump_n2v.settings import QCSettings
-from jump_n2v.qc.figures import channel_panels, loss_curves, plate_map
+from jump_n2v.qc.figures import channel_panels, plate_map
 from jump_n2v.qc.files import QCInputError, load_model_info, read_noise_model, write_noise_model, write_table
 from jump_n2v.qc.measures import image_metrics, noise_sigma, psnr_db, reference_data_range, ssim
 from jump_n2v.qc.summary import FLAG_DESCRIPTIONS, summarize
@@ -36,7 +36,6 @@ __all__ = [
     "channel_panels",
     "image_metrics",
     "load_model_info",
-    "loss_curves",
     "noise_sigma",
     "plate_map",
     "psnr_db",
@@ -52,7 +51,7 @@ __all__ = [
     "write_table",
 ]
 
-# Files run_channel_qc always writes into its output folder (loss_curves.png only when asked).
+# Files run_channel_qc always writes into its output folder (the loss curve is training's own).
 CHANNEL_QC_FILES = ("metrics.csv", "metrics.parquet", "noise_model.json", "panels.png", "plate_map.png")
 
 
@@ -62,12 +61,11 @@ def run_channel_qc(
     out_dir: str | os.PathLike,
     clean: str | os.PathLike | None = None,
     index: str | os.PathLike | None = None,
-    training_log: str | os.PathLike | None = None,
     qc_settings: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Metrics and figures of one (plate, channel) into ``out_dir``: metrics.csv, metrics.parquet,
-    noise_model.json (the noise model fitted to ``qc.noise_model_images`` raw images), panels.png, plate_map.png (when ``index`` is given: it holds the wells) and loss_curves.png (only
-    when ``training_log`` is given). Returns the per-image metrics table."""
+    noise_model.json (the noise model fitted to ``qc.noise_model_images`` raw images), panels.png, plate_map.png (when ``index`` is given: it holds the wells). Returns the per-image metrics
+    table."""
     qc = QCSettings.from_dict(qc_settings)
     out_dir = Path(out_dir)
     noise_model = channel_noise_model(raw, images=qc.noise_model_images, seed=qc.seed)
@@ -78,6 +76,4 @@ def run_channel_qc(
     plate, channel = table["plate"].iloc[0], table["channel"].iloc[0]
     if index is not None:
         plate_map(table, qc.plate_map_metric, out_dir / "plate_map.png", title=f"{plate} {channel}: {qc.plate_map_metric}")
-    if training_log is not None:
-        loss_curves(training_log, out_dir / "loss_curves.png", title=f"{plate} {channel}: {training_log}")
     return table

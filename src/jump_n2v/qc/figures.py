@@ -1,4 +1,4 @@
-"""QC figures: raw | denoised | residual panels, loss curves, plate maps. PNGs, written atomically.
+"""QC figures: raw | denoised | residual panels and plate maps (the loss curve is training's, jump_n2v.training_log). PNGs, written atomically.
 
 Figures have fixed sizes in inches at ``DPI`` and are saved without tight bounding boxes, so their
 pixel size is known in advance (:func:`panel_figure_size` etc.).
@@ -19,7 +19,6 @@ import pandas as pd  # noqa: E402
 import zarr  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from jump_n2v.plumbing.atomic import atomic_output  # noqa: E402
 from jump_n2v.qc.channel import array_image_ids, open_zarr, well_site_by_image  # noqa: E402
@@ -30,7 +29,6 @@ DPI = 100
 PANEL_INCHES = 3.2  # side of one image panel
 CONTRAST_PERCENTILES = (1.0, 99.8)  # of the raw image; the same stretch is used for the denoised one
 RESIDUAL_PERCENTILE = 99.5  # of |residual|; the symmetric colour limit of the residual panel
-LOSS_FIGURE_INCHES = (7.0, 4.0)
 PLATE_FIGURE_INCHES = {(16, 24): (9.0, 5.6), (32, 48): (14.0, 8.4)}
 
 
@@ -130,56 +128,6 @@ def channel_panels(
                     ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="yellow", lw=0.8))
     _save(figure, out_png)
     return [image_ids[row] for row in rows]
-
-
-# --------------------------------------------------------------------------------------------------
-# Loss curves
-
-LOG_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "learning_rate", "seconds")
-
-
-def read_training_log(path: str | os.PathLike) -> pd.DataFrame:
-    """``training_log.csv`` checked for its columns and at least one epoch."""
-    try:
-        log = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise QCInputError(f"cannot read training log {path}: {error}") from error
-    missing = [column for column in LOG_COLUMNS if column not in log.columns]
-    if missing:
-        raise QCInputError(f"training log {path}: missing column(s) {missing}")
-    if log.empty:
-        raise QCInputError(f"training log {path}: no epochs recorded")
-    return log
-
-
-def loss_figure_size() -> tuple[int, int]:
-    """Pixel (width, height) of :func:`loss_curves`' PNG."""
-    return round(LOSS_FIGURE_INCHES[0] * DPI), round(LOSS_FIGURE_INCHES[1] * DPI)
-
-
-def loss_curves(training_log: str | os.PathLike, out_png: str | os.PathLike, title: str = "") -> None:
-    """Training and validation masked-pixel loss per epoch, the best validation epoch marked, and the
-    learning rate on a second axis."""
-    log = read_training_log(training_log)
-    figure, ax = plt.subplots(figsize=LOSS_FIGURE_INCHES, layout="constrained")
-    ax.plot(log["epoch"], log["train_loss"], label="training loss", color="tab:blue")
-    ax.plot(log["epoch"], log["val_loss"], label="validation loss", color="tab:orange")
-    best = log.loc[log["val_loss"].idxmin()]
-    ax.scatter([best["epoch"]], [best["val_loss"]], color="tab:red", zorder=3, label=f"best: epoch {int(best['epoch'])}, {best['val_loss']:.4g}")
-    losses = pd.concat([log["train_loss"], log["val_loss"]])
-    if (losses > 0).all() and losses.max() / losses.min() > 10:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("masked-pixel loss (normalised units)")
-    rate_axis = ax.twinx()
-    rate_axis.plot(log["epoch"], log["learning_rate"], color="grey", lw=0.8, ls="--", label="learning rate")
-    rate_axis.set_ylabel("learning rate", color="grey")
-    handles = ax.get_legend_handles_labels()
-    rate_handles = rate_axis.get_legend_handles_labels()
-    ax.legend(handles[0] + rate_handles[0], handles[1] + rate_handles[1], fontsize=8, loc="upper right")
-    ax.set_title(title or str(training_log), fontsize=9)
-    _save(figure, out_png)
 
 
 # --------------------------------------------------------------------------------------------------
