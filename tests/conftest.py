@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,17 @@ TINY_PLATES = "tests/data/tiny_plates.tsv"
 # n2v settings small enough to train in a second on a CPU; a test that needs others states only the
 # difference: {**TINY_N2V, "epochs": 4}.
 TINY_N2V = dict(patch_size=16, batch_size=4, base_filters=4, epochs=1, steps_per_epoch=3, validation_patches=8, device="cpu")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from a PNG's header, after checking the signature."""
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
 
 
 def tiny_config() -> dict:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
 
+from conftest import png_size
 from jump_n2v.qc.figures import (
     channel_panels,
     choose_rows,
@@ -20,17 +20,6 @@ from jump_n2v.qc.figures import (
     row_label,
 )
 from jump_n2v.qc.files import QCInputError
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_size(path) -> tuple[int, int]:
-    """(width, height) from the PNG header, after checking the signature."""
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
-    assert data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
-
 
 def write_stacks(tmp_path, n_images=4, size=80):
     rng = np.random.default_rng(0)

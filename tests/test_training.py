@@ -3,7 +3,6 @@
 import csv
 import dataclasses
 import json
-import struct
 import logging
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 import zarr
 
-from conftest import TINY_N2V
+from conftest import TINY_N2V, png_size
 from jump_n2v.settings import load_schema
 from jump_n2v.training_log import loss_figure_size
 from jump_n2v.n2v import training
@@ -240,8 +239,7 @@ def test_outputs_record_settings_data_split_and_load_back(tmp_path, plate, caplo
         assert handle.readline().strip() == "epoch,step,train_loss,val_loss,learning_rate,seconds"
     assert (model_dir / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The one loss-curve drawing (jump_n2v.training_log), which the report shows.
-    width, height = struct.unpack(">II", (model_dir / "training_curve.png").read_bytes()[16:24])
-    assert (width, height) == loss_figure_size()
+    assert png_size(model_dir / "training_curve.png") == loss_figure_size()
 
     trained = load_trained(model_dir / "model.json")
     assert trained.settings == settings

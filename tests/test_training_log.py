@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import png_size
 from jump_n2v.training_log import TrainingLogError, loss_curves, loss_figure_size
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_size(path) -> tuple[int, int]:
-    """(width, height) from the PNG header, after checking the signature."""
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
-    assert data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
-
 
 def write_log(path, epochs=6):
     epoch = np.arange(1, epochs + 1)
