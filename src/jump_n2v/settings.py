@@ -65,8 +65,8 @@ def resolve_section(section: str, *overrides: Mapping[str, Any] | None) -> dict[
     for override in overrides:
         for key, value in (override or {}).items():
             if key not in known:
-                elsewhere = [other for other in SECTIONS if key in _section_schema(other)["properties"]]
-                hint = f" ({key} is a{'n' if elsewhere[0][0] in 'aeiou' else ''} {elsewhere[0]} setting)" if elsewhere else ""
+                owner = _owner(key)
+                hint = f" ({owner})" if owner else ""
                 raise ConfigError(f"unknown {section} setting {key!r}{hint}; known: {', '.join(sorted(known))}")
             resolved[key] = copy.deepcopy(value)
     return resolved
@@ -117,8 +117,16 @@ def describe_error(error: jsonschema.ValidationError, section: str, key_path: li
     where = "/".join(str(part) for part in key_path)
     if spec is None:
         return f"{section} {where}: {error.message}"
-    value = error.instance if len(key_path) == 1 else error.instance
-    return f"{section} {key} must be {expectation(spec)}, got {value!r} [{where}: {error.message}]"
+    return f"{section} {key} must be {expectation(spec)}, got {error.instance!r} [{where}: {error.message}]"
+
+
+def _owner(key: str) -> str:
+    """Which sections ``key`` is a setting of, as a phrase ("export_tiff is an export setting",
+    "device is an n2v or predict setting"); "" if none."""
+    owners = [section for section in SECTIONS if key in _section_schema(section)["properties"]]
+    if not owners:
+        return ""
+    return f"{key} is a{'n' if owners[0][0] in 'aeiou' else ''} {' or '.join(owners)} setting"
 
 
 def _elsewhere_hint(section: str, error: jsonschema.ValidationError) -> str:
@@ -126,10 +134,7 @@ def _elsewhere_hint(section: str, error: jsonschema.ValidationError) -> str:
     if error.validator != "additionalProperties" or not isinstance(error.instance, Mapping):
         return ""
     known = set(_section_schema(section)["properties"])
-    moved = [(key, other) for key in error.instance if key not in known
-             for other in SECTIONS if key in _section_schema(other)["properties"]]
-    return "".join(f"; {key} is an {other} setting" if other[0] in "aeiou" else f"; {key} is a {other} setting"
-                   for key, other in moved)
+    return "".join(f"; {_owner(key)}" for key in error.instance if key not in known and _owner(key))
 
 
 def schema_errors(section: str, resolved: Mapping[str, Any]) -> list[str]:
