@@ -24,12 +24,12 @@ import yaml
 
 from jump_n2v.settings import (
     PLATES_SCHEMA_PATH,
+    SECTION_PROBLEMS,
     SECTIONS,
     ConfigError,
     channel_problems,
     describe_error,
     load_schema,
-    n2v_problems,
     resolve_section,
 )
 
@@ -150,18 +150,19 @@ def _check_experiment(config: dict, name: str) -> None:
     # Per-channel settings must resolve cleanly (catches e.g. a patch size off the U-Net grid).
     for channel in channels:
         resolved = channel_settings(config, name, channel)
-        for problem in n2v_problems(resolved["n2v"]) + channel_problems(resolved):
-            raise ConfigError(f"experiments/{name}: channel {channel}: {problem}")
+        problems = [problem for section, check in SECTION_PROBLEMS.items() for problem in check(resolved[section])]
+        problems += channel_problems(resolved)
+        if problems:
+            raise ConfigError(f"experiments/{name}: channel {channel}: " + "; ".join(problems))
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
     """A schema error of the config: where it is, and for a setting what it must be (settings.describe_error)."""
     path = list(error.absolute_path)
-    for index, part in enumerate(path[:-1] if path else []):
-        if part in SECTIONS and index and (path[index - 1] == "settings" or (index > 1 and path[index - 2] == "channel_settings")):
+    for index, part in enumerate(path):
+        in_settings_layer = index > 0 and (path[index - 1] == "settings" or (index > 1 and path[index - 2] == "channel_settings"))
+        if part in SECTIONS and in_settings_layer:
             return f"{_where(path[:index])}: {describe_error(error, part, path[index + 1:])}"
-    if path and path[-1] in SECTIONS and len(path) > 1:
-        return f"{_where(path[:-1])}: {describe_error(error, path[-1], [])}"
     return f"{'/'.join(str(part) for part in path) or '<top level>'}: {error.message}"
 
 
