@@ -267,7 +267,7 @@ def _haar_matrix() -> np.ndarray:
     return matrix
 
 
-def _haar_factor(correlation: np.ndarray) -> float:
+def haar_detail_factor(correlation: np.ndarray) -> float:
     """E[d^2] / variance of one diagonal Haar detail d for noise of this correlation (1 for white noise,
     1/4 for a 2 x 2 box)."""
     kernel = _haar_matrix()[0]
@@ -543,7 +543,7 @@ def _bin_variances(statistics: _BlockStatistics, correlation: np.ndarray, slope:
     detrended_factor = stats.gamma.ppf(_LOW_QUANTILE, dof / 2, scale=2 / dof)
     highpass_factor = stats.gamma.ppf(_LOW_QUANTILE, highpass_dof / 2, scale=2 / highpass_dof)
     noise_only_factor = stats.gamma.ppf(_NOISE_ONLY_QUANTILE, dof / 2, scale=2 / dof)
-    haar_factor = (1.0 - white_share) * _haar_factor((correlation - white_share * white) / (1.0 - white_share)) + white_share
+    haar_factor = (1.0 - white_share) * haar_detail_factor((correlation - white_share * white) / (1.0 - white_share)) + white_share
     bin_means, bin_variances, bin_counts, noise_only = [], [], [], []
     # Within a bin, block variances are compared relative to the current line, so the spread of
     # means inside a bin does not widen the distribution whose low quantile is taken.

@@ -31,13 +31,18 @@ model: a model the estimator flagged as processed data gives no posterior at all
 
 Safe when the model is off. The risk above hangs on the model's variance: if the true noise variance is
 ``c`` times the model's (``T`` scales with it), the posterior's risk minus the network's is
-``-w (2 - w) A + 2 w c (V - T)``, negative only for ``w < 2 (1 - c (V - T) / A)``. A weight that stays
-below that bound for every ``c`` up to :data:`VARIANCE_MARGIN` cannot raise the expected error while the
-true variance is anywhere between the model's and ``VARIANCE_MARGIN`` times it; a model that reads the
-variance high only lowers the weight, which is safe too. Measured: on a synthetic plate the estimator read
-DNA's gain as 0.69x the truth and SURE's weights (up to 0.32) cost 1.4 dB; the margin 1.5 covers that. A
-bin's weight is also checked on the half of the validation patches it was not fitted on (the bound must
-hold there too) and falls back to 0 (the network's output) where it does not.
+``-w (2 - w) A + 2 w c (V - T)``, negative only for ``w < 2 (1 - c (V - T) / A)``. How far above the
+model's the true variance can be is measured on the same pixels, without the network: the finest
+diagonal Haar detail of the raw validation patches (what wavelet noise estimates use; signal smooth at
+the pixel scale barely enters it) in units of what the model predicts for it, its median read as a
+variance ratio, and the upper end of that median's confidence interval (:data:`MARGIN_CONFIDENCE_Z`
+standard errors) is the bin's margin (never below 1). A weight below the bound for every ``c`` up to the
+margin cannot raise the expected error; a model that reads the variance high only lowers the weight,
+which is safe too, and texture at the pixel scale only raises the margin. A fixed margin of 1.5 (the
+rule before) zeroed every weight of a network whose error is small against the noise, which is where
+the posterior's gain lies (0.5-2.1 dB on the demo plate). A bin's weight is also checked on the half of
+the validation patches it was not fitted on (the bound must hold there too) and falls back to 0 (the
+network's output) where it does not.
 """
 
 from __future__ import annotations
@@ -50,12 +55,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from jump_n2v.noise import haar_detail_factor
+
 POSTERIOR_BINS = 8
 PERTURBATION = 0.01  # eps, in units of the noise standard deviation (the net is piecewise linear)
 PERTURBATION_DRAWS = 2
 BINNING_SIGMA = 2.0
-# The true noise variance may be up to this factor above the model's without the posterior costing quality.
-VARIANCE_MARGIN = 1.5
+# Standard errors above the measured median variance ratio that a bin's variance margin is taken at.
+MARGIN_CONFIDENCE_Z = 3.0
+# Median of a chi-square variable with one degree of freedom: median(d^2) / this is d's variance.
+CHI2_1_MEDIAN = 0.454936423119572
 
 
 def binning_signal(denoised: np.ndarray) -> np.ndarray:
@@ -134,7 +143,8 @@ def fit_posterior(
     evidence = {
         "fitted": True,
         "method": "per-bin weight of the raw pixel minimising SURE under the fitted noise model (correlation included), "
-                  f"bounded so that it costs nothing while the true variance is within {VARIANCE_MARGIN}x the model's, "
+                  "bounded so that it costs nothing while the true variance is within each bin's measured margin of the model's "
+                  "(upper confidence bound of the raw patches' Haar-detail variance over the model's), "
                   "and checked on the held-out half of the validation patches",
         "estimated_mse_network": float(np.average([row["mse_network"] for row in rows], weights=counts)),
         "estimated_mse_posterior": float(np.average([row["mse_posterior"] for row in rows], weights=counts)),
@@ -154,13 +164,15 @@ def _predict_in_batches(net: torch.nn.Module, inputs: torch.Tensor, batch_size: 
 @dataclass(frozen=True, eq=False)
 class _PixelRisks:
     """SURE's inputs per validation pixel inside the border (flattened, normalised units): the binning
-    signal, (s_hat - x)^2, the model variance, tr(Sigma J) and which half of the patches it lies in."""
+    signal, (s_hat - x)^2, the model variance, tr(Sigma J), which half of the patches it lies in, and its
+    2 x 2 cell's squared Haar detail over what the model predicts for it (:func:`haar_variance_ratios`)."""
 
     level: np.ndarray
     squared: np.ndarray
     variance: np.ndarray
     trace: np.ndarray
     half: np.ndarray
+    haar_ratio: np.ndarray
 
     @classmethod
     def of(
@@ -190,11 +202,32 @@ class _PixelRisks:
             variance=variance.float()[keep].flatten().numpy().astype(np.float64),
             trace=trace[keep].flatten().numpy().astype(np.float64),
             half=half,
+            haar_ratio=haar_variance_ratios(x.numpy(), variance.numpy(), correlation)[keep].flatten(),
         )
 
-    def risk(self, chosen: np.ndarray) -> "_BinRisk":
-        """The SURE statistics of the ``chosen`` pixels."""
-        return _BinRisk.of(self.squared[chosen], self.variance[chosen], self.trace[chosen])
+    def risk(self, chosen: np.ndarray, margin: float = 1.0) -> "_BinRisk":
+        """The SURE statistics of the ``chosen`` pixels, safe up to ``margin`` times the model's variance."""
+        return _BinRisk.of(self.squared[chosen], self.variance[chosen], self.trace[chosen], margin)
+
+    def variance_margin(self, chosen: np.ndarray) -> tuple[float, float]:
+        """(measured variance ratio, margin) of the ``chosen`` pixels: the median Haar ratio read as a variance
+        ratio to the model's, and the upper end of its confidence interval (at least 1)."""
+        ratios = self.haar_ratio[chosen]
+        cells = max(ratios.size / 4, 1.0)  # each 2 x 2 cell's ratio is carried by its 4 pixels
+        upper = min(1.0, 0.5 + MARGIN_CONFIDENCE_Z / (2.0 * math.sqrt(cells)))
+        measured = float(np.median(ratios)) / CHI2_1_MEDIAN
+        return measured, max(1.0, float(np.quantile(ratios, upper)) / CHI2_1_MEDIAN)
+
+
+def haar_variance_ratios(x: np.ndarray, variance: np.ndarray, correlation: np.ndarray) -> np.ndarray:
+    """Per pixel of ``x`` (..., P, P; P even), the squared finest diagonal Haar detail (a - b - c + d) / 2 of
+    its 2 x 2 cell over its expectation for noise alone (the model's mean variance over the cell times the
+    detail's factor for the model's correlation). Its median / CHI2_1_MEDIAN estimates the true noise
+    variance over the model's; signal smooth at the pixel scale barely enters a diagonal detail."""
+    detail = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2.0
+    cell_variance = (variance[..., 0::2, 0::2] + variance[..., 0::2, 1::2] + variance[..., 1::2, 0::2] + variance[..., 1::2, 1::2]) / 4.0
+    ratio = np.square(detail, dtype=np.float64) / np.maximum(cell_variance * haar_detail_factor(correlation), 1e-30)
+    return np.repeat(np.repeat(ratio, 2, axis=-2), 2, axis=-1)
 
 
 def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[dict[str, Any]]:
@@ -208,10 +241,11 @@ def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[d
         chosen = which == index
         if chosen.sum() < 100:
             continue
-        stats = pixels.risk(chosen)
-        halves = [pixels.risk(chosen & (pixels.half == h)) for h in (0, 1)]
+        measured, margin = pixels.variance_margin(chosen)
+        stats = pixels.risk(chosen, margin)
+        halves = [pixels.risk(chosen & (pixels.half == h), margin) for h in (0, 1)]
         weight = stats.safe_weight()
-        # Each half's weight must not raise the other half's error, at the model's variance or VARIANCE_MARGIN times it.
+        # Each half's weight must not raise the other half's error, at the model's variance or the margin times it.
         held_out = all(halves[1 - h].cost(halves[h].safe_weight()) <= 0 for h in (0, 1))
         if not held_out:
             weight = 0.0
@@ -220,6 +254,7 @@ def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[d
             "unbounded_weight": stats.sure_weight(), "held_out_check": held_out,
             "mse_network": float(stats.risk(0.0) * scale), "mse_posterior": float(stats.risk(weight) * scale),
             "noise_variance": float(stats.variance * scale), "noise_covariance_trace": float(stats.trace * scale),
+            "measured_variance_ratio": measured, "variance_margin": margin,
         })
     return rows
 
@@ -227,17 +262,19 @@ def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[d
 @dataclass(frozen=True)
 class _BinRisk:
     """One bin's SURE statistics (normalised units): ``squared`` = mean (s_hat - x)^2, ``variance`` = mean
-    model variance, ``trace`` = mean tr(Sigma J) per pixel."""
+    model variance, ``trace`` = mean tr(Sigma J) per pixel; ``margin``: how many times the model's variance
+    the true one may be (measured, :meth:`_PixelRisks.variance_margin`)."""
 
     squared: float
     variance: float
     trace: float
+    margin: float = 1.0
 
     @classmethod
-    def of(cls, squared: np.ndarray, variance: np.ndarray, trace: np.ndarray) -> "_BinRisk":
+    def of(cls, squared: np.ndarray, variance: np.ndarray, trace: np.ndarray, margin: float = 1.0) -> "_BinRisk":
         if squared.size == 0:
-            return cls(0.0, 0.0, 0.0)
-        return cls(float(squared.mean()), float(variance.mean()), float(trace.mean()))
+            return cls(0.0, 0.0, 0.0, margin)
+        return cls(float(squared.mean()), float(variance.mean()), float(trace.mean()), margin)
 
     def risk(self, weight: float, factor: float = 1.0) -> float:
         """SURE of ``s_hat + w (x - s_hat)`` when the true noise covariance is ``factor`` times the model's."""
@@ -251,10 +288,10 @@ class _BinRisk:
         return float(np.clip(1.0 - factor * (self.variance - self.trace) / self.squared, 0.0, 1.0))
 
     def safe_weight(self) -> float:
-        """SURE's weight, capped where a true variance up to VARIANCE_MARGIN x the model's would make it cost."""
-        bound = 2.0 * (1.0 - VARIANCE_MARGIN * (self.variance - self.trace) / self.squared) if self.squared > 0 else 0.0
+        """SURE's weight, capped where a true variance up to ``margin`` x the model's would make it cost."""
+        bound = 2.0 * (1.0 - self.margin * (self.variance - self.trace) / self.squared) if self.squared > 0 else 0.0
         return float(np.clip(min(self.sure_weight(), bound), 0.0, 1.0))
 
     def cost(self, weight: float) -> float:
-        """How much the weight raises the risk over the network's, at the worse of factor 1 and VARIANCE_MARGIN."""
-        return max(self.risk(weight, f) - self.risk(0.0, f) for f in (1.0, VARIANCE_MARGIN))
+        """How much the weight raises the risk over the network's, at the worse of factor 1 and the margin."""
+        return max(self.risk(weight, f) - self.risk(0.0, f) for f in (1.0, self.margin))
