@@ -243,10 +243,15 @@ def qc_inputs(wildcards):
 
 
 def has_nucleus_labels(experiment, plate):
-    """Whether the downstream rule scores the plate: a demo plate (its renderer writes the true nucleus
+    """Whether the downstream segmentation scores the plate: a demo plate (its renderer writes the true nucleus
     labels) of an experiment that has its nuclei channel (nuclei_channel)."""
     exp = experiment_cfg(experiment)
     return demo_settings(exp["plates"][plate]) is not None and exp["nuclei_channel"] in exp["channels"]
+
+
+def nuclei_channel_settings(experiment, section):
+    """One resolved settings section of the experiment's nuclei channel (nuclei_channel)."""
+    return channel_settings(config, experiment, experiment_cfg(experiment)["nuclei_channel"])[section]
 
 
 def downstream_inputs(wildcards):

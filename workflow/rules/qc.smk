@@ -60,6 +60,6 @@ rule downstream:
         mem_mb=grows_with_attempt(4000),
         runtime=grows_with_attempt(30),
     params:
-        crop_size=lambda w: channel_settings(config, w.experiment, experiment_cfg(w.experiment)["nuclei_channel"])["qc"]["crop_size"],
+        crop_size=lambda w: nuclei_channel_settings(w.experiment, "qc")["crop_size"],
     script:
         "../scripts/downstream.py"
