@@ -19,6 +19,8 @@ from jump_n2v.qc.downstream import (
     run_downstream,
     segment_nuclei,
 )
+from jump_n2v.qc import build_report
+from jump_n2v.qc.figures import segmentation_figure
 from jump_n2v.qc.files import QCInputError
 from jump_n2v.settings import QCSettings
 
@@ -151,3 +153,24 @@ def test_missing_labels_are_named(tmp_path):
     (tmp_path / "clean" / "nuclei_labels" / "B03_s2.tif").unlink()
     with pytest.raises(QCInputError, match="B03_s2.tif"):
         run_downstream(*inputs, tmp_path / "qc")
+
+
+def test_report_shows_raw_and_denoised_side_by_side_and_marks_the_flagged_plate(tmp_path):
+    labels = np.zeros((64, 64), dtype=np.int32)
+    labels[10:30, 10:30] = 1
+    image = 100.0 + 50 * (labels > 0)
+    segmentation_figure({"raw": image, "denoised": image, "clean": image}, {s: labels for s in ("raw", "denoised", "clean")},
+                        labels, tmp_path / "downstream.png", crop_size=32, title="P1")
+    downstream = {(plate, "DNA"): {"scores": scores_table(0.9, f1).assign(plate=plate, images=2, true_nuclei=10, found_nuclei=9,
+                                                                         count_error_relative=-0.1),
+                                   "figure": tmp_path / "downstream.png"}
+                  for plate, f1 in (("P1", 0.91), ("P2", 0.6))}
+    summary = pd.DataFrame({"plate": ["P1", "P2"], "channel": "DNA", "n_images": 2, "flags": [[], ["downstream_worse"]]})
+    build_report("E", summary, [], {}, {}, None, tmp_path / "report.html", downstream=downstream)
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="downstream-section"' in html and html.count("data:image/webp") == 2
+    section = html[html.index('id="downstream-section"'):html.index('id="settings-section"')]
+    assert "<th>raw</th><th>denoised</th><th>clean</th>" in section
+    assert section.index("P1 / DNA") < section.index("P2 / DNA")
+    assert '<span class="flag">downstream_worse</span>' in section[section.index("P2 / DNA"):]
+    assert '<span class="flag">downstream_worse</span>' not in section[:section.index("P2 / DNA")]
