@@ -41,6 +41,7 @@ def test_segmenter_finds_separate_disks_exactly():
     for label, (cy, cx) in enumerate([(30, 30), (30, 90), (90, 40), (95, 100)], start=1):
         truth[np.hypot(yy - cy, xx - cx) < 12] = label
     image = 100 + 200.0 * (truth > 0)
+    image[60:63, 60:63] = 300.0  # a 9 px speck: no nucleus
     match = match_objects(segment_nuclei(image), truth)
     assert (match["matched"], match["found_nuclei"], match["f1"]) == (4, 4, 1.0)
 
@@ -73,13 +74,14 @@ def test_match_objects_counts_one_to_one_matches_at_iou_half():
 def test_object_features_measure_mean_area_and_texture():
     labels = np.zeros((30, 30), dtype=np.int32)
     labels[2:12, 2:12], labels[15:25, 15:27] = 1, 2
+    labels[2:7, 7:12] = 0  # an L: its bounding box holds background, which the texture must leave out
     image = np.full((30, 30), 10.0)
-    image[2:12, 2:12] = 50.0  # flat
+    image[labels == 1] = 50.0  # flat
     checker = (np.indices((10, 12)).sum(axis=0) % 2) * 100.0
     image[15:25, 15:27] = checker  # alternating pixels: the largest GLCM contrast
     features = object_features(labels, image)
     assert features.loc[1, "mean_intensity"] == 50.0 and features.loc[2, "mean_intensity"] == 50.0
-    assert features.loc[1, "area"] == 100 and features.loc[2, "area"] == 120
+    assert features.loc[1, "area"] == 75 and features.loc[2, "area"] == 120
     assert features.loc[1, "texture_contrast"] == 0.0
     assert features.loc[2, "texture_contrast"] > 100
 
