@@ -34,6 +34,7 @@ from scipy import ndimage
 from skimage import feature, filters, measure, segmentation
 
 from jump_n2v.qc.channel import array_image_ids, open_zarr, well_site_by_image
+from jump_n2v.qc.figures import segmentation_figure
 from jump_n2v.qc.files import QCInputError, write_table
 
 # Segmentation, in pixels (made for nuclei of 5-20 px radius: the demo plates and 20x Cell Painting sites).
@@ -237,8 +238,6 @@ def run_downstream(
     """:func:`plate_downstream` of one plate into ``out_dir``: downstream.csv (per image and source),
     downstream_objects.csv (per matched object) and downstream.png (raw | denoised | clean outlines on a
     crop of the first site). Returns the per-image table."""
-    from jump_n2v.qc.figures import segmentation_figure
-
     images, objects, example = plate_downstream(raw, denoised, clean, index, manifest)
     out_dir = Path(out_dir)
     write_table(images, out_dir / "downstream.csv")
@@ -253,7 +252,7 @@ def read_downstream(csv: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]
     csv = Path(csv)
     tables = []
     for path, needed in ((csv, {"plate", "channel", "source", "true_nuclei", "found_nuclei", "matched"}),
-                         (csv.parent / "downstream_objects.csv", {"plate", "source", *FEATURES})):
+                         (csv.parent / "downstream_objects.csv", set(OBJECT_COLUMNS))):
         try:
             table = pd.read_csv(path, dtype={"plate": str, "channel": str, "image": str, "well": str})
         except (OSError, pd.errors.ParserError) as error:
