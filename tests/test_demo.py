@@ -1,9 +1,11 @@
+import hashlib
 import json
 
 import numpy as np
+import pytest
 import tifffile
 
-from jump_n2v.demo import DEMO_CHANNELS, DemoSpec, write_demo_manifest, write_demo_plate
+from jump_n2v.demo import DEMO_CHANNELS, DemoSpec, nucleus_labels_path, write_demo_manifest, write_demo_plate
 
 
 def write_small_plate(root, seed=3):
@@ -49,3 +51,50 @@ def test_manifest_records_spec_and_files(tmp_path):
     write_demo_manifest(manifest, tmp_path / "manifest.json")
     saved = json.loads((tmp_path / "manifest.json").read_text())
     assert saved["spec"]["seed"] == 3 and len(saved["files"]) == 2
+
+
+def pixel_digest(manifest) -> str:
+    digest = hashlib.sha256()
+    for entry in manifest["files"]:
+        for key in ("raw", "clean"):
+            pixels = tifffile.imread(entry[key])
+            digest.update(str(pixels.dtype).encode())
+            digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
+
+
+# Digests of the raw and clean pixels as the renderer wrote them before it drew true nucleus labels
+# (main a10a045): the labels draw no random numbers, so every demo plate stays as it was.
+@pytest.mark.parametrize(("spec", "expected"), [
+    (DemoSpec(wells=("B02", "C03"), sites=1, size=64, cells_per_site=4, seed=3),
+     "97e17b4f128bcab4234a6bae1d03ee130b85f72d93eda19251fa6fc63c200553"),
+    (DemoSpec(wells=("B02",), sites=2, size=96, cells_per_site=6, seed=5, hazards=True, pixel_mixing="box2x2"),
+     "a404fb7402c2b38262f46fd5eed543d8ce8de771cd2fffcfa86037d548108f51"),
+], ids=["plain", "hazards-box2x2"])
+def test_demo_pixels_are_those_rendered_before_the_nucleus_labels(tmp_path, spec, expected):
+    manifest = write_demo_plate(str(tmp_path / "raw/{well}_s{site}.tif"), str(tmp_path / "clean/{well}_s{site}.tif"), spec)
+    assert pixel_digest(manifest) == expected
+
+
+def test_demo_writes_one_true_label_per_nucleus_beside_the_clean_images(tmp_path):
+    spec = DemoSpec(wells=("B02",), sites=1, size=128, cells_per_site=5, seed=8)
+    manifest = write_demo_plate(str(tmp_path / "raw/{well}_s{site}.tif"), str(tmp_path / "clean/{well}_s{site}.tif"), spec)
+    entry = manifest["files"][0]
+    assert entry["nuclei_labels"] == str(nucleus_labels_path(entry["clean"])) == str(tmp_path / "clean/nuclei_labels/B02_s1.tif")
+    labels = tifffile.imread(entry["nuclei_labels"])
+    dna = tifffile.imread(entry["clean"])[0]
+    assert labels.dtype == np.uint16 and labels.shape == (128, 128)
+    assert set(np.unique(labels)) == set(range(spec.cells_per_site + 1))
+    # Nuclei are where the DNA stain is: every labelled pixel is brighter than the unlabelled median.
+    assert dna[labels > 0].min() > np.median(dna[labels == 0])
+
+
+def test_debris_and_saturated_cells_leave_the_true_nuclei_as_they_are(tmp_path):
+    # The hazards are drawn after a site's cells, so the first site's cells are the same with them.
+    labels = {}
+    for hazards in (False, True):
+        spec = DemoSpec(wells=("B02",), sites=1, size=128, cells_per_site=5, seed=8, hazards=hazards)
+        manifest = write_demo_plate(str(tmp_path / f"{hazards}/raw/{{well}}_s{{site}}.tif"),
+                                    str(tmp_path / f"{hazards}/clean/{{well}}_s{{site}}.tif"), spec)
+        labels[hazards] = tifffile.imread(manifest["files"][0]["nuclei_labels"])
+    assert np.array_equal(labels[False], labels[True])

@@ -133,12 +133,23 @@ def test_qc_reports_reference_psnr_because_the_plate_has_ground_truth(tiny_run):
     assert {"psnr_raw_db", "psnr_denoised_db"} <= set(metrics.columns)
 
 
+def test_downstream_rule_scores_the_demo_plates_nuclei_and_the_report_shows_them(tiny_run):
+    table = pd.read_csv(tiny_run / "TinyPlate" / "qc" / "downstream.csv")
+    assert sorted(table["source"].unique()) == ["clean", "denoised", "raw"] and len(table) == 4 * 3
+    assert (table["channel"] == "DNA").all() and (table["true_nuclei"] > 0).all()
+    assert (tiny_run / "TinyPlate" / "qc" / "downstream.png").stat().st_size > 0
+    summary = pd.read_csv(tiny_run / "report" / "summary.csv").set_index("channel")
+    assert summary.loc["DNA", "downstream_f1_raw"] >= 0 and pd.isna(summary.loc["Mito", "downstream_f1_raw"])
+    html = (tiny_run / "report" / "report.html").read_text()
+    assert 'id="downstream-section"' in html and 'id="downstream-TinyPlate"' in html
+
+
 def test_every_rule_wrote_its_log_and_heavy_rules_their_benchmark(tiny_run):
     logs = tiny_run / "logs"
-    for rule in ("demo_plate", "plate_index", "split_raw", "split_ground_truth", "train", "predict", "qc"):
+    for rule in ("demo_plate", "plate_index", "split_raw", "split_ground_truth", "train", "predict", "qc", "downstream"):
         assert any(p.is_file() for p in (logs / rule).rglob("*.log")), rule
     assert (logs / "report.log").is_file()
-    for rule in ("split_raw", "train", "predict", "qc"):
+    for rule in ("split_raw", "train", "predict", "qc", "downstream"):
         assert list((tiny_run / "benchmarks" / rule).rglob("*.tsv")), rule
 
 

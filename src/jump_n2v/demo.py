@@ -16,6 +16,10 @@ stays as it was.
 ``pixel_mixing: box2x2`` then averages every 2 x 2 block of neighbours (a half-pixel shift, as real
 Opera Phenix exports show: noise lag-1 autocorrelation about 0.5 in x and y, about 0 at lag 2); the
 clean reference is mixed the same way, so it stays the expectation of the raw image.
+
+Each site's true nuclei are written too, as a uint16 label image in a ``nuclei_labels`` folder beside
+its clean image (one label per cell; see :func:`nucleus_labels`), for the downstream segmentation check
+(``jump_n2v.qc.downstream``). They are the unmixed nuclei: pixel mixing moves edges by half a pixel.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ class DemoSpec:
 
 
 PIXEL_MIXING = ("none", "box2x2")
+# The DNA stain is the cells' nucleus ellipses smoothed with this sigma (px); a nucleus is where it exceeds NUCLEUS_LEVEL.
+NUCLEUS_SMOOTHING = 1.2
+NUCLEUS_LEVEL = 0.3
 
 
 def mix_pixels(image: np.ndarray, kind: str) -> np.ndarray:
@@ -76,6 +83,24 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
 
 def render_site(spec: DemoSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Clean photon-count images (float64) of one site, one per channel."""
+    return render_site_with_labels(spec, rng)[0]
+
+
+def nucleus_labels(nucleus_images: list[np.ndarray], nucleus_mask: np.ndarray) -> np.ndarray:
+    """True nucleus label image (uint16, 0 background, cell ``i`` labelled ``i + 1``): each pixel of the
+    rendered ``nucleus_mask`` belongs to the cell whose smoothed ellipse contributes most to it there
+    (ties to the lower cell number). ``nucleus_images`` are each cell's ellipse times its brightness, before
+    the renderer's Gaussian smoothing; their smoothed sum is the DNA stain the mask was cut from."""
+    if not nucleus_images:
+        return np.zeros(nucleus_mask.shape, dtype=np.uint16)
+    smoothed = np.stack([ndimage.gaussian_filter(image, NUCLEUS_SMOOTHING) for image in nucleus_images])
+    return np.where(nucleus_mask, smoothed.argmax(axis=0) + 1, 0).astype(np.uint16)
+
+
+def render_site_with_labels(spec: DemoSpec, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`render_site`'s images and the site's true nucleus labels (:func:`nucleus_labels`). The
+    labels draw no random numbers, so the images are the same as without them. Debris (``hazards``) is no
+    nucleus and stays background; a saturated cell is still its own nucleus."""
     size = spec.size
     shape = (size, size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -90,6 +115,7 @@ def render_site(spec: DemoSpec, rng: np.random.Generator) -> dict[str, np.ndarra
 
     nuclei = np.zeros(shape)
     nucleoli = np.zeros(shape)
+    each_nucleus = []
     for index, (cy, cx) in enumerate(centres):
         radius_y, radius_x = rng.uniform(0.3, 0.45, size=2) * cell_radius
         angle = rng.uniform(0, np.pi)
@@ -97,13 +123,14 @@ def render_site(spec: DemoSpec, rng: np.random.Generator) -> dict[str, np.ndarra
         u = (dy * np.cos(angle) + dx * np.sin(angle)) / radius_y
         v = (-dy * np.sin(angle) + dx * np.cos(angle)) / radius_x
         inside = (u**2 + v**2) < 1.0
-        nuclei += inside * rng.uniform(0.7, 1.0)
+        each_nucleus.append(inside * rng.uniform(0.7, 1.0))
+        nuclei += each_nucleus[-1]
         for _ in range(rng.integers(1, 4)):
             ny, nx = cy + rng.normal(0, radius_y / 3), cx + rng.normal(0, radius_x / 3)
             nucleoli += np.exp(-((yy - ny) ** 2 + (xx - nx) ** 2) / (2 * rng.uniform(1.5, 3.0) ** 2))
         del index
-    nuclei = ndimage.gaussian_filter(nuclei, 1.2)
-    nucleus_mask = nuclei > 0.3
+    nuclei = ndimage.gaussian_filter(nuclei, NUCLEUS_SMOOTHING)
+    nucleus_mask = nuclei > NUCLEUS_LEVEL
     cytoplasm_only = cytoplasm * (1 - ndimage.gaussian_filter(nucleus_mask.astype(float), 2.0))
 
     # DNA: nuclei with chromatin texture.
@@ -130,7 +157,7 @@ def render_site(spec: DemoSpec, rng: np.random.Generator) -> dict[str, np.ndarra
         photons[name] = spec.background_photons + spec.peak_photons[name] * image
     if spec.hazards:
         _add_hazards(spec, rng, photons, nuclei)
-    return photons
+    return photons, nucleus_labels(each_nucleus, nucleus_mask)
 
 
 def _add_hazards(spec: DemoSpec, rng: np.random.Generator, photons: dict, nuclei: np.ndarray) -> None:
@@ -146,7 +173,7 @@ def _add_hazards(spec: DemoSpec, rng: np.random.Generator, photons: dict, nuclei
     for name in photons:
         photons[name] += spec.debris_brightness * spec.peak_photons[name] * debris
     if spec.saturated_cells:
-        labels, count = ndimage.label(nuclei > 0.3)
+        labels, count = ndimage.label(nuclei > NUCLEUS_LEVEL)
         picked = rng.choice(np.arange(1, count + 1), size=min(spec.saturated_cells, count), replace=False) if count else []
         # Twice the photons that reach the camera's maximum, so the cell's core clips.
         full_scale = 2.0 * (65535 - spec.offset) / spec.gain
@@ -166,8 +193,23 @@ def _write_hyperstack(path: Path, planes: list[np.ndarray], labels: list[str]) -
         )
 
 
+def nucleus_labels_path(clean_path: str | Path) -> Path:
+    """Where the true nucleus labels of the site whose clean image is ``clean_path`` go: a
+    ``nuclei_labels`` folder beside it, same file name (a subfolder, so no pattern of the plate's
+    raw or clean images matches them)."""
+    clean_path = Path(clean_path)
+    return clean_path.parent / "nuclei_labels" / clean_path.name
+
+
+def _write_labels(path: Path, labels: np.ndarray) -> None:
+    with atomic_output(path) as temporary:
+        tifffile.imwrite(temporary, labels, resolution=(1 / 0.6, 1 / 0.6), compression="zlib")
+
+
 def write_demo_plate(raw_pattern: str, clean_pattern: str, spec: DemoSpec = DemoSpec(), plate: str = "DemoPlate") -> dict:
-    """Write raw (uint16) and clean (float32) hyperstacks for every (well, site); return the manifest.
+    """Write raw (uint16) and clean (float32) hyperstacks for every (well, site), and each site's true
+    nucleus labels (uint16 YX, :func:`nucleus_labels`, at :func:`nucleus_labels_path`); return the
+    manifest (each file entry names its ``raw``, ``clean`` and ``nuclei_labels``).
 
     ``raw_pattern``/``clean_pattern`` contain ``{well}`` and ``{site}`` (and optionally ``{plate}``).
     """
@@ -175,7 +217,7 @@ def write_demo_plate(raw_pattern: str, clean_pattern: str, spec: DemoSpec = Demo
     files = []
     for well in spec.wells:
         for site in range(1, spec.sites + 1):
-            photons = render_site(spec, rng)
+            photons, labels = render_site_with_labels(spec, rng)
             clean_planes, raw_planes = [], []
             for name in DEMO_CHANNELS:
                 expected = photons[name]
@@ -192,7 +234,10 @@ def write_demo_plate(raw_pattern: str, clean_pattern: str, spec: DemoSpec = Demo
             clean_path = Path(clean_pattern.format(**fields))
             _write_hyperstack(raw_path, raw_planes, list(DEMO_CHANNELS))
             _write_hyperstack(clean_path, clean_planes, list(DEMO_CHANNELS))
-            files.append({"well": well, "site": site, "raw": str(raw_path), "clean": str(clean_path)})
+            labels_path = nucleus_labels_path(clean_path)
+            _write_labels(labels_path, labels)
+            files.append({"well": well, "site": site, "raw": str(raw_path), "clean": str(clean_path),
+                          "nuclei_labels": str(labels_path)})
     return {"plate": plate, "channels": list(DEMO_CHANNELS), "spec": asdict(spec), "files": files}
 
 

@@ -286,6 +286,8 @@ class QCSettings(Section):
     noise_leak_threshold: float
     min_estimated_gain_db: float
     bias_threshold: float
+    downstream_f1_tolerance: float
+    downstream_correlation_tolerance: float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -242,6 +242,30 @@ def qc_inputs(wildcards):
     return inputs
 
 
+def has_nucleus_labels(experiment, plate):
+    """Whether the downstream segmentation scores the plate: a demo plate (its renderer writes the true nucleus
+    labels) of an experiment that has its nuclei channel (nuclei_channel)."""
+    exp = experiment_cfg(experiment)
+    return demo_settings(exp["plates"][plate]) is not None and exp["nuclei_channel"] in exp["channels"]
+
+
+def nuclei_channel_settings(experiment, section):
+    """One resolved settings section of the experiment's nuclei channel (nuclei_channel)."""
+    return channel_settings(config, experiment, experiment_cfg(experiment)["nuclei_channel"])[section]
+
+
+def downstream_inputs(wildcards):
+    e, p = wildcards.experiment, wildcards.plate
+    c = experiment_cfg(e)["nuclei_channel"]
+    return {
+        "index": f"{RESULTS}/{e}/{p}/index.csv",
+        "manifest": f"{RESULTS}/{e}/{p}/demo_manifest.json",
+        "raw": f"{RESULTS}/{e}/{p}/raw/{c}.zarr",
+        "denoised": f"{RESULTS}/{e}/{p}/denoised/{c}.zarr",
+        "clean": f"{RESULTS}/{e}/{p}/clean/{c}.zarr",
+    }
+
+
 def report_inputs(wildcards):
     e = wildcards.experiment
     exp = experiment_cfg(e)
@@ -261,6 +285,8 @@ def report_inputs(wildcards):
         ),
         # their clipping.csv: pixels the TIFF export clipped into the source dtype
         "exports": [export_dir(e, p, c) for p in plates for c in exported_channels(e)],
+        # the downstream segmentation of plates with true nucleus labels
+        "downstream": [f"{RESULTS}/{e}/{p}/qc/downstream.csv" for p in plates if has_nucleus_labels(e, p)],
     }
 
 

@@ -34,3 +34,32 @@ rule qc:
         qc=lambda w: settings_for(w, "qc"),
     script:
         "../scripts/qc.py"
+
+
+rule downstream:
+    """Nuclei segmented on the nuclei channel's raw, denoised and clean images, scored against the true nuclei (plates with true nucleus labels: demo plates)."""
+    input:
+        unpack(downstream_inputs),
+    output:
+        table=f"{RESULTS}/{{experiment}}/{{plate}}/qc/downstream.csv",
+        objects=f"{RESULTS}/{{experiment}}/{{plate}}/qc/downstream_objects.csv",
+        figure=report(
+            f"{RESULTS}/{{experiment}}/{{plate}}/qc/downstream.png",
+            caption="../report/downstream.rst",
+            category="{experiment}",
+            subcategory="{plate}",
+            labels={"channel": "nuclei", "figure": "downstream segmentation"},
+        ),
+    log:
+        f"{RESULTS}/{{experiment}}/logs/downstream/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/downstream/{{plate}}.tsv"
+    conda:
+        "../../envs/qc.yaml"
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(30),
+    params:
+        crop_size=lambda w: nuclei_channel_settings(w.experiment, "qc")["crop_size"],
+    script:
+        "../scripts/downstream.py"

@@ -13,5 +13,6 @@ summary = write_experiment_report(
     snakemake.output.html,
     export_dirs={(plate, channel): folder for plate, channel, folder in snakemake.params.export_dirs},
     training_checks=snakemake.input.training_checks,
+    downstream=snakemake.input.downstream,
 )
 log.info("report of %d plate x channel rows written to %s", len(summary), snakemake.output.html)

@@ -223,3 +223,35 @@ def noise_model_trends(summary: pd.DataFrame) -> bytes:
     finally:
         plt.close(figure)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Downstream segmentation
+
+
+def segmentation_figure(
+    images: dict[str, np.ndarray], labels: dict[str, np.ndarray], truth: np.ndarray, out_png: str | os.PathLike,
+    crop_size: int = 128, title: str = "",
+) -> tuple[int, int]:
+    """One panel per source (raw | denoised | clean) of the same crop (the clean image's busiest), each
+    with its segmented nuclei outlined in yellow and the true nuclei in cyan; all share the raw image's
+    contrast stretch. Returns the PNG's pixel (width, height)."""
+    from skimage.segmentation import find_boundaries
+
+    clean = np.asarray(images["clean"], dtype=np.float64)
+    top, left, size = _busiest_crop(clean, crop_size)
+    crop = (slice(top, top + size), slice(left, left + size))
+    low, high = np.percentile(np.asarray(images["raw"], dtype=np.float64), CONTRAST_PERCENTILES)
+    width, height = round(len(images) * PANEL_INCHES * DPI), round(PANEL_INCHES * DPI)
+    figure, axes = plt.subplots(1, len(images), figsize=(width / DPI, height / DPI), squeeze=False, layout="constrained")
+    true_edges = find_boundaries(truth[crop], mode="inner")
+    for ax, (source, image) in zip(axes[0], images.items()):
+        ax.imshow(np.asarray(image, dtype=np.float64)[crop], cmap="gray", vmin=low, vmax=max(high, low + 1.0), interpolation="nearest")
+        overlay = np.zeros((size, size, 4))
+        overlay[true_edges] = (0.0, 1.0, 1.0, 0.8)
+        overlay[find_boundaries(labels[source][crop], mode="inner")] = (1.0, 1.0, 0.0, 1.0)
+        ax.imshow(overlay, interpolation="nearest")
+        ax.set_title(f"{title}\n{source}: found (yellow), true (cyan)", fontsize=8)
+        ax.set_axis_off()
+    _save(figure, out_png)
+    return width, height

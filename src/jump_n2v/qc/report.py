@@ -27,6 +27,7 @@ from PIL import Image
 
 from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.model_record import ModelRecord, ModelRecordError
+from jump_n2v.qc.downstream import FEATURES, SOURCES, plate_scores, read_downstream
 from jump_n2v.qc.figures import noise_model_trends
 from jump_n2v.qc.files import (
     QCInputError,
@@ -71,6 +72,8 @@ SUMMARY_COLUMNS = (
     ("n_rejected", "images rejected"),
     ("export_clipped_fraction", "export: share of pixels clipped"),
     ("training_check_moved", "unlike training data: moved (change, tolerance)"),
+    ("downstream_f1_raw", "nuclei F1 raw (downstream)"),
+    ("downstream_f1_denoised", "nuclei F1 denoised (downstream)"),
     ("flags", "flags"),
 )
 
@@ -85,6 +88,7 @@ FLAG_COLUMNS = {
     "no_snr_gain": ("snr_gain_db_median",),
     "rejected_images": ("n_rejected",),
     "unlike_training_data": ("training_check_moved",),
+    "downstream_worse": ("downstream_f1_denoised",),
 }
 
 FLAG_THRESHOLDS = {
@@ -93,6 +97,7 @@ FLAG_THRESHOLDS = {
     "bias": "bias_threshold",
     "noise_leak": "noise_leak_threshold",
     "no_estimated_gain": "min_estimated_gain_db",
+    "downstream_worse": "downstream_f1_tolerance",
 }
 
 # (column, header) of the noise-model table, one row per plate and channel: QC's own fit, then the
@@ -329,6 +334,40 @@ def _channel_sections(
     return sections
 
 
+# (column of plate_scores, row header) of the downstream table, one column per source.
+DOWNSTREAM_TABLE = (
+    ("images", "images"),
+    ("true_nuclei", "true nuclei"),
+    ("found_nuclei", "nuclei found"),
+    ("count_error_relative", "count error (found / true − 1)"),
+    ("f1", "F1 at IoU 0.5"),
+    *((f"r_{name}", f"r({name.replace('_', ' ')}, clean)") for name in FEATURES),
+)
+
+
+def _downstream_sections(
+    scores: Mapping[tuple[str, str], pd.DataFrame], figures: Mapping[tuple[str, str], Path],
+    flagged: set[tuple[str, str]], report_dir: Path,
+) -> list[dict[str, Any]]:
+    """Per plate, its downstream scores with raw, denoised and clean side by side, and its outline figure
+    (embedded for ``EXAMPLE_PLATES_PER_CHANNEL`` plates, flagged first, linked for the others)."""
+    keys = sorted(scores, key=lambda key: (key not in flagged, key))
+    sections = []
+    for position, key in enumerate(keys):
+        by_source = scores[key].set_index("source")
+        table = {
+            "id": f"downstream-{key[0]}", "headers": ["", *SOURCES],
+            "rows": [[_cell(header), *(_cell(by_source.at[source, column]) for source in SOURCES)] for column, header in DOWNSTREAM_TABLE],
+        }
+        entry = {"plate": key[0], "channel": key[1], "worse": key in flagged, "table": table, "figure": None, "link": None}
+        if position < EXAMPLE_PLATES_PER_CHANNEL:
+            entry["figure"] = _webp_data_uri(_read_png(figures[key]), str(figures[key]))
+        else:
+            entry["link"] = Path(os.path.relpath(figures[key], report_dir)).as_posix()
+        sections.append(entry)
+    return sorted(sections, key=lambda entry: entry["plate"])
+
+
 def _settings_table(settings: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any] | None:
     """One row per setting, one column per channel; rows where channels differ are marked."""
     channels = sorted(settings)
@@ -381,6 +420,7 @@ def build_report(
     versions: Mapping[str, str],
     rejects_df: pd.DataFrame | None,
     out_html: str | os.PathLike,
+    downstream: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> None:
     """Write the experiment's self-contained QC report to ``out_html`` (atomically).
 
@@ -399,6 +439,8 @@ def build_report(
         rejects_df: images left out by ingest (columns plate, channel, file, problem; see
             :func:`read_rejects`), or None.
         out_html: the report path.
+        downstream: (plate, nuclei channel) -> ``{"scores": plate_scores table, "figure": downstream.png}``
+            of the plates with true nucleus labels (section 'Downstream segmentation').
     """
     required = {"plate", "channel", "n_images", "flags"} - set(summary_df.columns)
     if required:
@@ -415,6 +457,14 @@ def build_report(
     channels = _channel_sections(channel_artifacts, flagged, Path(out_html).absolute().parent)
     links = [("flags-section", "Flags"), ("summary-section", "Summary"), ("noise-model-section", "Noise model"), ("definitions", "Definitions")]
     links += [(channel["anchor"], channel["name"]) for channel in channels]
+    flags_of = {(str(record["plate"]), str(record["channel"])): _flag_list(record.get("flags")) for _, record in summary_df.iterrows()}
+    worse = {key for key in (downstream or {}) if "downstream_worse" in flags_of.get(key, [])}
+    downstream_sections = _downstream_sections(
+        {key: value["scores"] for key, value in (downstream or {}).items()},
+        {key: value["figure"] for key, value in (downstream or {}).items()}, worse, Path(out_html).absolute().parent,
+    )
+    if downstream_sections:
+        links.append(("downstream-section", "Downstream segmentation"))
     links += [("settings-section", "Settings"), ("versions-section", "Versions"), ("rejects-section", "Rejects")]
     page = _TEMPLATES.get_template("report.html.j2").render(
         title=f"jump-n2v QC report: {experiment}",
@@ -426,6 +476,7 @@ def build_report(
         noise_models=_noise_model_table(summary_df),
         flag_descriptions=list(FLAG_DESCRIPTIONS.items()),
         channels=channels,
+        downstream=downstream_sections,
         settings=_settings_table(settings),
         versions=_table(pd.DataFrame(sorted(versions.items()), columns=["software", "version"]), "versions"),
         rejects=_rejects(rejects_df),
@@ -466,6 +517,7 @@ def write_experiment_report(
     versions: Mapping[str, str] | None = None,
     export_dirs: Mapping[tuple[str, str], str | os.PathLike] | None = None,
     training_checks: Iterable[str | os.PathLike] = (),
+    downstream: Iterable[str | os.PathLike] = (),
 ) -> pd.DataFrame:
     """Summary tables and the HTML report of one experiment from the per-channel QC outputs.
 
@@ -475,7 +527,9 @@ def write_experiment_report(
     to its resolved settings sections (flag thresholds come from ``qc``). ``export_dirs`` maps
     (plate, channel) to the folder its TIFFs were exported to, whose clipping.csv gives the summary's
     export clipping columns. ``training_checks`` are the predict step's ``training_check.json`` files (each
-    names its plate and channel): a statistic that moved flags ``unlike_training_data``. ``versions``
+    names its plate and channel): a statistic that moved flags ``unlike_training_data``. ``downstream`` are
+    the downstream rule's ``downstream.csv`` files (:func:`jump_n2v.qc.downstream.run_downstream`; the
+    objects table and figure beside each): scored per plate, they may flag ``downstream_worse``. ``versions``
     defaults to :func:`software_versions`. Returns the summary table.
     """
     tables, artifacts, noise_models = [], [], {}
@@ -499,6 +553,13 @@ def write_experiment_report(
         artifacts.append(artifact)
     models = {key: load_model_info(directory) for key, directory in model_dirs.items()}
     rejects = read_rejects(rejects_csvs)
+    downstream_plates = {}
+    for path in map(Path, downstream):
+        scores = plate_scores(*read_downstream(path))
+        if scores.empty:
+            raise QCInputError(f"downstream table {path}: no rows")
+        key = (str(scores["plate"].iloc[0]), str(scores["channel"].iloc[0]))
+        downstream_plates[key] = {"scores": scores, "figure": path.parent / "downstream.png"}
     summary = summarize(
         tables,
         models=models,
@@ -507,7 +568,9 @@ def write_experiment_report(
         rejected=rejects.groupby(["plate", "channel"]).size().to_dict(),
         clipping={key: read_export_clipping(Path(folder) / "clipping.csv") for key, folder in (export_dirs or {}).items()},
         training_checks={(check["plate"], check["channel"]): check for check in map(read_training_check, training_checks)},
+        downstream={key: value["scores"] for key, value in downstream_plates.items()},
     )
     write_table(summary, summary_csv, summary_parquet)
-    build_report(experiment, summary, artifacts, settings, versions or software_versions(), rejects, out_html)
+    build_report(experiment, summary, artifacts, settings, versions or software_versions(), rejects, out_html,
+                 downstream=downstream_plates)
     return summary
