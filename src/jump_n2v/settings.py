@@ -286,6 +286,9 @@ class QCSettings(Section):
     noise_leak_threshold: float
     min_estimated_gain_db: float
     bias_threshold: float
+    control_model: bool
+    control_images: int
+    model_disagreement_threshold: float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,6 +71,11 @@ SUMMARY_COLUMNS = (
     ("n_rejected", "images rejected"),
     ("export_clipped_fraction", "export: share of pixels clipped"),
     ("training_check_moved", "unlike training data: moved (change, tolerance)"),
+    ("disagreement_mean_median", "control model: mean |main − control| / σ"),
+    ("disagreement_structure_p99_median", "control: p99 on structure (σ)"),
+    ("disagreement_background_p99_median", "control: p99 on background (σ)"),
+    ("disagreement_check_p99_median", "control: p99 judged (σ)"),
+    ("control_disjoint", "control: training images disjoint"),
     ("flags", "flags"),
 )
 
@@ -85,6 +90,7 @@ FLAG_COLUMNS = {
     "no_snr_gain": ("snr_gain_db_median",),
     "rejected_images": ("n_rejected",),
     "unlike_training_data": ("training_check_moved",),
+    "model_disagreement": ("disagreement_check_p99_median", "disagreement_structure_p99_median"),
 }
 
 FLAG_THRESHOLDS = {
@@ -93,6 +99,7 @@ FLAG_THRESHOLDS = {
     "bias": "bias_threshold",
     "noise_leak": "noise_leak_threshold",
     "no_estimated_gain": "min_estimated_gain_db",
+    "model_disagreement": "model_disagreement_threshold",
 }
 
 # (column, header) of the noise-model table, one row per plate and channel: QC's own fit, then the
@@ -289,6 +296,7 @@ CHANNEL_FIGURES = (
     ("panels_png", "panels", "raw | denoised | residual (raw − denoised) for seeded sites; raw and denoised share one contrast stretch (1–99.8 percentiles of raw), the yellow box marks the zoomed crop"),
     ("plate_map_png", "plate map", "plate map of the per-well mean of the chosen metric; grey wells have no image"),
     ("curve_png", "loss curve", "training and validation masked-pixel loss per epoch"),
+    ("disagreement_png", "control model disagreement", "main model | control model (same settings, another seed and other images) | their difference in units of the noise model's σ, clipped at ±3 σ, for QC's sample; the black outline is the structure the model_disagreement check judges"),
 )
 
 
@@ -454,6 +462,19 @@ def software_versions() -> dict[str, str]:
 METRICS_TEXT_COLUMNS = {"experiment": str, "plate": str, "channel": str, "image": str, "well": str}
 
 
+def with_disagreement(metrics: pd.DataFrame, disagreement_csv: Path) -> pd.DataFrame:
+    """The per-image metrics with the control model's disagreement columns (run_disagreement_qc's table)
+    on the images it compared, NaN on the others."""
+    try:
+        table = pd.read_csv(disagreement_csv, dtype={"image": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise QCInputError(f"cannot read the control model's disagreement table {disagreement_csv}: {error}") from error
+    unknown = set(table.get("image", [])) - set(metrics["image"])
+    if "image" not in table or unknown:
+        raise QCInputError(f"{disagreement_csv}: no image column, or images not in the plate's metrics: {sorted(unknown)[:3]}")
+    return metrics.merge(table, on="image", how="left", validate="one_to_one")
+
+
 def write_experiment_report(
     experiment: str,
     metrics_csvs: Iterable[str | os.PathLike],
@@ -491,6 +512,9 @@ def write_experiment_report(
         noise_models[(artifact["plate"], artifact["channel"])] = read_noise_model(path.parent / "noise_model.json")
         if (path.parent / "plate_map.png").exists():
             artifact["plate_map_png"] = path.parent / "plate_map.png"
+        if (path.parent / "disagreement.csv").exists():  # qc.control_model was on: the control's sample
+            tables[-1] = with_disagreement(table, path.parent / "disagreement.csv")
+            artifact["disagreement_png"] = path.parent / "disagreement.png"
         model_dir = model_dirs.get((artifact["plate"], artifact["channel"]))
         if model_dir is not None:
             # The train rule already drew this model's loss curves; plates sharing a model share it.
