@@ -175,3 +175,39 @@ def test_excluded_images_are_never_sampled_and_no_exclusion_keeps_the_old_draw()
     assert len(other.train_images + other.validation_images) == 4 and not set(used) & set(other.train_images + other.validation_images)
     with pytest.raises(ValueError, match="no images left to train on"):
         PatchSampler([images], **common, exclude=[(0, i) for i in range(10)])
+
+
+# -- the workflow ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.workflow
+def test_the_workflow_trains_predicts_measures_and_reports_the_control(tmp_path):
+    """The tiny plate, DNA only, with qc.control_model on: its 4 sites are all the main model's, so the
+    control trains on a seeded half of them and says so."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    experiment = config["experiments"]["tiny"]
+    experiment["channels"] = ["DNA"]
+    experiment["settings"]["export"] = {"export_tiff": False, "export_ome_zarr": False}
+    experiment["settings"]["qc"]["control_model"] = True
+    experiment.pop("channel_settings")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    copy_workflow(tmp_path, ["tests/data/tiny_plates.tsv"])
+    result = run_snakemake("--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+                           str(tmp_path / "config.yaml"), "--cores", "2", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    results = tmp_path / "results" / "tiny"
+    control = read_control(results / "models" / "TinyPlate" / "DNA" / "control")
+    assert control["disjoint"] is False and "seeded half of all images" in control["note"]
+    assert (results / "models" / "TinyPlate" / "DNA" / "control" / "model.pt").stat().st_size > 0
+    sample = open_channel_array(results / "TinyPlate" / "qc" / "DNA" / "control.zarr")
+    assert sample.shape == (4, 64, 64) and sorted(sample.attrs["image_ids"]) == [0, 1, 2, 3]
+    assert sample.attrs["control_disjoint"] is False
+    assert (results / "TinyPlate" / "qc" / "DNA" / "disagreement.png").stat().st_size > 0
+    summary = pd.read_csv(results / "report" / "summary.csv")
+    for column in ("disagreement_mean_median", "disagreement_structure_p99_median", "disagreement_background_p99_median",
+                   "disagreement_check_p99_median"):
+        assert np.isfinite(summary[column].iloc[0]), column
+    assert not summary["control_disjoint"].iloc[0]
+    html = (results / "report" / "report.html").read_text()
+    assert "main model | control model" in html and "TinyPlate DNA disagreement_png" in html  # the figure, embedded
+    assert "control: p99 judged" in html and "control model disagreement" in html  # the column and its definition
