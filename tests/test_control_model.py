@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TINY_CONFIG, TINY_N2V, demo_camera, demo_sites, run_snakemake, torch_pinned
+from conftest import TINY_CONFIG, demo_camera, demo_sites, run_snakemake, torch_pinned
 from jump_n2v.demo import DemoSpec, render_site
 from jump_n2v.n2v.control import CONTROL_SEED_OFFSET, control_settings, plan_control, read_control, train_control
 from jump_n2v.n2v.sampling import PatchSampler

@@ -262,7 +262,12 @@ def report_inputs(wildcards):
         # their clipping.csv: pixels the TIFF export clipped into the source dtype
         "exports": [export_dir(e, p, c) for p in plates for c in exported_channels(e)],
         # qc.control_model: the main vs control model disagreement, read beside each metrics.csv
-        "disagreements": [f"{RESULTS}/{e}/{p}/qc/{c}/disagreement.{kind}" for p in plates for c in control_channels(e) for kind in ("csv", "png")],
+        "disagreements": [
+            f"{RESULTS}/{e}/{p}/qc/{c}/disagreement.{kind}"
+            for p in plates
+            for c in control_channels(e)
+            for kind in ("csv", "png")
+        ],
     }
 
 
