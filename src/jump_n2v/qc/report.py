@@ -496,7 +496,9 @@ def write_experiment_report(
     to its resolved settings sections (flag thresholds come from ``qc``). ``export_dirs`` maps
     (plate, channel) to the folder its TIFFs were exported to, whose clipping.csv gives the summary's
     export clipping columns. ``training_checks`` are the predict step's ``training_check.json`` files (each
-    names its plate and channel): a statistic that moved flags ``unlike_training_data``. ``versions``
+    names its plate and channel): a statistic that moved flags ``unlike_training_data``. A
+    disagreement.csv beside a metrics.csv (qc.control_model: :func:`jump_n2v.qc.run_disagreement_qc`) adds
+    its columns to the images it compared and its disagreement.png to the channel's figures. ``versions``
     defaults to :func:`software_versions`. Returns the summary table.
     """
     tables, artifacts, noise_models = [], [], {}

@@ -266,7 +266,8 @@ def summarize(
     EXPORT_CLIPPING_COLUMNS. ``training_checks`` maps (plate, channel) to the predict step's comparison
     with the training data (:func:`read_training_check`): TRAINING_CHECK_COLUMNS, and an
     ``unlike_training_data`` flag when a statistic moved. Reference-metric columns appear only when some
-    table has them.
+    table has them; so do the control model's DISAGREEMENT_METRICS (medians over the images it compared,
+    :mod:`jump_n2v.qc.disagreement`), with ``control_disjoint`` and the ``model_disagreement`` flag.
     """
     combined = pd.concat(list(tables), ignore_index=True)
     if combined.empty:
