@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jump_n2v.model_record import ModelRecord
-from jump_n2v.n2v.training import N2VSettings, _open_arrays, train_channel
+from jump_n2v.n2v.training import N2VSettings, open_arrays, train_channel
 from jump_n2v.plumbing.atomic import write_text_atomic
 
 # The control's seed is the main model's plus this (recorded in control.json): another draw of
@@ -86,7 +86,7 @@ def train_control(
     """Train the control model of ``main_model_json`` into ``control_dir`` (model.pt, model.json, training
     log and curve, like any model) and write ``control.json`` (seed, offset, disjoint, note); return it."""
     log = log or logging.getLogger(__name__)
-    opened, _ = _open_arrays(arrays)  # for the image counts; training opens them itself
+    opened, _ = open_arrays(arrays)  # for the image counts; training opens them itself
     record = ModelRecord.read(main_model_json)
     plan = plan_control(main_model_images(record, str(main_model_json)), [a.shape[0] for a in opened], settings.seed)
     log.info("control model: %s", plan.note)

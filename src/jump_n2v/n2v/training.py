@@ -213,7 +213,7 @@ class _TrainingRun:
     ) -> "_TrainingRun":
         """Open the data, pick device and precision, seed, then build sampler, blind spot, net and
         optimiser, in this order (the global RNG state the net starts from depends on it)."""
-        arrays, names = _open_arrays(arrays)
+        arrays, names = open_arrays(arrays)
         excluded = sorted([int(a), int(i)] for a, i in exclude_images)
         identity = data_identity(arrays, names) + ([{"excluded_images": excluded}] if excluded else [])
         fingerprint = run_fingerprint(settings.to_dict(), identity)
@@ -439,7 +439,7 @@ class _TrainingRun:
 # -- setting up: data, device, sampler, noise model and blind spot, net, optimiser, validation -----
 
 
-def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
+def open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
     """The arrays (paths opened as Zarr arrays) and the names model.json records for them."""
     from jump_n2v.plumbing.ngff import open_channel_array
 
