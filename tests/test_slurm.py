@@ -25,7 +25,7 @@ PROFILE = REPO / "slurm" / "config.yaml"
 WORKFLOW_PROFILE = REPO / "profiles" / "default" / "config.yaml"
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 CLUSTER_STATE = Path(os.environ.get("JUMP_N2V_SLURM_STATE", "/tmp/jump-n2v-slurm"))
-GPU_RULES = {"train", "predict"}
+GPU_RULES = {"train", "predict", "train_control", "predict_control"}
 # What the tiny plate runs through SLURM: every rule of the workflow that does work; the cheap
 # bookkeeping rules (localrules) run on the submit host.
 EXPECTED_SLURM_RULES = {"split_raw", "split_ground_truth", "train", "predict", "qc", "downstream"}

@@ -288,6 +288,9 @@ class QCSettings(Section):
     bias_threshold: float
     downstream_f1_tolerance: float
     downstream_correlation_tolerance: float
+    control_model: bool
+    control_images: int
+    model_disagreement_threshold: float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -287,7 +287,23 @@ def report_inputs(wildcards):
         "exports": [export_dir(e, p, c) for p in plates for c in exported_channels(e)],
         # the downstream segmentation of plates with true nucleus labels
         "downstream": [f"{RESULTS}/{e}/{p}/qc/downstream.csv" for p in plates if has_nucleus_labels(e, p)],
+        # qc.control_model: the main vs control model disagreement, read beside each metrics.csv
+        "disagreements": [
+            f"{RESULTS}/{e}/{p}/qc/{c}/disagreement.{kind}"
+            for p in plates
+            for c in control_channels(e)
+            for kind in ("csv", "png")
+        ],
     }
+
+
+def control_channels(experiment):
+    """Channels that get a control model and the disagreement check (qc.control_model)."""
+    return [
+        c
+        for c in experiment_cfg(experiment)["channels"]
+        if channel_settings(config, experiment, c)["qc"]["control_model"]
+    ]
 
 
 def export_dir(experiment, plate, channel):

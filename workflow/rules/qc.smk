@@ -63,3 +63,30 @@ rule downstream:
         crop_size=lambda w: nuclei_channel_settings(w.experiment, "qc")["crop_size"],
     script:
         "../scripts/downstream.py"
+
+
+rule qc_disagreement:
+    """With qc.control_model: how far the main and the control model's outputs disagree, in noise sigmas."""
+    input:
+        denoised=f"{RESULTS}/{{experiment}}/{{plate}}/denoised/{{channel}}.zarr",
+        control=f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/control.zarr",
+        noise_model=f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/noise_model.json",
+        index=f"{RESULTS}/{{experiment}}/{{plate}}/index.csv",
+    output:
+        table=f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/disagreement.csv",
+        figure=report(
+            f"{RESULTS}/{{experiment}}/{{plate}}/qc/{{channel}}/disagreement.png",
+            caption="../report/disagreement.rst",
+            category="{experiment}",
+            subcategory="{plate}",
+            labels={"channel": "{channel}", "figure": "main | control | disagreement"},
+        ),
+    log:
+        f"{RESULTS}/{{experiment}}/logs/qc_disagreement/{{plate}}/{{channel}}.log",
+    conda:
+        "../../envs/qc.yaml"
+    resources:
+        mem_mb=grows_with_attempt(4000),
+        runtime=grows_with_attempt(30),
+    script:
+        "../scripts/qc_disagreement.py"

@@ -25,7 +25,7 @@ import concurrent.futures
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -143,7 +143,8 @@ class PatchSampler:
     another plate's choice); of all chosen images, ``validation_fraction`` (at least one, when there are
     two or more) are held out, and ``validation_patches`` fixed patches are drawn from them once.
     Patches come out normalised with the training images' median and scaled MAD (:class:`Normalization`),
-    shaped (B, 1, P, P) float32.
+    shaped (B, 1, P, P) float32. ``exclude`` lists (array index, image) pairs never chosen (a control
+    model trains on images its main model did not see, :mod:`jump_n2v.n2v.control`).
     """
 
     def __init__(
@@ -159,6 +160,7 @@ class PatchSampler:
         names: Sequence[str] | None = None,
         read_workers: int = 4,
         memory_mb: float = 4096,
+        exclude: Collection[tuple[int, int]] = (),
     ) -> None:
         if not arrays:
             raise ValueError("no arrays to sample training patches from")
@@ -175,12 +177,7 @@ class PatchSampler:
         self.heights = np.array([a.shape[1] for a in self.arrays], dtype=np.int64)
         self.widths = np.array([a.shape[2] for a in self.arrays], dtype=np.int64)
 
-        chosen = []
-        for index, array in enumerate(self.arrays):
-            rng = np.random.default_rng([seed, _SELECTION_STREAM, index])
-            count = min(train_images, array.shape[0])
-            picked = np.sort(rng.choice(array.shape[0], size=count, replace=False))
-            chosen.extend((index, int(image)) for image in picked)
+        chosen = self._choose_images(train_images, seed, exclude)
         held_out = 0
         if len(chosen) >= 2:
             held_out = min(len(chosen) - 1, max(1, round(validation_fraction * len(chosen))))
@@ -213,6 +210,30 @@ class PatchSampler:
             validation_patches, augment=False,
         )
         self.validation = self.read_patches(validation_plan)
+
+    def _choose_images(
+        self, train_images: int, seed: int, exclude: Collection[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """At most ``train_images`` seeded images per array, none of the (array, image) pairs in ``exclude``.
+
+        Without exclusions the draw is the one every model has always been trained on (bit-identical);
+        with them each array draws from its remaining images, from the same stream."""
+        chosen = []
+        for index, array in enumerate(self.arrays):
+            rng = np.random.default_rng([seed, _SELECTION_STREAM, index])
+            excluded = sorted({int(image) for a, image in exclude if int(a) == index})
+            if not excluded:
+                count = min(train_images, array.shape[0])
+                picked = np.sort(rng.choice(array.shape[0], size=count, replace=False))
+            else:
+                candidates = np.setdiff1d(np.arange(array.shape[0]), excluded)
+                picked = np.sort(rng.choice(candidates, size=min(train_images, len(candidates)), replace=False))
+            chosen.extend((index, int(image)) for image in picked)
+        if not chosen:
+            raise ValueError(
+                f"{', '.join(self.names)}: no images left to train on once the {len(exclude)} excluded image(s) are left out"
+            )
+        return chosen
 
     def _hold_images(self, chosen: Sequence[tuple[int, int]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Decode every chosen image once (one Zarr read per image, chunks decoded in parallel)."""

@@ -128,8 +128,13 @@ def train_channel(
     model_dir: str | Path,
     *,
     log: logging.Logger | None = None,
+    exclude_images: Sequence[tuple[int, int]] = (),
 ) -> dict:
     """Train an N2V model on the images of ``arrays`` (Zarr arrays or paths of Zarr arrays).
+
+    ``exclude_images`` lists (array index, image) pairs the sampler never picks (a control model's
+    images disjoint from its main model's, :mod:`jump_n2v.n2v.control`); model.json's ``data`` then
+    records them as ``excluded_images``. Without it the run is exactly the one it always was.
 
     Writes model.pt, model.json, training_log.csv and training_curve.png into ``model_dir`` and
     returns the model.json content (:meth:`ModelRecord.to_dict`). Resumes from ``model_dir/checkpoint.pt`` when it was written for
@@ -138,7 +143,7 @@ def train_channel(
     log = log or logger
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    run = _TrainingRun.setup(arrays, settings, model_dir / CHECKPOINT_NAME, log)
+    run = _TrainingRun.setup(arrays, settings, model_dir / CHECKPOINT_NAME, log, exclude_images)
     run.resume()
     while not run.finished:
         run.fit_epoch()
@@ -199,18 +204,22 @@ class _TrainingRun:
     progress: _RunState
     best_weights: dict[str, torch.Tensor]
     resumed_from: int | None = None
+    excluded_images: list[list[int]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def setup(
-        cls, arrays: Sequence[Any], settings: N2VSettings, checkpoint_path: Path, log: logging.Logger
+        cls, arrays: Sequence[Any], settings: N2VSettings, checkpoint_path: Path, log: logging.Logger,
+        exclude_images: Sequence[tuple[int, int]] = (),
     ) -> "_TrainingRun":
         """Open the data, pick device and precision, seed, then build sampler, blind spot, net and
         optimiser, in this order (the global RNG state the net starts from depends on it)."""
-        arrays, names = _open_arrays(arrays)
-        fingerprint = run_fingerprint(settings.to_dict(), data_identity(arrays, names))
+        arrays, names = open_arrays(arrays)
+        excluded = sorted([int(a), int(i)] for a, i in exclude_images)
+        identity = data_identity(arrays, names) + ([{"excluded_images": excluded}] if excluded else [])
+        fingerprint = run_fingerprint(settings.to_dict(), identity)
         device, autocast_dtype = _select_device(settings, log)
         seed_everything(settings.seed)
-        sampler = _setup_sampler(arrays, names, settings, device, autocast_dtype, log)
+        sampler = _setup_sampler(arrays, names, settings, device, autocast_dtype, log, excluded)
         noise_sample = _noise_sample(sampler)
         noise_model, region, blind_spot = _setup_blind_spot(noise_sample, settings, log)
         quantiles = normalised_quantiles(noise_sample, sampler.normalization.mean, sampler.normalization.std)
@@ -228,7 +237,7 @@ class _TrainingRun:
             blind_spot=blind_spot, data_quantiles=quantiles, data_images=data_images,
             architecture=architecture, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             masking=masking, validation=_setup_validation(sampler, settings, device, masking),
-            progress=_RunState(), best_weights=cpu_state(net),
+            progress=_RunState(), best_weights=cpu_state(net), excluded_images=excluded,
         )
 
     def resume(self) -> None:
@@ -406,6 +415,7 @@ class _TrainingRun:
                 "arrays": self.names,
                 "train_images": [list(image) for image in sampler.train_images],
                 "validation_images": [list(image) for image in sampler.validation_images],
+                **({"excluded_images": self.excluded_images} if self.excluded_images else {}),
             },
             seed=settings.seed,
             versions=versions(),
@@ -429,7 +439,7 @@ class _TrainingRun:
 # -- setting up: data, device, sampler, noise model and blind spot, net, optimiser, validation -----
 
 
-def _open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
+def open_arrays(arrays: Sequence[Any]) -> tuple[list[Any], list[str]]:
     """The arrays (paths opened as Zarr arrays) and the names model.json records for them."""
     from jump_n2v.plumbing.ngff import open_channel_array
 
@@ -459,7 +469,7 @@ def _select_device(settings: N2VSettings, log: logging.Logger) -> tuple[torch.de
 
 def _setup_sampler(
     arrays: Sequence[Any], names: Sequence[str], settings: N2VSettings, device: torch.device,
-    autocast_dtype: torch.dtype | None, log: logging.Logger,
+    autocast_dtype: torch.dtype | None, log: logging.Logger, exclude: Sequence[tuple[int, int]] = (),
 ) -> PatchSampler:
     """The patch sampler over the arrays' images, logging what it holds and how it split them."""
     sampler = PatchSampler(
@@ -472,6 +482,7 @@ def _setup_sampler(
         seed=settings.seed,
         names=names,
         memory_mb=settings.loader_memory_mb,
+        exclude=[tuple(image) for image in exclude],
     )
     norm = sampler.normalization
     log.info(

@@ -21,7 +21,8 @@ import pandas as pd
 
 from jump_n2v.qc.channel import channel_metrics, channel_noise_model
 from jump_n2v.settings import QCSettings
-from jump_n2v.qc.figures import channel_panels, plate_map
+from jump_n2v.qc.disagreement import channel_disagreement
+from jump_n2v.qc.figures import channel_panels, disagreement_panels, plate_map
 from jump_n2v.qc.files import QCInputError, load_model_info, read_noise_model, write_noise_model, write_table
 from jump_n2v.qc.measures import image_metrics, noise_sigma, psnr_db, reference_data_range, ssim
 from jump_n2v.qc.summary import FLAG_DESCRIPTIONS, summarize
@@ -33,7 +34,9 @@ __all__ = [
     "build_report",
     "channel_metrics",
     "channel_noise_model",
+    "channel_disagreement",
     "channel_panels",
+    "disagreement_panels",
     "image_metrics",
     "load_model_info",
     "noise_sigma",
@@ -43,6 +46,7 @@ __all__ = [
     "read_noise_model",
     "reference_data_range",
     "run_channel_qc",
+    "run_disagreement_qc",
     "software_versions",
     "ssim",
     "summarize",
@@ -53,6 +57,8 @@ __all__ = [
 
 # Files run_channel_qc always writes into its output folder (the loss curve is training's own).
 CHANNEL_QC_FILES = ("metrics.csv", "metrics.parquet", "noise_model.json", "panels.png", "plate_map.png")
+# Files run_disagreement_qc writes beside them when qc.control_model is on.
+DISAGREEMENT_QC_FILES = ("disagreement.csv", "disagreement.png")
 
 
 def run_channel_qc(
@@ -76,4 +82,22 @@ def run_channel_qc(
     plate, channel = table["plate"].iloc[0], table["channel"].iloc[0]
     if index is not None:
         plate_map(table, qc.plate_map_metric, out_dir / "plate_map.png", title=f"{plate} {channel}: {qc.plate_map_metric}")
+    return table
+
+
+def run_disagreement_qc(
+    denoised: str | os.PathLike,
+    control: str | os.PathLike,
+    noise_model_json: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    index: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """The main vs control model disagreement of one (plate, channel) into ``out_dir``: disagreement.csv
+    (one row per image the control denoised, :func:`channel_disagreement`, in units of the noise model
+    run_channel_qc fitted, ``noise_model_json``) and disagreement.png. Returns the table."""
+    out_dir = Path(out_dir)
+    noise_model = read_noise_model(noise_model_json)
+    table = channel_disagreement(denoised, control, noise_model)
+    write_table(table, out_dir / "disagreement.csv")
+    disagreement_panels(denoised, control, noise_model, out_dir / "disagreement.png", index=index)
     return table

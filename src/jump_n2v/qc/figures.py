@@ -21,8 +21,11 @@ from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from jump_n2v.plumbing.atomic import atomic_output  # noqa: E402
+from jump_n2v.plumbing.rows import choose_rows  # noqa: E402  (also QC's own sample, re-exported)
 from jump_n2v.qc.channel import array_image_ids, open_zarr, well_site_by_image  # noqa: E402
+from jump_n2v.qc.disagreement import disagreement_map, matched_rows, structure_mask  # noqa: E402
 from jump_n2v.qc.files import QCInputError  # noqa: E402
+from jump_n2v.noise import NoiseModel  # noqa: E402
 from jump_n2v.plumbing.wells import parse_well, row_label  # noqa: E402
 
 DPI = 100
@@ -42,14 +45,6 @@ def _save(figure: plt.Figure, out_png: str | os.PathLike) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # raw | denoised | residual panels
-
-
-def choose_rows(n_images: int, count: int, seed: int) -> list[int]:
-    """``count`` distinct array rows out of ``n_images``, seeded, in ascending order."""
-    if n_images < 1:
-        raise ValueError("there are no images to choose from")
-    rng = np.random.default_rng(seed)
-    return sorted(int(row) for row in rng.choice(n_images, size=min(count, n_images), replace=False))
 
 
 def _busiest_crop(image: np.ndarray, size: int) -> tuple[int, int, int]:
@@ -128,6 +123,50 @@ def channel_panels(
                     ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="yellow", lw=0.8))
     _save(figure, out_png)
     return [image_ids[row] for row in rows]
+
+
+# --------------------------------------------------------------------------------------------------
+# main | control | disagreement (qc.control_model)
+
+DISAGREEMENT_LIMIT = 3.0  # noise sigmas at the ends of the disagreement map's colour scale
+
+
+def disagreement_panels(
+    denoised: zarr.Array | str | os.PathLike,
+    control: zarr.Array | str | os.PathLike,
+    noise_model: NoiseModel,
+    out_png: str | os.PathLike,
+    index: pd.DataFrame | str | os.PathLike | None = None,
+) -> list[str]:
+    """Main output | control output | (main - control) / sigma for every image the control denoised;
+    both outputs share one contrast stretch, the map is clipped at +-DISAGREEMENT_LIMIT sigma and the
+    structure the check judges is outlined. Returns the image ids shown."""
+    denoised, control, pairs = matched_rows(denoised, control)
+    index_table = well_site_by_image(index)
+    width, height = panel_figure_size(len(pairs))
+    figure, axes = plt.subplots(len(pairs), 3, figsize=(width / DPI, height / 2 / DPI), squeeze=False, layout="constrained")
+    plate, channel = denoised.attrs.get("plate", ""), denoised.attrs.get("channel", "")
+    for axes_row, (image, main_row, control_row) in zip(axes, pairs):
+        main_image = np.asarray(denoised[main_row], dtype=np.float64)
+        control_image = np.asarray(control[control_row], dtype=np.float64)
+        low, high = np.percentile(main_image, CONTRAST_PERCENTILES)
+        high = high if high > low else low + 1.0
+        where = (f"{plate} {index_table.at[image, 'well']} site {index_table.at[image, 'site']}"
+                 if index_table is not None and image in index_table.index else f"{plate} {image}")
+        panels = (
+            ("main model", main_image, dict(cmap="gray", vmin=low, vmax=high)),
+            ("control model", control_image, dict(cmap="gray", vmin=low, vmax=high)),
+            ("(main - control) / noise sigma", disagreement_map(main_image, control_image, noise_model),
+             dict(cmap="RdBu_r", vmin=-DISAGREEMENT_LIMIT, vmax=DISAGREEMENT_LIMIT)),
+        )
+        for ax, (name, data, style) in zip(axes_row, panels):
+            shown = ax.imshow(data, interpolation="nearest", **style)
+            ax.set_title(f"{where} {channel}\n{name}", fontsize=8)
+            ax.set_axis_off()
+        axes_row[2].contour(structure_mask((main_image + control_image) / 2, noise_model), levels=[0.5], colors="black", linewidths=0.4)
+        figure.colorbar(shown, ax=axes_row[2], shrink=0.8)
+    _save(figure, out_png)
+    return [image for image, _, _ in pairs]
 
 
 # --------------------------------------------------------------------------------------------------

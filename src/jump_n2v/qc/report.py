@@ -74,6 +74,11 @@ SUMMARY_COLUMNS = (
     ("training_check_moved", "unlike training data: moved (change, tolerance)"),
     ("downstream_f1_raw", "nuclei F1 raw (downstream)"),
     ("downstream_f1_denoised", "nuclei F1 denoised (downstream)"),
+    ("disagreement_mean_median", "control model: mean |main − control| / σ"),
+    ("disagreement_structure_p99_median", "control: p99 on structure (σ)"),
+    ("disagreement_background_p99_median", "control: p99 on background (σ)"),
+    ("disagreement_check_p99_median", "control: p99 judged (σ)"),
+    ("control_disjoint", "control: training images disjoint"),
     ("flags", "flags"),
 )
 
@@ -89,6 +94,7 @@ FLAG_COLUMNS = {
     "rejected_images": ("n_rejected",),
     "unlike_training_data": ("training_check_moved",),
     "downstream_worse": ("downstream_f1_denoised",),
+    "model_disagreement": ("disagreement_check_p99_median", "disagreement_structure_p99_median"),
 }
 
 FLAG_THRESHOLDS = {
@@ -98,6 +104,7 @@ FLAG_THRESHOLDS = {
     "noise_leak": "noise_leak_threshold",
     "no_estimated_gain": "min_estimated_gain_db",
     "downstream_worse": "downstream_f1_tolerance",
+    "model_disagreement": "model_disagreement_threshold",
 }
 
 # (column, header) of the noise-model table, one row per plate and channel: QC's own fit, then the
@@ -294,6 +301,7 @@ CHANNEL_FIGURES = (
     ("panels_png", "panels", "raw | denoised | residual (raw − denoised) for seeded sites; raw and denoised share one contrast stretch (1–99.8 percentiles of raw), the yellow box marks the zoomed crop"),
     ("plate_map_png", "plate map", "plate map of the per-well mean of the chosen metric; grey wells have no image"),
     ("curve_png", "loss curve", "training and validation masked-pixel loss per epoch"),
+    ("disagreement_png", "control model disagreement", "main model | control model (same settings, another seed and other images) | their difference in units of the noise model's σ, clipped at ±3 σ, for QC's sample; the black outline is the structure the model_disagreement check judges"),
 )
 
 
@@ -505,6 +513,19 @@ def software_versions() -> dict[str, str]:
 METRICS_TEXT_COLUMNS = {"experiment": str, "plate": str, "channel": str, "image": str, "well": str}
 
 
+def with_disagreement(metrics: pd.DataFrame, disagreement_csv: Path) -> pd.DataFrame:
+    """The per-image metrics with the control model's disagreement columns (run_disagreement_qc's table)
+    on the images it compared, NaN on the others."""
+    try:
+        table = pd.read_csv(disagreement_csv, dtype={"image": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise QCInputError(f"cannot read the control model's disagreement table {disagreement_csv}: {error}") from error
+    unknown = set(table.get("image", [])) - set(metrics["image"])
+    if "image" not in table or unknown:
+        raise QCInputError(f"{disagreement_csv}: no image column, or images not in the plate's metrics: {sorted(unknown)[:3]}")
+    return metrics.merge(table, on="image", how="left", validate="one_to_one")
+
+
 def write_experiment_report(
     experiment: str,
     metrics_csvs: Iterable[str | os.PathLike],
@@ -529,7 +550,9 @@ def write_experiment_report(
     export clipping columns. ``training_checks`` are the predict step's ``training_check.json`` files (each
     names its plate and channel): a statistic that moved flags ``unlike_training_data``. ``downstream`` are
     the downstream rule's ``downstream.csv`` files (:func:`jump_n2v.qc.downstream.run_downstream`; the
-    objects table and figure beside each): scored per plate, they may flag ``downstream_worse``. ``versions``
+    objects table and figure beside each): scored per plate, they may flag ``downstream_worse``. A
+    disagreement.csv beside a metrics.csv (qc.control_model: :func:`jump_n2v.qc.run_disagreement_qc`) adds
+    its columns to the images it compared and its disagreement.png to the channel's figures. ``versions``
     defaults to :func:`software_versions`. Returns the summary table.
     """
     tables, artifacts, noise_models = [], [], {}
@@ -545,6 +568,9 @@ def write_experiment_report(
         noise_models[(artifact["plate"], artifact["channel"])] = read_noise_model(path.parent / "noise_model.json")
         if (path.parent / "plate_map.png").exists():
             artifact["plate_map_png"] = path.parent / "plate_map.png"
+        if (path.parent / "disagreement.csv").exists():  # qc.control_model was on: the control's sample
+            tables[-1] = with_disagreement(table, path.parent / "disagreement.csv")
+            artifact["disagreement_png"] = path.parent / "disagreement.png"
         model_dir = model_dirs.get((artifact["plate"], artifact["channel"]))
         if model_dir is not None:
             # The train rule already drew this model's loss curves; plates sharing a model share it.

@@ -10,6 +10,7 @@ import pandas as pd
 
 from jump_n2v.noise import NoiseModel
 from jump_n2v.qc.downstream import downstream_worse
+from jump_n2v.qc.disagreement import DISAGREEMENT_METRICS
 from jump_n2v.qc.files import ModelInfo, QCInputError
 from jump_n2v.settings import QCSettings
 from jump_n2v.qc.measures import INTENSITY_SHIFT_METRICS, NO_REFERENCE_METRICS, NOISE_MODEL_METRICS, REFERENCE_METRICS
@@ -69,6 +70,15 @@ FLAG_DESCRIPTIONS = {
     "area, GLCM contrast) with its value on the clean image more than qc.downstream_correlation_tolerance "
     "below raw's (see 'Downstream segmentation'). Denoising cost the analysis it is meant to help, e.g. by "
     "blurring nuclei together or erasing their texture.",
+    "model_disagreement": "a control model, trained like the channel's model (same n2v settings, seed + 1000, "
+    "other images: see control_disjoint) denoised QC's sample of the plate (qc.control_images), and the two outputs "
+    "disagree on structure by more than qc.model_disagreement_threshold noise sigmas: the median over the images "
+    "of the 99th percentile of |main - control| / sigma(signal) on structure (pixels more than 3 sigma above "
+    "the image's 10th-percentile level; the whole image where under 1 % is structure) exceeds it. What the "
+    "denoised image shows there depends on the training draw, not only on the data: an under-trained or "
+    "unstable model. On the synthetic plates two well-trained models read 0.9-1.3 and under-trained controls "
+    "2.4 and above (docs/qc.md 'Control model'). With control_disjoint false the plate had too few images "
+    "for disjoint training sets and the two models share some.",
     "rejected_images": "ingest left images of this channel out (on_bad_image: skip): unreadable, or their "
     "shape or dtype differs from the plate's majority; the Rejects section lists each file and why.",
 }
@@ -108,6 +118,8 @@ def _flags(row: Mapping[str, Any], qc: QCSettings) -> list[str]:
     estimated_gain = row.get("estimated_gain_db_median", math.nan)
     if not pd.isna(estimated_gain) and not estimated_gain > qc.min_estimated_gain_db:
         flags.append("no_estimated_gain")
+    if _above(row.get("disagreement_check_p99_median", math.nan), qc.model_disagreement_threshold):
+        flags.append("model_disagreement")
     return flags
 
 
@@ -157,6 +169,13 @@ def metric_columns(group: pd.DataFrame, metrics: Iterable[str]) -> dict[str, Any
     if row.get("n_images_estimated_gain_bound"):
         row["estimated_gain_note"] = estimated_gain_note(row["n_images_estimated_gain_bound"], len(group))
     return row
+
+
+def control_disjoint(values: pd.Series) -> Any:
+    """Whether the control model's training images were disjoint from the main model's (one value per
+    plate channel, as the control store recorded it); None where no image was compared."""
+    recorded = values.dropna()
+    return None if recorded.empty else bool(recorded.astype(str).str.lower().eq("true").all())
 
 
 def training_summary_columns(info: ModelInfo | None) -> dict[str, Any]:
@@ -268,12 +287,14 @@ def summarize(
     ``unlike_training_data`` flag when a statistic moved. ``downstream`` maps (plate, nuclei channel) to
     the plate's :func:`jump_n2v.qc.downstream.plate_scores`: DOWNSTREAM_COLUMNS, and a ``downstream_worse``
     flag (:func:`jump_n2v.qc.downstream.downstream_worse`). Reference-metric columns appear only when some
-    table has them.
+    table has them; so do the control model's DISAGREEMENT_METRICS (medians over the images it compared,
+    :mod:`jump_n2v.qc.disagreement`), with ``control_disjoint`` and the ``model_disagreement`` flag.
     """
     combined = pd.concat(list(tables), ignore_index=True)
     if combined.empty:
         raise QCInputError("summarize: no per-image metrics to summarise")
-    metrics = [name for name in NO_REFERENCE_METRICS + NOISE_MODEL_METRICS + REFERENCE_METRICS if name in combined.columns]
+    measured = NO_REFERENCE_METRICS + NOISE_MODEL_METRICS + REFERENCE_METRICS + DISAGREEMENT_METRICS
+    metrics = [name for name in measured if name in combined.columns]
     models = models or {}
     noise_models = noise_models or {}
     qc_settings = qc_settings or {}
@@ -283,6 +304,8 @@ def summarize(
         info = models.get((plate, channel))
         qc = QCSettings.from_dict(qc_settings.get(channel))
         row.update(training_summary_columns(info))
+        if "control_disjoint" in group:
+            row["control_disjoint"] = control_disjoint(group["control_disjoint"])
         noise_model = noise_models.get((plate, channel))
         row.update(noise_model_columns(noise_model))
         # How many raw images QC fitted its noise model to (run_channel_qc: a seeded sample of qc.noise_model_images).
