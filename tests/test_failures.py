@@ -46,7 +46,7 @@ RULE_DEFAULTS = {
     "demo_plate": (1, 2000, 15), "plate_index": (1, 2000, 15), "split_raw": (2, 8000, 120),
     "split_ground_truth": (2, 8000, 120), "train": (4, 32000, 720), "predict": (4, 16000, 240),
     "export_tiff": (2, 4000, 120), "export_load_data": (1, 2000, 15), "qc": (2, 8000, 60), "report": (1, 4000, 30),
-    "export_ome_zarr": (1, 4000, 120), "downstream": (1, 4000, 30),
+    "export_ome_zarr": (1, 4000, 120), "downstream": (1, 4000, 30), "plate_noise_models": (1, 8000, 60),
 }
 
 

@@ -109,6 +109,15 @@ def channel_chain(plate, channel, group=None):
 REPORT = job("report", experiment=EXPERIMENT)
 
 
+def plate_qc(plate):
+    """The plate's noise models (one pixel mixing measured across its channels' raw arrays) and so the QC
+    of every channel: what a changed raw array of any channel reruns beyond its own chain. QC is cheap;
+    training and prediction of the other channels must not rerun."""
+    return {job("plate_noise_models", experiment=EXPERIMENT, plate=plate)} | {
+        job("qc", experiment=EXPERIMENT, plate=plate, channel=channel) for channel in CHANNELS
+    }
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A copy of the workflow that has run the tiny LoadData plate to the end."""
@@ -164,7 +173,7 @@ def test_adding_a_plate_runs_only_that_plates_jobs_and_the_report(finished_run):
     sheet = write_plate_sheet(finished_run / "add_plate.tsv", [sheet_row(name, plates.relative_to(finished_run) / f"{name}.csv")
                                                                 for name in ("P1", "P2")])
     variant = write_variant(finished_run, "add_plate", {}, sheet=sheet.name)
-    expected = {job("plate_index", experiment=EXPERIMENT, plate="P2"), REPORT}
+    expected = {job("plate_index", experiment=EXPERIMENT, plate="P2"), job("plate_noise_models", experiment=EXPERIMENT, plate="P2"), REPORT}
     for channel in CHANNELS:
         expected.add(job("split_raw", experiment=EXPERIMENT, plate="P2", channel=channel))
         expected |= channel_chain("P2", channel)
@@ -179,7 +188,7 @@ def test_rewriting_one_channel_image_reruns_only_that_channels_split_and_downstr
         # checksums of small inputs), so a bare touch would rightly plan nothing.
         tifffile.imwrite(image, np.random.default_rng(99).poisson(300, size=(64, 64)).astype(np.uint16))
         expected = {job("split_raw", experiment=EXPERIMENT, plate="P1", channel="DNA")}
-        assert planned_jobs(finished_run) == expected | channel_chain("P1", "DNA") | {REPORT}
+        assert planned_jobs(finished_run) == expected | channel_chain("P1", "DNA") | plate_qc("P1") | {REPORT}
     finally:
         image.write_bytes(original)
         os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))

@@ -28,7 +28,7 @@ CLUSTER_STATE = Path(os.environ.get("JUMP_N2V_SLURM_STATE", "/tmp/jump-n2v-slurm
 GPU_RULES = {"train", "predict", "train_control", "predict_control"}
 # What the tiny plate runs through SLURM: every rule of the workflow that does work; the cheap
 # bookkeeping rules (localrules) run on the submit host.
-EXPECTED_SLURM_RULES = {"split_raw", "split_ground_truth", "train", "predict", "qc", "downstream"}
+EXPECTED_SLURM_RULES = {"split_raw", "split_ground_truth", "train", "predict", "plate_noise_models", "qc", "downstream"}
 LOCAL_RULES = {"plate_index", "export_load_data", "planning_problem"}
 # Copied into the temporary working copy the cluster run uses.
 WORKFLOW_PATHS = ["Snakefile", "workflow", "src", "envs", "config", "slurm", "profiles"]

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from jump_n2v.plumbing.ngff import open_channel_array
+from jump_n2v.qc import read_noise_model, read_site_noise_models
 
 from conftest import TINY_CONFIG, TINY_PLATES, run_snakemake
 from workflow_copy import REPO, copy_workflow
@@ -146,10 +147,10 @@ def test_downstream_rule_scores_the_demo_plates_nuclei_and_the_report_shows_them
 
 def test_every_rule_wrote_its_log_and_heavy_rules_their_benchmark(tiny_run):
     logs = tiny_run / "logs"
-    for rule in ("demo_plate", "plate_index", "split_raw", "split_ground_truth", "train", "predict", "qc", "downstream"):
+    for rule in ("demo_plate", "plate_index", "split_raw", "split_ground_truth", "train", "predict", "plate_noise_models", "qc", "downstream"):
         assert any(p.is_file() for p in (logs / rule).rglob("*.log")), rule
     assert (logs / "report.log").is_file()
-    for rule in ("split_raw", "train", "predict", "qc", "downstream"):
+    for rule in ("split_raw", "train", "predict", "plate_noise_models", "qc", "downstream"):
         assert list((tiny_run / "benchmarks" / rule).rglob("*.tsv")), rule
 
 
@@ -190,3 +191,12 @@ def test_demo_config_denoises_every_channel_above_raw_psnr(tmp_path):
     assert sorted(summary["channel"]) == sorted(["DNA", "ER", "RNA", "AGP", "Mito"])
     gains = dict(zip(summary["channel"], summary["psnr_denoised_db_mean"] - summary["psnr_raw_db_mean"]))
     assert all(gain > 0 for gain in gains.values()), gains
+
+
+def test_each_channels_qc_noise_model_is_the_plates_fit_with_one_mixing(tiny_run):
+    site = read_site_noise_models(tiny_run / "TinyPlate" / "qc" / "noise_models.json")
+    channels = sorted(p.parent.name for p in (tiny_run / "TinyPlate" / "qc").glob("*/noise_model.json"))
+    assert channels and sorted(site.models) == channels
+    for channel in channels:
+        written = read_noise_model(tiny_run / "TinyPlate" / "qc" / channel / "noise_model.json")
+        assert written == site.models[channel], channel

@@ -700,6 +700,29 @@ class SiteNoiseModels:
     agree: bool
     notes: tuple[str, ...]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mixing": [list(row) for row in self.mixing] if self.mixing is not None else None,
+            "mixing_channels": list(self.mixing_channels),
+            "agree": bool(self.agree),
+            "notes": list(self.notes),
+            "models": {name: model.to_dict() for name, model in self.models.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "SiteNoiseModels":
+        missing = {"mixing", "mixing_channels", "agree", "notes", "models"} - set(values)
+        if missing:
+            raise ValueError(f"site noise models are missing {sorted(missing)}")
+        mixing = values["mixing"]
+        return cls(
+            models={str(name): NoiseModel.from_dict(model) for name, model in values["models"].items()},
+            mixing=tuple(tuple(float(v) for v in row) for row in mixing) if mixing is not None else None,
+            mixing_channels=tuple(str(name) for name in values["mixing_channels"]),
+            agree=bool(values["agree"]),
+            notes=tuple(str(note) for note in values["notes"]),
+        )
+
 
 def shows_short_range_mixing(model: NoiseModel) -> bool:
     """Whether the model's correlation vanishes (within SHORT_RANGE_TOLERANCE) at every lag-2 offset, as

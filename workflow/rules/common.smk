@@ -52,7 +52,12 @@ def plate_cfg(wildcards):
 
 def settings_for(wildcards, section):
     """One resolved settings section for the job's (experiment, channel)."""
-    return channel_settings(config, wildcards.experiment, wildcards.channel)[section]
+    return settings_for_channel(wildcards.experiment, wildcards.channel, section)
+
+
+def settings_for_channel(experiment, channel, section):
+    """One resolved settings section of a channel of the experiment."""
+    return channel_settings(config, experiment, channel)[section]
 
 
 def train_groups(experiment):
@@ -236,10 +241,17 @@ def qc_inputs(wildcards):
         "raw": f"{RESULTS}/{e}/{p}/raw/{c}.zarr",
         "denoised": f"{RESULTS}/{e}/{p}/denoised/{c}.zarr",
         "model_json": f"{model}/model.json",
+        "noise_models": f"{RESULTS}/{e}/{p}/qc/noise_models.json",
     }
     if has_ground_truth(e, p):
         inputs["clean"] = f"{RESULTS}/{e}/{p}/clean/{c}.zarr"
     return inputs
+
+
+def plate_noise_model_inputs(wildcards):
+    """Every channel's raw array of the plate: the camera's pixel mixing is measured across them."""
+    e, p = wildcards.experiment, wildcards.plate
+    return {channel: f"{RESULTS}/{e}/{p}/raw/{channel}.zarr" for channel in experiment_cfg(e)["channels"]}
 
 
 def has_nucleus_labels(experiment, plate):
@@ -251,7 +263,7 @@ def has_nucleus_labels(experiment, plate):
 
 def nuclei_channel_settings(experiment, section):
     """One resolved settings section of the experiment's nuclei channel (nuclei_channel)."""
-    return channel_settings(config, experiment, experiment_cfg(experiment)["nuclei_channel"])[section]
+    return settings_for_channel(experiment, experiment_cfg(experiment)["nuclei_channel"], section)
 
 
 def downstream_inputs(wildcards):

@@ -1,3 +1,30 @@
+rule plate_noise_models:
+    """The noise models of a plate's channels with one pixel mixing, the camera's: measured on the background of the channels where noise dominates, then every channel refitted with it (a confluent stain's texture must not read as correlated noise). QC of each channel uses its model from here."""
+    input:
+        unpack(plate_noise_model_inputs),
+    output:
+        f"{RESULTS}/{{experiment}}/{{plate}}/qc/noise_models.json",
+    log:
+        f"{RESULTS}/{{experiment}}/logs/plate_noise_models/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/benchmarks/plate_noise_models/{{plate}}.tsv"
+    conda:
+        "../../envs/qc.yaml"
+    resources:
+        mem_mb=grows_with_attempt(8000),
+        runtime=grows_with_attempt(60),
+    params:
+        # Only what the fit reads, so a channel's other QC settings rerun that channel's QC alone.
+        qc=lambda w: {
+            channel: {
+                key: settings_for_channel(w.experiment, channel, "qc")[key] for key in ("noise_model_images", "seed")
+            }
+            for channel in experiment_cfg(w.experiment)["channels"]
+        },
+    script:
+        "../scripts/plate_noise_models.py"
+
+
 rule qc:
     """Per-image QC of one plate channel: the noise model fitted to the raw images, reference metrics when a clean image exists, no-reference and noise-model ones always."""
     input:

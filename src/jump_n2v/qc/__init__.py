@@ -19,11 +19,15 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from jump_n2v.qc.channel import channel_metrics, channel_noise_model
+from jump_n2v.noise import NoiseModel, SiteNoiseModels
+from jump_n2v.qc.channel import channel_metrics, channel_noise_model, plate_noise_models
 from jump_n2v.settings import QCSettings
 from jump_n2v.qc.disagreement import channel_disagreement
 from jump_n2v.qc.figures import channel_panels, disagreement_panels, plate_map
-from jump_n2v.qc.files import QCInputError, load_model_info, read_noise_model, write_noise_model, write_table
+from jump_n2v.qc.files import (
+    QCInputError, load_model_info, read_noise_model, read_site_noise_models, write_noise_model, write_site_noise_models,
+    write_table,
+)
 from jump_n2v.qc.measures import image_metrics, noise_sigma, psnr_db, reference_data_range, ssim
 from jump_n2v.qc.summary import FLAG_DESCRIPTIONS, summarize
 from jump_n2v.qc.report import build_report, read_rejects, software_versions, write_experiment_report
@@ -41,11 +45,14 @@ __all__ = [
     "load_model_info",
     "noise_sigma",
     "plate_map",
+    "plate_noise_models",
     "psnr_db",
     "read_rejects",
     "read_noise_model",
+    "read_site_noise_models",
     "reference_data_range",
     "run_channel_qc",
+    "run_plate_noise_models",
     "run_disagreement_qc",
     "software_versions",
     "ssim",
@@ -61,6 +68,19 @@ CHANNEL_QC_FILES = ("metrics.csv", "metrics.parquet", "noise_model.json", "panel
 DISAGREEMENT_QC_FILES = ("disagreement.csv", "disagreement.png")
 
 
+def run_plate_noise_models(
+    raws: Mapping[str, str | os.PathLike], out_json: str | os.PathLike, qc_settings: Mapping[str, Mapping[str, Any]]
+) -> SiteNoiseModels:
+    """The plate's noise models, one pixel mixing shared by its channels (:func:`plate_noise_models`), into
+    ``out_json`` (noise_models.json). ``qc_settings`` maps each channel to its qc section: its
+    ``noise_model_images`` raw images are used; the first channel's ``seed`` seeds the sample and the fit."""
+    settings = {channel: QCSettings.from_dict(qc_settings.get(channel)) for channel in raws}
+    seed = next(iter(settings.values())).seed
+    site = plate_noise_models(raws, {channel: qc.noise_model_images for channel, qc in settings.items()}, seed=seed)
+    write_site_noise_models(site, out_json)
+    return site
+
+
 def run_channel_qc(
     raw: str | os.PathLike,
     denoised: str | os.PathLike,
@@ -68,13 +88,17 @@ def run_channel_qc(
     clean: str | os.PathLike | None = None,
     index: str | os.PathLike | None = None,
     qc_settings: Mapping[str, Any] | None = None,
+    noise_model: NoiseModel | None = None,
 ) -> pd.DataFrame:
     """Metrics and figures of one (plate, channel) into ``out_dir``: metrics.csv, metrics.parquet,
-    noise_model.json (the noise model fitted to ``qc.noise_model_images`` raw images), panels.png, plate_map.png (when ``index`` is given: it holds the wells). Returns the per-image metrics
+    noise_model.json (``noise_model``, the channel's model from the plate's :func:`run_plate_noise_models`
+    in the workflow; without it, one fitted to this channel's ``qc.noise_model_images`` raw images alone),
+    panels.png, plate_map.png (when ``index`` is given: it holds the wells). Returns the per-image metrics
     table."""
     qc = QCSettings.from_dict(qc_settings)
     out_dir = Path(out_dir)
-    noise_model = channel_noise_model(raw, images=qc.noise_model_images, seed=qc.seed)
+    if noise_model is None:
+        noise_model = channel_noise_model(raw, images=qc.noise_model_images, seed=qc.seed)
     write_noise_model(noise_model, out_dir / "noise_model.json")
     table = channel_metrics(raw, denoised, clean=clean, index=index, noise_model=noise_model)
     write_table(table, out_dir / "metrics.csv", out_dir / "metrics.parquet")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import zarr
 
 from jump_n2v.ingest.discover import read_index
 from jump_n2v.plumbing.ngff import open_channel_array
-from jump_n2v.noise import NoiseModel, estimate_noise_model
+from jump_n2v.noise import NoiseModel, SiteNoiseModels, estimate_noise_model, estimate_site_noise_models
 from jump_n2v.qc.files import QCInputError
 from jump_n2v.qc.measures import NO_REFERENCE_METRICS, NOISE_MODEL_METRICS, REFERENCE_METRICS, image_metrics
 
@@ -63,18 +64,47 @@ def well_site_by_image(index: pd.DataFrame | str | os.PathLike | None) -> pd.Dat
     return table.set_index("image")
 
 
-def channel_noise_model(raw: zarr.Array | str | os.PathLike, images: int = 16, seed: int = 0) -> NoiseModel:
-    """The noise model of one (plate, channel), fitted to a seeded sample of at most ``images`` raw
-    images (the array's ``dtype_range`` attribute marks clipped and saturated pixels)."""
+def _noise_sample(raw: zarr.Array | str | os.PathLike, images: int, seed: int) -> tuple[list[np.ndarray], tuple | None, str]:
+    """A seeded sample of at most ``images`` raw images, the array's ``dtype_range`` attribute (it marks
+    clipped and saturated pixels) and the array's name for errors."""
     raw, where = open_zarr(raw, "raw")
     if raw.ndim != 3 or raw.shape[0] == 0:
         raise QCInputError(f"{where}: expected a non-empty (images, Y, X) array, got shape {raw.shape}")
     rows = np.random.default_rng(seed).choice(raw.shape[0], size=min(images, raw.shape[0]), replace=False)
     dtype_range = raw.attrs.get("dtype_range")
+    return [np.asarray(raw[int(row)]) for row in sorted(rows)], tuple(dtype_range) if dtype_range else None, where
+
+
+def channel_noise_model(raw: zarr.Array | str | os.PathLike, images: int = 16, seed: int = 0) -> NoiseModel:
+    """The noise model of one (plate, channel) on its own, fitted to a seeded sample of at most ``images``
+    raw images. The workflow's QC uses :func:`plate_noise_models` instead: a textured channel alone reads
+    its texture as correlated noise."""
+    sample, dtype_range, where = _noise_sample(raw, images, seed)
     try:
-        return estimate_noise_model([np.asarray(raw[int(row)]) for row in sorted(rows)], dtype_range=tuple(dtype_range) if dtype_range else None, seed=seed)
+        return estimate_noise_model(sample, dtype_range=dtype_range, seed=seed)
     except ValueError as error:
         raise QCInputError(f"{where}: cannot fit a noise model: {error}") from error
+
+
+def plate_noise_models(
+    raws: Mapping[str, zarr.Array | str | os.PathLike], images: Mapping[str, int], seed: int = 0
+) -> SiteNoiseModels:
+    """The noise models of one plate's channels with one pixel mixing, the camera's (see
+    :func:`jump_n2v.noise.estimate_site_noise_models`): measured on the background of the channels where noise
+    dominates, then every channel refitted with it, so a confluent stain's texture cannot read as correlated
+    noise. ``raws`` maps channel -> raw array; ``images[channel]`` raw images of each (a seeded sample) are used.
+    The site's note (which channels' background gave the mixing) is added to every channel's model notes."""
+    samples, ranges, wheres = {}, set(), []
+    for channel, raw in raws.items():
+        samples[channel], dtype_range, where = _noise_sample(raw, images[channel], seed)
+        ranges.add(dtype_range)
+        wheres.append(where)
+    try:
+        site = estimate_site_noise_models(samples, dtype_range=ranges.pop() if len(ranges) == 1 else None, seed=seed)
+    except ValueError as error:
+        raise QCInputError(f"{', '.join(wheres)}: cannot fit the plate's noise models: {error}") from error
+    models = {channel: dataclasses.replace(model, notes=model.notes + site.notes) for channel, model in site.models.items()}
+    return dataclasses.replace(site, models=models)
 
 
 def channel_metrics(

@@ -16,7 +16,7 @@ import pandas as pd
 
 from jump_n2v.plumbing.atomic import atomic_output
 from jump_n2v.model_record import ModelRecord, ModelRecordError
-from jump_n2v.noise import NoiseModel
+from jump_n2v.noise import NoiseModel, SiteNoiseModels
 
 
 class QCInputError(ValueError):
@@ -64,6 +64,23 @@ def write_noise_model(model: NoiseModel, path: str | os.PathLike) -> None:
     """``noise_model.json`` (atomically), as :func:`read_noise_model` reads it."""
     with atomic_output(path) as temporary:
         Path(temporary).write_text(json.dumps(model.to_dict(), indent=2))
+
+
+def read_site_noise_models(path: str | os.PathLike) -> SiteNoiseModels:
+    """A plate's ``noise_models.json`` (:func:`jump_n2v.qc.run_plate_noise_models`); a clear error naming the file otherwise."""
+    path = Path(path)
+    try:
+        return SiteNoiseModels.from_dict(json.loads(path.read_text()))
+    except OSError as error:
+        raise QCInputError(f"cannot read the plate's noise models {path}: {error}") from error
+    except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as error:
+        raise QCInputError(f"{path} is not a plate's noise models: {error}") from error
+
+
+def write_site_noise_models(site: SiteNoiseModels, path: str | os.PathLike) -> None:
+    """``noise_models.json`` (atomically), as :func:`read_site_noise_models` reads it."""
+    with atomic_output(path) as temporary:
+        Path(temporary).write_text(json.dumps(site.to_dict(), indent=2))
 
 
 def read_export_clipping(clipping_csv: str | os.PathLike) -> dict[str, int]:
