@@ -13,5 +13,8 @@ rule demo_plate:
         pattern=lambda w: plate_cfg(w)["pattern"],
         ground_truth=lambda w: plate_cfg(w)["ground_truth"],
         demo=lambda w: demo_settings(plate_cfg(w)),
+        # What the generator writes: a results folder made before a kind existed (the true nucleus
+        # labels the downstream check reads) regenerates its plate instead of failing downstream.
+        writes="raw, clean, nuclei_labels",
     script:
         "../scripts/demo_plate.py"
