@@ -220,19 +220,15 @@ def test_posterior_weights_match_the_oracle_and_never_hurt(correlation):
     assert estimated_gain == pytest.approx(true_gain, abs=0.2 * np.mean((estimate - s) ** 2) + 1e-4)
 
 
-@pytest.mark.parametrize("gain_error", [0.7, 1.4])
-def test_posterior_never_lowers_psnr_when_the_gain_is_misread(gain_error):
-    # Issue 18: a model reading DNA's gain as 0.69x the camera's gave SURE weights up to 0.32 and cost
-    # 1.4 dB. A good "network" (a blind 5 x 5 mean on a smooth signal: the raw pixel has little to add)
-    # with a model whose gain is off by 0.7x or 1.4x: the posterior must not lower the PSNR.
-    rng = np.random.default_rng(3)
+def _blind_mean_with_posterior(photons, side, gain_error, rng):
+    """A camera (gain 2, offset 100, read variance 9) over ``photons``, a blind ``side`` x ``side`` mean as
+    the "network", and the posterior fitted with a noise model whose gain is ``gain_error`` x the truth:
+    (clean, noisy, network output, posterior output, evidence), in ADU."""
     gain, offset, read_variance = 2.0, 100.0, 9.0
-    photons = 40.0 + 160.0 * ndimage.gaussian_filter(rng.random((48, 96, 96)), (0, 6, 6)).clip(0, None)
-    photons = 40.0 + 160.0 * (photons - photons.min()) / np.ptp(photons)
     clean = gain * photons + offset
     noisy = gain * rng.poisson(photons) + offset + rng.normal(0, np.sqrt(read_variance), photons.shape)
-    blind_mean = np.full((5, 5), 1 / 24)
-    blind_mean[2, 2] = 0
+    blind_mean = np.full((side, side), 1 / (side * side - 1))
+    blind_mean[side // 2, side // 2] = 0
     net = _fixed_filter_net(blind_mean)
     mean, std = float(noisy.mean()), float(noisy.std())
     normalised = torch.from_numpy((noisy - mean) / std).float()[:, None]
@@ -241,6 +237,18 @@ def test_posterior_never_lowers_psnr_when_the_gain_is_misread(gain_error):
     with torch.no_grad():
         network = net(normalised).numpy()[:, 0].astype(np.float64) * std + mean
     combined = np.stack([posterior.apply(n, f) for n, f in zip(noisy, network)]) if posterior else network
+    return clean, noisy, network, combined, evidence
+
+
+@pytest.mark.parametrize("gain_error", [0.7, 1.4])
+def test_posterior_never_lowers_psnr_when_the_gain_is_misread(gain_error):
+    # Issue 18: a model reading DNA's gain as 0.69x the camera's gave SURE weights up to 0.32 and cost
+    # 1.4 dB. A good "network" (a blind 5 x 5 mean on a smooth signal: the raw pixel has little to add)
+    # with a model whose gain is off by 0.7x or 1.4x: the posterior must not lower the PSNR.
+    rng = np.random.default_rng(3)
+    photons = 40.0 + 160.0 * ndimage.gaussian_filter(rng.random((48, 96, 96)), (0, 6, 6)).clip(0, None)
+    photons = 40.0 + 160.0 * (photons - photons.min()) / np.ptp(photons)
+    clean, noisy, network, combined, evidence = _blind_mean_with_posterior(photons, 5, gain_error, rng)
     inner = (slice(None), slice(8, -8), slice(8, -8))
     mse_network = np.mean((network - clean)[inner] ** 2)
     mse_combined = np.mean((combined - clean)[inner] ** 2)
@@ -255,21 +263,9 @@ def test_the_posterior_gives_back_what_the_raw_pixel_holds_and_stays_safe_when_t
     # most of what the best single weight (the oracle) gains, and with a gain misread by 0.7x or 1.4x it
     # must still not cost. The margin is measured from the data (the raw patches' Haar detail).
     rng = np.random.default_rng(0)
-    gain, offset, read_variance = 2.0, 100.0, 9.0
     texture = ndimage.gaussian_filter(rng.standard_normal((48, 96, 96)), (0, 2.0, 2.0))
     photons = np.clip(60.0 + 40.0 * texture / texture.std(), 5, None)
-    clean = gain * photons + offset
-    noisy = gain * rng.poisson(photons) + offset + rng.normal(0, np.sqrt(read_variance), photons.shape)
-    blind_mean = np.full((3, 3), 1 / 8)
-    blind_mean[1, 1] = 0
-    net = _fixed_filter_net(blind_mean)
-    mean, std = float(noisy.mean()), float(noisy.std())
-    normalised = torch.from_numpy((noisy - mean) / std).float()[:, None]
-    model = _model(WHITE, gain=gain * gain_error, offset=offset, read_variance=read_variance)
-    posterior, evidence = fit_posterior(net, normalised, mean, std, model, batch_size=16, seed=1)
-    with torch.no_grad():
-        network = net(normalised).numpy()[:, 0].astype(np.float64) * std + mean
-    combined = np.stack([posterior.apply(n, f) for n, f in zip(noisy, network)]) if posterior else network
+    clean, noisy, network, combined, evidence = _blind_mean_with_posterior(photons, 3, gain_error, rng)
     inner = (slice(None), slice(8, -8), slice(8, -8))
     error, difference = (network - clean)[inner], (noisy - network)[inner]
     oracle_weight = float(np.clip(-np.mean(error * difference) / np.mean(difference**2), 0, 1))

@@ -69,11 +69,10 @@ def write_noise_model(model: NoiseModel, path: str | os.PathLike) -> None:
 def read_site_noise_models(path: str | os.PathLike) -> SiteNoiseModels:
     """A plate's ``noise_models.json`` (:func:`jump_n2v.qc.run_plate_noise_models`); a clear error naming the file otherwise."""
     path = Path(path)
+    content = _read_json(path, "the plate's noise models ")
     try:
-        return SiteNoiseModels.from_dict(json.loads(path.read_text()))
-    except OSError as error:
-        raise QCInputError(f"cannot read the plate's noise models {path}: {error}") from error
-    except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as error:
+        return SiteNoiseModels.from_dict(content)
+    except (ValueError, TypeError, AttributeError) as error:
         raise QCInputError(f"{path} is not a plate's noise models: {error}") from error
 
 
