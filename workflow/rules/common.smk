@@ -314,7 +314,7 @@ def control_channels(experiment):
     return [
         c
         for c in experiment_cfg(experiment)["channels"]
-        if channel_settings(config, experiment, c)["qc"]["control_model"]
+        if settings_for_channel(experiment, c, "qc")["control_model"]
     ]
 
 

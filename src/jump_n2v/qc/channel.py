@@ -13,6 +13,7 @@ import zarr
 
 from jump_n2v.ingest.discover import read_index
 from jump_n2v.plumbing.ngff import open_channel_array
+from jump_n2v.plumbing.rows import choose_rows
 from jump_n2v.noise import NoiseModel, SiteNoiseModels, estimate_noise_model, estimate_site_noise_models
 from jump_n2v.qc.files import QCInputError
 from jump_n2v.qc.measures import NO_REFERENCE_METRICS, NOISE_MODEL_METRICS, REFERENCE_METRICS, image_metrics
@@ -70,9 +71,9 @@ def _noise_sample(raw: zarr.Array | str | os.PathLike, images: int, seed: int) -
     raw, where = open_zarr(raw, "raw")
     if raw.ndim != 3 or raw.shape[0] == 0:
         raise QCInputError(f"{where}: expected a non-empty (images, Y, X) array, got shape {raw.shape}")
-    rows = np.random.default_rng(seed).choice(raw.shape[0], size=min(images, raw.shape[0]), replace=False)
     dtype_range = raw.attrs.get("dtype_range")
-    return [np.asarray(raw[int(row)]) for row in sorted(rows)], tuple(dtype_range) if dtype_range else None, where
+    sample = [np.asarray(raw[row]) for row in choose_rows(raw.shape[0], images, seed)]
+    return sample, tuple(dtype_range) if dtype_range else None, where
 
 
 def channel_noise_model(raw: zarr.Array | str | os.PathLike, images: int = 16, seed: int = 0) -> NoiseModel:
