@@ -312,9 +312,7 @@ def report_inputs(wildcards):
 def control_channels(experiment):
     """Channels that get a control model and the disagreement check (qc.control_model)."""
     return [
-        c
-        for c in experiment_cfg(experiment)["channels"]
-        if settings_for_channel(experiment, c, "qc")["control_model"]
+        c for c in experiment_cfg(experiment)["channels"] if settings_for_channel(experiment, c, "qc")["control_model"]
     ]
 
 
