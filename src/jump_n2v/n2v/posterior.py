@@ -1,9 +1,17 @@
 """Posterior step: give back part of what the blind spot throws away, under the fitted noise model.
 
 A blind-spot network estimates each pixel from its surroundings; the noisy pixel itself still holds
-information about the signal (the idea behind PN2V and Laine et al. 2019). The posterior step combines
-them per pixel, ``out = s_hat + w(m) * (x - s_hat)``, with one weight ``w`` in [0, 1] per intensity
-bin of ``m``, the network output smoothed (Gaussian, sigma 2 px). Binning by the smoothed output keeps a
+information about the signal (the idea behind PN2V and Laine et al. 2019), and so do its neighbours
+inside the blind region: their noise is correlated with the pixel's where the camera mixes pixels, and
+the network's error varies slowly, so their residuals measure it. The posterior step is the linear
+estimate from the raw values of the pixel and its blind region (the window: exactly the raw values the
+network was trained without), ``out = s_hat + sum_j w_j(m) * (x_j - s_hat)``, with one weight vector per
+intensity bin of ``m``, the network output smoothed (Gaussian, sigma 2 px). Measured on 2 x 2-mixed
+synthetic DNA at 400 steps (docs/benchmarks.md 'Camera noise against BM3D'): the pixel alone 40.6 dB, its
+3 x 3 blind region 42.0, BM3D with the true noise PSD 42.8. The window stops at the blind region because
+beyond it the model's correlation is what the blind-spot decision judged negligible, and an error there
+(a fitted lag-1 of 0.07 on independent noise) moved the weights of a wider window enough to cost 0.4 dB
+(synthetic AGP, independent noise, 5 x 5 window). Binning by the smoothed output keeps a
 pixel's bin nearly independent of its own noise: binned by ``s_hat`` itself, the extreme bins collect
 the pixels whose noise pushed ``s_hat`` there, and the per-bin risk estimate is biased (measured with a
 3 x 3 mean on 2 x 2-box-mixed noise: weights 0.08 where the truth is 0).
@@ -15,10 +23,12 @@ signal-dependent variance and its 5 x 5 spatial correlation) and any estimate ``
 
     E|f - s|^2 = E|f - x|^2 - tr(Sigma) + 2 tr(Sigma J_f)
 
-and for ``f = s_hat + w (x - s_hat)``, per pixel of a bin with ``A = mean (s_hat - x)^2``,
-``V = mean var`` and ``T = mean b * (s_hat(x + eps b) - s_hat(x)) / eps`` (a Monte Carlo estimate of
-``tr(Sigma J_s_hat)`` with ``b ~ N(0, Sigma)``), the risk ``(1-w)^2 A - V + 2 w V + 2 (1-w) T`` is least
-at ``w = 1 - (V - T) / A``, clipped to [0, 1].
+and for ``f = s_hat + sum_j w_j d_j`` with ``d_j = x_j - s_hat`` (``x_0`` the pixel itself), per pixel of
+a bin with ``M = mean d d^T``, ``m = mean d d_0``, ``A = mean d_0^2``, ``V = mean var``, ``C_j = mean
+Sigma_0j`` and ``T = mean b * (s_hat(x + eps b) - s_hat(x)) / eps`` (a Monte Carlo estimate of
+``tr(Sigma J_s_hat)`` with ``b ~ N(0, Sigma)``; ``s_hat`` reads every ``x_j`` through the same
+derivative ``(1 - sum w)``), the risk ``A - 2 w.m + w.M w - V + 2 T + 2 w.(C - T)`` is least at
+``w = M^-1 (m - C + T)``. With the centre alone this is ``w = 1 - (V - T) / A``.
 
 Why this stays valid where a naive posterior does not: an N2V network at inference sees the centre
 pixel (it is masked only in training) and, on correlated noise with a one-pixel blind spot, copies the
@@ -29,15 +39,16 @@ towards 0 where the network already uses the pixel or its noisy neighbours. It r
 model: a model the estimator flagged as processed data gives no posterior at all (see
 :func:`fit_posterior`).
 
-Safe when the model is off. The risk above hangs on the model's variance: if the true noise variance is
-``c`` times the model's (``T`` scales with it), the posterior's risk minus the network's is
-``-w (2 - w) A + 2 w c (V - T)``, negative only for ``w < 2 (1 - c (V - T) / A)``. How far above the
+Safe when the model is off. The risk above hangs on the model's variance: if the true noise covariance
+is ``c`` times the model's (``C`` and ``T`` scale with it), the posterior's risk minus the network's along
+the weights ``a w`` is ``a^2 w.M w - 2 a w.(m - c (C - T))``, negative only for
+``a < 2 w.(m - c (C - T)) / w.M w``. How far above the
 model's the true variance can be is measured on the same pixels, without the network: the finest
 diagonal Haar detail of the raw validation patches (what wavelet noise estimates use; signal smooth at
 the pixel scale barely enters it) in units of what the model predicts for it, its median read as a
 variance ratio, and the upper end of that median's confidence interval (:data:`MARGIN_CONFIDENCE_Z`
 standard errors) is the bin's margin (never below 1). A weight below the bound for every ``c`` up to the
-margin cannot raise the expected error; a model that reads the variance high only lowers the weight,
+margin cannot raise the expected error (the weights are scaled down until they are); a model that reads the variance high only lowers the weight,
 which is safe too, and texture at the pixel scale only raises the margin. A fixed margin of 1.5 (the
 rule before) zeroed every weight of a network whose error is small against the noise, which is where
 the posterior's gain lies (0.5-2.1 dB on the demo plate). A bin's weight is also checked on the half of
@@ -49,7 +60,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +69,8 @@ from scipy import ndimage
 from jump_n2v.noise import haar_detail_factor
 
 POSTERIOR_BINS = 8
+# Singular values of the residuals' second moments below this fraction of the largest are treated as 0.
+SOLVE_RCOND = 1e-6
 PERTURBATION = 0.01  # eps, in units of the noise standard deviation (the net is piecewise linear)
 PERTURBATION_DRAWS = 2
 BINNING_SIGMA = 2.0
@@ -75,22 +88,54 @@ def binning_signal(denoised: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Posterior:
-    """Per-bin raw-pixel weights: ``out = s_hat + w(s_hat) (x - s_hat)``; signals in source units."""
+    """Per-bin raw-pixel weights: ``out = s_hat + sum_j w_j(s_hat) (x_j - s_hat)``; signals in source units.
+
+    ``offsets`` are the (dy, dx) of the raw pixels used, (0, 0) the pixel itself; ``weight`` holds one
+    tuple per bin, a weight per offset (a plain number per bin means the pixel alone, as model folders
+    written before the window recorded it)."""
 
     signal: tuple[float, ...]  # bin centres of the smoothed network output, increasing
-    weight: tuple[float, ...]
+    weight: tuple[tuple[float, ...], ...]
+    offsets: tuple[tuple[int, int], ...] = ((0, 0),)
+
+    def __post_init__(self) -> None:
+        weight = tuple(tuple(float(w) for w in row) if isinstance(row, (tuple, list)) else (float(row),) for row in self.weight)
+        object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "offsets", tuple((int(dy), int(dx)) for dy, dx in self.offsets))
+        if any(len(row) != len(self.offsets) for row in weight) or len(weight) != len(self.signal):
+            raise ValueError(f"posterior: {len(self.signal)} bins and {len(self.offsets)} offsets, but weights {weight}")
+
+    @property
+    def radius(self) -> int:
+        return max(max(abs(dy), abs(dx)) for dy, dx in self.offsets)
 
     def apply(self, raw: np.ndarray, denoised: np.ndarray) -> np.ndarray:
-        """The posterior estimate (float32) from the raw image and the network output (same units)."""
-        weight = np.interp(binning_signal(denoised), self.signal, self.weight).astype(np.float32)
-        return (denoised + weight * (np.asarray(raw, dtype=np.float32) - denoised)).astype(np.float32)
+        """The posterior estimate (float32) from the raw image and the network output (same units).
+        The window is reflected at the image border."""
+        denoised = np.asarray(denoised, dtype=np.float32)
+        level = binning_signal(denoised)
+        r = self.radius
+        padded = np.pad(np.asarray(raw, dtype=np.float32), [(0, 0)] * (denoised.ndim - 2) + [(r, r), (r, r)], mode="reflect")
+        height, width = denoised.shape[-2:]
+        out = denoised.copy()
+        for index, (dy, dx) in enumerate(self.offsets):
+            weight = np.interp(level, self.signal, [row[index] for row in self.weight]).astype(np.float32)
+            out += weight * (padded[..., r + dy : r + dy + height, r + dx : r + dx + width] - denoised)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"signal": list(self.signal), "weight": list(self.weight)}
+        return {"signal": list(self.signal), "weight": [list(row) for row in self.weight],
+                "offsets": [list(offset) for offset in self.offsets]}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Posterior":
-        return cls(signal=tuple(float(v) for v in values["signal"]), weight=tuple(float(v) for v in values["weight"]))
+        return cls(signal=tuple(float(v) for v in values["signal"]), weight=tuple(values["weight"]),
+                   offsets=tuple(tuple(o) for o in values.get("offsets", [(0, 0)])))
+
+
+def posterior_window(blind_region: Sequence[Sequence[int]] = ()) -> tuple[tuple[int, int], ...]:
+    """The raw pixels the posterior combines: the pixel itself, (0, 0) first, and its blind region's offsets."""
+    return ((0, 0), *((int(dy), int(dx)) for dy, dx in blind_region if (dy, dx) != (0, 0)))
 
 
 def correlated_unit_noise(shape: tuple[int, ...], correlation: np.ndarray, generator: torch.Generator) -> torch.Tensor:
@@ -123,8 +168,10 @@ def fit_posterior(
     batch_size: int,
     seed: int,
     bins: int = POSTERIOR_BINS,
+    window: Sequence[tuple[int, int]] = ((0, 0),),
 ) -> tuple[Posterior | None, dict[str, Any]]:
-    """Fit the per-bin weights on normalised validation ``patches`` (N, 1, P, P); returns (posterior, evidence).
+    """Fit the per-bin weights of the raw pixels at the ``window`` offsets (see :func:`posterior_window`)
+    on normalised validation ``patches`` (N, 1, P, P); returns (posterior, evidence).
 
     The evidence records, per bin, the weight and the estimated MSE (source units squared) of the
     network output and of the posterior. A border of P/8 (at most 8 px) is left out: prediction tiles
@@ -135,22 +182,25 @@ def fit_posterior(
     if getattr(noise_model, "processed", False):
         return None, {"fitted": False, "reason": "the noise model flags the data as processed: " + "; ".join(noise_model.notes)}
     net.eval()
-    pixels = _PixelRisks.of(net, patches, mean, std, noise_model, batch_size=batch_size, seed=seed)
+    offsets = tuple((int(dy), int(dx)) for dy, dx in window)
+    if not offsets or offsets[0] != (0, 0):
+        raise ValueError(f"posterior window {offsets}: the pixel itself, (0, 0), comes first")
+    pixels = _PixelRisks.of(net, patches, mean, std, noise_model, offsets, batch_size=batch_size, seed=seed)
     rows = _fit_bins(pixels, bins, mean, std)
     if not rows:
         return None, {"fitted": False, "reason": "too few validation pixels"}
     counts = np.array([row["pixels"] for row in rows], dtype=np.float64)
     evidence = {
         "fitted": True,
-        "method": "per-bin weight of the raw pixel minimising SURE under the fitted noise model (correlation included), "
-                  "bounded so that it costs nothing while the true variance is within each bin's measured margin of the model's "
+        "method": f"per-bin weights of the {len(offsets)} raw pixels of the pixel and its blind region minimising SURE under the "
+                  "fitted noise model (correlation included), scaled down so that they cost nothing while the true variance is within each bin's measured margin of the model's "
                   "(upper confidence bound of the raw patches' Haar-detail variance over the model's), "
                   "and checked on the held-out half of the validation patches",
         "estimated_mse_network": float(np.average([row["mse_network"] for row in rows], weights=counts)),
         "estimated_mse_posterior": float(np.average([row["mse_posterior"] for row in rows], weights=counts)),
         "bins": rows,
     }
-    posterior = Posterior(signal=tuple(row["signal"] for row in rows), weight=tuple(row["weight"] for row in rows))
+    posterior = Posterior(signal=tuple(row["signal"] for row in rows), weight=tuple(row["weights"] for row in rows), offsets=offsets)
     return posterior, evidence
 
 
@@ -164,25 +214,35 @@ def _predict_in_batches(net: torch.nn.Module, inputs: torch.Tensor, batch_size: 
 @dataclass(frozen=True, eq=False)
 class _PixelRisks:
     """SURE's inputs per validation pixel inside the border (flattened, normalised units): the binning
-    signal, (s_hat - x)^2, the model variance, tr(Sigma J), which half of the patches it lies in, and its
-    2 x 2 cell's squared Haar detail over what the model predicts for it (:func:`haar_variance_ratios`)."""
+    signal, the residuals ``d_j = x_j - s_hat`` of the window's raw pixels (offsets x pixels, the pixel
+    itself first), their noise covariance with the pixel under the model (same shape), tr(Sigma J), which
+    half of the patches it lies in, and its 2 x 2 cell's squared Haar detail over what the model predicts
+    for it (:func:`haar_variance_ratios`)."""
 
     level: np.ndarray
-    squared: np.ndarray
-    variance: np.ndarray
+    residuals: np.ndarray
+    covariance: np.ndarray
     trace: np.ndarray
     half: np.ndarray
     haar_ratio: np.ndarray
 
     @classmethod
     def of(
-        cls, net: torch.nn.Module, patches: torch.Tensor, mean: float, std: float, noise_model: Any, *,
-        batch_size: int, seed: int,
+        cls, net: torch.nn.Module, patches: torch.Tensor, mean: float, std: float, noise_model: Any,
+        offsets: tuple[tuple[int, int], ...], *, batch_size: int, seed: int,
     ) -> "_PixelRisks":
         generator = torch.Generator().manual_seed(seed)
         correlation = np.asarray(noise_model.correlation, dtype=np.float64)
-        margin = min(8, patches.shape[-1] // 8)
-        keep = (slice(None), 0, slice(margin, patches.shape[-2] - margin), slice(margin, patches.shape[-1] - margin))
+        lags = correlation.shape[0] // 2
+        radius = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+        margin = max(radius, min(8, patches.shape[-1] // 8))
+        height, width = patches.shape[-2:]
+        inner = (slice(None), 0, slice(margin, height - margin), slice(margin, width - margin))
+
+        def at(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
+            """The values at (y + dy, x + dx) of the inner pixels, flattened."""
+            return array[:, 0, margin + dy : height - margin + dy, margin + dx : width - margin + dx].reshape(-1)
+
         x = patches.float().cpu()
         estimate = _predict_in_batches(net, x, batch_size)
         signal = estimate.double() * std + mean
@@ -194,29 +254,38 @@ class _PixelRisks:
             perturbed = _predict_in_batches(net, x + PERTURBATION * b, batch_size)
             trace += b * (perturbed - estimate) / PERTURBATION
         trace /= PERTURBATION_DRAWS
+        raw, centre, variance = x.numpy(), estimate[inner].reshape(-1).numpy(), variance.numpy()
+        pixel_variance = at(variance, 0, 0)
+        residuals = np.stack([at(raw, dy, dx) - centre for dy, dx in offsets]).astype(np.float32)
+        covariance = np.stack([
+            (correlation[lags + dy, lags + dx] if max(abs(dy), abs(dx)) <= lags else 0.0)
+            * np.sqrt(pixel_variance * at(variance, dy, dx)) for dy, dx in offsets
+        ]).astype(np.float32)
         # Which half of the validation patches each pixel lies in: weights fitted on one half are checked on the other.
-        half = np.broadcast_to((np.arange(len(x)) % 2)[:, None, None], estimate[keep].shape).flatten()
+        half = np.broadcast_to((np.arange(len(x)) % 2)[:, None, None], estimate[inner].shape).flatten()
         return cls(
-            level=binning_signal(estimate.numpy())[keep].flatten(),
-            squared=(estimate - x)[keep].flatten().numpy().astype(np.float64) ** 2,
-            variance=variance.float()[keep].flatten().numpy().astype(np.float64),
-            trace=trace[keep].flatten().numpy().astype(np.float64),
+            level=binning_signal(estimate.numpy())[inner].flatten(),
+            residuals=residuals,
+            covariance=covariance,
+            trace=trace[inner].flatten().numpy().astype(np.float64),
             half=half,
-            haar_ratio=haar_variance_ratios(x.numpy(), variance.numpy(), correlation)[keep].flatten(),
+            haar_ratio=haar_variance_ratios(raw, variance, correlation)[inner].flatten(),
         )
 
-    def risk(self, chosen: np.ndarray, margin: float = 1.0) -> "_BinRisk":
-        """The SURE statistics of the ``chosen`` pixels, safe up to ``margin`` times the model's variance."""
-        return _BinRisk.of(self.squared[chosen], self.variance[chosen], self.trace[chosen], margin)
+    def risk(self, chosen: np.ndarray, factors: tuple[float, float] = (1.0, 1.0)) -> "_BinRisk":
+        """The SURE statistics of the ``chosen`` pixels, safe while the true variance is between ``factors``
+        times the model's."""
+        return _BinRisk.of(self.residuals[:, chosen], self.covariance[:, chosen], self.trace[chosen], factors)
 
-    def variance_margin(self, chosen: np.ndarray) -> tuple[float, float]:
-        """(measured variance ratio, margin) of the ``chosen`` pixels: the median Haar ratio read as a variance
-        ratio to the model's, and the upper end of its confidence interval (at least 1)."""
+    def variance_margin(self, chosen: np.ndarray) -> tuple[float, tuple[float, float]]:
+        """(measured variance ratio, (low, high)) of the ``chosen`` pixels: the median Haar ratio read as a
+        variance ratio to the model's, and the ends of its confidence interval (low at most 1, high at least 1)."""
         ratios = self.haar_ratio[chosen]
         cells = max(ratios.size / 4, 1.0)  # each 2 x 2 cell's ratio is carried by its 4 pixels
-        upper = min(1.0, 0.5 + MARGIN_CONFIDENCE_Z / (2.0 * math.sqrt(cells)))
+        spread = min(0.5, MARGIN_CONFIDENCE_Z / (2.0 * math.sqrt(cells)))
         measured = float(np.median(ratios)) / CHI2_1_MEDIAN
-        return measured, max(1.0, float(np.quantile(ratios, upper)) / CHI2_1_MEDIAN)
+        low, high = (float(np.quantile(ratios, 0.5 + side * spread)) / CHI2_1_MEDIAN for side in (-1, 1))
+        return measured, (min(1.0, low), max(1.0, high))
 
 
 def haar_variance_ratios(x: np.ndarray, variance: np.ndarray, correlation: np.ndarray) -> np.ndarray:
@@ -231,7 +300,7 @@ def haar_variance_ratios(x: np.ndarray, variance: np.ndarray, correlation: np.nd
 
 
 def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[dict[str, Any]]:
-    """One evidence row per intensity bin with enough pixels: its signal (source units), weight and risks."""
+    """One evidence row per intensity bin with enough pixels: its signal (source units), weights and risks."""
     level = pixels.level
     edges = np.quantile(level, np.linspace(0, 1, bins + 1))
     which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, bins - 1)
@@ -241,57 +310,84 @@ def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[d
         chosen = which == index
         if chosen.sum() < 100:
             continue
-        measured, margin = pixels.variance_margin(chosen)
-        stats = pixels.risk(chosen, margin)
-        halves = [pixels.risk(chosen & (pixels.half == h), margin) for h in (0, 1)]
-        weight = stats.safe_weight()
-        # Each half's weight must not raise the other half's error, at the model's variance or the margin times it.
-        held_out = all(halves[1 - h].cost(halves[h].safe_weight()) <= 0 for h in (0, 1))
+        measured, factors = pixels.variance_margin(chosen)
+        stats = pixels.risk(chosen, factors)
+        halves = [pixels.risk(chosen & (pixels.half == h), factors) for h in (0, 1)]
+        weights = stats.safe_weights()
+        # Each half's weights must not raise the other half's error, at either end of the measured variance ratio.
+        held_out = all(halves[1 - h].cost(halves[h].safe_weights()) <= 0 for h in (0, 1))
         if not held_out:
-            weight = 0.0
+            weights = np.zeros_like(weights)
         rows.append({
-            "signal": float(np.median(level[chosen]) * std + mean), "pixels": int(chosen.sum()), "weight": weight,
-            "unbounded_weight": stats.sure_weight(), "held_out_check": held_out,
-            "mse_network": float(stats.risk(0.0) * scale), "mse_posterior": float(stats.risk(weight) * scale),
+            "signal": float(np.median(level[chosen]) * std + mean), "pixels": int(chosen.sum()),
+            "weight": float(weights[0]), "weights": [float(w) for w in weights], "raw_share": float(weights.sum()),
+            "unbounded_weight": float(stats.sure_weights()[0]), "held_out_check": held_out,
+            "mse_network": float(stats.risk(np.zeros_like(weights)) * scale), "mse_posterior": float(stats.risk(weights) * scale),
             "noise_variance": float(stats.variance * scale), "noise_covariance_trace": float(stats.trace * scale),
-            "measured_variance_ratio": measured, "variance_margin": margin,
+            "measured_variance_ratio": measured, "variance_margin": factors[1], "variance_margin_low": factors[0],
         })
     return rows
 
 
 @dataclass(frozen=True)
 class _BinRisk:
-    """One bin's SURE statistics (normalised units): ``squared`` = mean (s_hat - x)^2, ``variance`` = mean
-    model variance, ``trace`` = mean tr(Sigma J) per pixel; ``margin``: how many times the model's variance
-    the true one may be (measured, :meth:`_PixelRisks.variance_margin`)."""
+    """One bin's SURE statistics (normalised units) over the window's residuals ``d``: ``second`` = mean
+    d d^T, ``cross`` = mean d d_0, ``covariance`` = mean model covariance of each window pixel's noise with
+    the pixel's (``variance`` its first entry), ``trace`` = mean tr(Sigma J) per pixel; ``factors``: the
+    least and most the true variance may be, in times the model's (measured, :meth:`_PixelRisks.variance_margin`)."""
 
-    squared: float
-    variance: float
+    second: np.ndarray
+    cross: np.ndarray
+    covariance: np.ndarray
     trace: float
-    margin: float = 1.0
+    factors: tuple[float, float] = (1.0, 1.0)
 
     @classmethod
-    def of(cls, squared: np.ndarray, variance: np.ndarray, trace: np.ndarray, margin: float = 1.0) -> "_BinRisk":
-        if squared.size == 0:
-            return cls(0.0, 0.0, 0.0, margin)
-        return cls(float(squared.mean()), float(variance.mean()), float(trace.mean()), margin)
+    def of(
+        cls, residuals: np.ndarray, covariance: np.ndarray, trace: np.ndarray, factors: tuple[float, float] = (1.0, 1.0)
+    ) -> "_BinRisk":
+        count = residuals.shape[1]
+        if count == 0:
+            size = residuals.shape[0]
+            return cls(np.zeros((size, size)), np.zeros(size), np.zeros(size), 0.0, factors)
+        d = residuals.astype(np.float64)
+        return cls(d @ d.T / count, d @ d[0] / count, covariance.astype(np.float64).mean(axis=1), float(trace.mean()), factors)
 
-    def risk(self, weight: float, factor: float = 1.0) -> float:
-        """SURE of ``s_hat + w (x - s_hat)`` when the true noise covariance is ``factor`` times the model's."""
-        return ((1 - weight) ** 2 * self.squared
-                + factor * (-self.variance + 2 * weight * self.variance + 2 * (1 - weight) * self.trace))
+    @property
+    def variance(self) -> float:
+        return float(self.covariance[0])
 
-    def sure_weight(self, factor: float = 1.0) -> float:
-        """The weight minimising the risk at ``factor`` (clipped to [0, 1])."""
+    @property
+    def squared(self) -> float:
+        """Mean (s_hat - x)^2."""
+        return float(self.second[0, 0])
+
+    def risk(self, weights: np.ndarray, factor: float = 1.0) -> float:
+        """SURE of ``s_hat + sum_j w_j d_j`` when the true noise covariance is ``factor`` times the model's."""
+        w = np.asarray(weights, dtype=np.float64)
+        return float(self.squared - 2 * w @ self.cross + w @ self.second @ w
+                     + factor * (2 * self.trace - self.variance + 2 * w @ (self.covariance - self.trace)))
+
+    def sure_weights(self, factor: float = 1.0) -> np.ndarray:
+        """The weights minimising the risk at ``factor`` (zeros where the residuals carry nothing)."""
         if not self.squared > 0:
-            return 0.0
-        return float(np.clip(1.0 - factor * (self.variance - self.trace) / self.squared, 0.0, 1.0))
+            return np.zeros_like(self.cross)
+        target = self.cross - factor * (self.covariance - self.trace)
+        # The least-norm solution: directions the residuals do not vary along (a network that is itself a
+        # linear mean of the window makes its residuals sum to 0) get no weight, not an arbitrary one.
+        return np.linalg.lstsq(self.second, target, rcond=SOLVE_RCOND)[0]
 
-    def safe_weight(self) -> float:
-        """SURE's weight, capped where a true variance up to ``margin`` x the model's would make it cost."""
-        bound = 2.0 * (1.0 - self.margin * (self.variance - self.trace) / self.squared) if self.squared > 0 else 0.0
-        return float(np.clip(min(self.sure_weight(), bound), 0.0, 1.0))
+    def safe_weights(self) -> np.ndarray:
+        """SURE's weights, scaled down until a true covariance anywhere between ``factors`` x the model's
+        could not make them cost (the cost is linear in the factor: its two ends decide)."""
+        weights = self.sure_weights()
+        curvature = float(weights @ self.second @ weights)
+        if not curvature > 0:
+            return np.zeros_like(weights)
+        bound = min(2.0 * float(weights @ (self.cross - f * (self.covariance - self.trace))) / curvature for f in self.factors)
+        return weights * float(np.clip(min(1.0, bound), 0.0, 1.0))
 
-    def cost(self, weight: float) -> float:
-        """How much the weight raises the risk over the network's, at the worse of factor 1 and the margin."""
-        return max(self.risk(weight, f) - self.risk(0.0, f) for f in (1.0, self.margin))
+    def cost(self, weights: np.ndarray) -> float:
+        """How much the weights raise the risk over the network's, at the worst of factor 1 and the two ends."""
+        zero = np.zeros_like(self.cross)
+        return max(self.risk(weights, f) - self.risk(zero, f) for f in (1.0, *self.factors))

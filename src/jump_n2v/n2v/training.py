@@ -46,7 +46,7 @@ from jump_n2v.n2v.checkpoint import (
 )
 from jump_n2v.n2v.masking import BlindRegion, StructMask, masked_mse, network_masked_mse
 from jump_n2v.n2v.model import UNet, build_unet
-from jump_n2v.n2v.posterior import Posterior, fit_posterior
+from jump_n2v.n2v.posterior import Posterior, fit_posterior, posterior_window
 from jump_n2v.n2v.reproducibility import data_identity, derived_seed, run_fingerprint, seed_everything
 from jump_n2v.n2v.sampling import PatchSampler, array_location
 from jump_n2v.n2v.similarity import fit_noise_model, normalised_quantiles, training_record
@@ -377,14 +377,18 @@ class _TrainingRun:
         if self.noise_model is not None:
             best_net = build_unet(**self.architecture).to(self.device)
             best_net.load_state_dict(self.best_weights)
+            blind_region = self.blind_spot.get("offsets") if self.blind_spot.get("mode") == "region" else None
             posterior, posterior_evidence = fit_posterior(
                 best_net, self.validation.targets, norm.mean, norm.std, self.noise_model,
                 batch_size=settings.batch_size, seed=derived_seed(settings.seed, _POSTERIOR_STREAM),
+                window=posterior_window(blind_region or ()),
             )
         if posterior is not None:
             self.log.info(
-                "posterior step: raw-pixel weights %s over signal %s; estimated MSE %.4g -> %.4g",
-                [round(w, 3) for w in posterior.weight], [round(c, 1) for c in posterior.signal],
+                "posterior step (%d raw pixels): the pixel's own weight %s, the window's total %s, over signal %s; "
+                "estimated MSE %.4g -> %.4g", len(posterior.offsets),
+                [round(row[0], 3) for row in posterior.weight], [round(sum(row), 3) for row in posterior.weight],
+                [round(c, 1) for c in posterior.signal],
                 posterior_evidence["estimated_mse_network"], posterior_evidence["estimated_mse_posterior"],
             )
         else:
