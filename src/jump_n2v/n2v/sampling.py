@@ -150,7 +150,7 @@ class PatchSampler:
     ``train_images`` images are chosen per array (seeded, per array, so adding a plate does not change
     another plate's choice); of all chosen images, ``validation_fraction`` (at least one, when there are
     two or more) are held out, and ``validation_patches`` fixed patches are drawn from them once.
-    Patches come out normalised with the training images' median and scaled MAD (:class:`Normalization`),
+    Patches come out normalised with the training images' median and winsorised std (:class:`Normalization`),
     shaped (B, 1, P, P) float32. ``exclude`` lists (array index, image) pairs never chosen (a control
     model trains on images its main model did not see, :mod:`jump_n2v.n2v.control`).
     """

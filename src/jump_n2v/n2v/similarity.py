@@ -13,8 +13,9 @@ and names each statistic that moved beyond its tolerance (the ``predict`` settin
 Statistics (``change`` in the comparison; each is "moved" when it exceeds its tolerance):
 
 * ``noise_gain``: ratio of the per-pixel gains, folded to >= 1 (1.5: either 1.5x or 1/1.5x);
-* ``noise_read_sd``: |difference| of the read-noise standard deviations, in units of the model's
-  normalisation scale (the training pixels' scaled MAD);
+* ``noise_read_sd``: |difference| of the read-noise standard deviations, in units of the
+  training images' noise standard deviation at their median level (for a sparse stain, the background's
+  spread);
 * ``noise_lag1``: largest |difference| of the lag-1 noise correlations along x and y;
 * ``intensity``: largest |difference| of a normalised-intensity quantile (1, 5, 25, 50, 75, 95, 99 %),
   as a fraction of the training quantiles' 1-99 % range;
@@ -147,6 +148,15 @@ def _statistic(training: Any, sample: Any, change: float, tolerance: float, note
     return entry
 
 
+def _read_sd_unit(trained: Any) -> float:
+    """What a read-noise shift is measured in: the training images' noise sd at their median level (the
+    normalisation offset) under the model training fitted; for a sparse stain that is its background's
+    spread. Models without a recorded noise model use their normalisation scale."""
+    if trained.record.noise_model is None:
+        return trained.std
+    return math.sqrt(float(NoiseModel.from_dict(trained.record.noise_model).variance(trained.mean)))
+
+
 def compare_with_training(
     trained: Any, images: Sequence[np.ndarray], tolerances: Mapping[str, float], *, patches: int, seed: int,
 ) -> dict[str, Any]:
@@ -181,7 +191,7 @@ def compare_with_training(
             recorded["gain"], sample["gain"], _folded_ratio(sample["gain"], recorded["gain"]), tolerances["noise_gain"])
         read_sd = [math.sqrt(max(value, 0.0)) for value in (recorded["read_variance"], sample["read_variance"])]
         statistics["noise_read_sd"] = _statistic(
-            read_sd[0], read_sd[1], abs(read_sd[1] - read_sd[0]) / trained.std, tolerances["noise_read_sd"])
+            read_sd[0], read_sd[1], abs(read_sd[1] - read_sd[0]) / _read_sd_unit(trained), tolerances["noise_read_sd"])
         lag_change = max(abs(sample[key] - recorded[key]) for key in ("lag1_x", "lag1_y"))
         statistics["noise_lag1"] = _statistic(
             [recorded["lag1_x"], recorded["lag1_y"]], [sample["lag1_x"], sample["lag1_y"]], lag_change, tolerances["noise_lag1"])
