@@ -225,8 +225,8 @@ def test_posterior_weights_match_the_oracle_and_never_hurt(correlation):
 
 def test_the_window_posterior_takes_what_the_neighbours_raw_values_hold_on_mixed_noise():
     # Issue 18: on 2 x 2-mixed noise the neighbours' noise is the pixel's, and a smooth network error shows
-    # in every residual of the window; the blind region's (3 x 3) weights fitted by SURE under the model must gain
-    # clearly more than the pixel alone and most of what the best window weights (least squares against the
+    # in every residual of the window; the window's (the 3 x 3 blind region grown to 5 x 5) weights fitted by SURE under the model must gain
+    # clearly more than the pixel alone and two thirds of what the best window weights (least squares against the
     # truth, the oracle) gain, without knowing the truth. A blind 9 x 9 mean is the "network".
     rng = np.random.default_rng(1)
     generator = torch.Generator().manual_seed(1)
@@ -241,7 +241,7 @@ def test_the_window_posterior_takes_what_the_neighbours_raw_values_hold_on_mixed
     pixel, _ = fit_posterior(net, patches, 0.0, 1.0, model, batch_size=16, seed=1)
     region = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]  # the 2 x 2 box's blind region
     window, evidence = fit_posterior(net, patches, 0.0, 1.0, model, batch_size=16, seed=1, window=posterior_window(region))
-    assert len(window.offsets) == 9 and window.offsets[0] == (0, 0)
+    assert len(window.offsets) == 25 and window.offsets[0] == (0, 0)  # the region grown by one ring
     with torch.no_grad():
         network = net(patches).numpy()[:, 0].astype(np.float64)
     inner = (slice(None), slice(8, -8), slice(8, -8))
@@ -251,12 +251,13 @@ def test_the_window_posterior_takes_what_the_neighbours_raw_values_hold_on_mixed
         return 10 * np.log10(np.mean((network[inner] - truth) ** 2) / np.mean((output[inner] - truth) ** 2))
 
     residuals = np.stack([np.roll(raw, (-dy, -dx), axis=(1, 2))[inner] - network[inner] for dy, dx in window.offsets], axis=-1)
-    best, *_ = np.linalg.lstsq(residuals.reshape(-1, 9), (truth - network[inner]).ravel(), rcond=None)
+    best, *_ = np.linalg.lstsq(residuals.reshape(-1, 25), (truth - network[inner]).ravel(), rcond=None)
     oracle_db = 10 * np.log10(np.mean((network[inner] - truth) ** 2) / np.mean((residuals @ best - (truth - network[inner])) ** 2))
     pixel_db = gain_db(np.stack([pixel.apply(r, n) for r, n in zip(raw, network)]))
     window_db = gain_db(np.stack([window.apply(r, n) for r, n in zip(raw, network)]))
-    assert window_db >= pixel_db + 1.0, (window_db, pixel_db, oracle_db)
-    assert window_db >= 0.8 * oracle_db, (window_db, oracle_db)
+    # The margin for correlation errors (CORRELATION_TOLERANCE) costs part of the oracle's gain where the model is exact.
+    assert window_db >= pixel_db + 0.5, (window_db, pixel_db, oracle_db)
+    assert window_db >= 0.65 * oracle_db, (window_db, oracle_db)
     estimated = 10 * np.log10(evidence["estimated_mse_network"] / evidence["estimated_mse_posterior"])
     assert estimated == pytest.approx(window_db, abs=0.5)
 
@@ -271,7 +272,13 @@ def test_posterior_records_of_the_pixel_alone_still_load_and_apply():
         Posterior(signal=(0.0,), weight=((0.1, 0.2),))
 
 
-def _blind_mean_with_posterior(photons, side, gain_error, rng):
+def test_the_posterior_window_is_the_pixel_or_the_blind_region_grown_by_one_ring():
+    assert posterior_window() == ((0, 0),)
+    line = posterior_window([(0, -1), (0, 1)])  # a horizontal structN2V-like region
+    assert line[0] == (0, 0) and set(line[1:]) == {(dy, dx) for dy in (-1, 0, 1) for dx in range(-2, 3)} - {(0, 0)}
+
+
+def _blind_mean_with_posterior(photons, side, gain_error, rng, window=((0, 0),)):
     """A camera (gain 2, offset 100, read variance 9) over ``photons``, a blind ``side`` x ``side`` mean as
     the "network", and the posterior fitted with a noise model whose gain is ``gain_error`` x the truth:
     (clean, noisy, network output, posterior output, evidence), in ADU."""
@@ -284,22 +291,27 @@ def _blind_mean_with_posterior(photons, side, gain_error, rng):
     mean, std = float(noisy.mean()), float(noisy.std())
     normalised = torch.from_numpy((noisy - mean) / std).float()[:, None]
     model = _model(WHITE, gain=gain * gain_error, offset=offset, read_variance=read_variance)
-    posterior, evidence = fit_posterior(net, normalised, mean, std, model, batch_size=16, seed=1)
+    posterior, evidence = fit_posterior(net, normalised, mean, std, model, batch_size=16, seed=1, window=window)
     with torch.no_grad():
         network = net(normalised).numpy()[:, 0].astype(np.float64) * std + mean
     combined = np.stack([posterior.apply(n, f) for n, f in zip(noisy, network)]) if posterior else network
     return clean, noisy, network, combined, evidence
 
 
+@pytest.mark.parametrize("window", [1, 5], ids=["pixel", "window5x5"])
 @pytest.mark.parametrize("gain_error", [0.7, 1.4])
-def test_posterior_never_lowers_psnr_when_the_gain_is_misread(gain_error):
+def test_posterior_never_lowers_psnr_when_the_gain_is_misread(gain_error, window):
     # Issue 18: a model reading DNA's gain as 0.69x the camera's gave SURE weights up to 0.32 and cost
     # 1.4 dB. A good "network" (a blind 5 x 5 mean on a smooth signal: the raw pixel has little to add)
     # with a model whose gain is off by 0.7x or 1.4x: the posterior must not lower the PSNR.
     rng = np.random.default_rng(3)
     photons = 40.0 + 160.0 * ndimage.gaussian_filter(rng.random((48, 96, 96)), (0, 6, 6)).clip(0, None)
     photons = 40.0 + 160.0 * (photons - photons.min()) / np.ptp(photons)
-    clean, noisy, network, combined, evidence = _blind_mean_with_posterior(photons, 5, gain_error, rng)
+    # The 5 x 5 window: a neighbour's weight is what a true variance below the model's makes costly (a gain
+    # read 1.4x cost 6.3 dB before the lower end of the measured variance ratio was checked).
+    half = window // 2
+    offsets = ((0, 0), *((dy, dx) for dy in range(-half, half + 1) for dx in range(-half, half + 1) if dy or dx))
+    clean, noisy, network, combined, evidence = _blind_mean_with_posterior(photons, 5, gain_error, rng, offsets)
     inner = (slice(None), slice(8, -8), slice(8, -8))
     mse_network = np.mean((network - clean)[inner] ** 2)
     mse_combined = np.mean((combined - clean)[inner] ** 2)
