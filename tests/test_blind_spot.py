@@ -12,7 +12,7 @@ from scipy import ndimage
 from conftest import demo_camera
 from jump_n2v.demo import DemoSpec, mix_pixels
 from jump_n2v.n2v.masking import STRUCT_RANDOM_RANGE, StructMask, dihedral, neighbourhood_region
-from jump_n2v.n2v.posterior import Posterior, binning_signal, correlated_unit_noise, fit_posterior, posterior_window
+from jump_n2v.n2v.posterior import Posterior, binning_signal, correlated_unit_noise, fit_posterior, posterior_windows
 from jump_n2v.n2v.sampling import PatchSampler
 from jump_n2v.n2v.blind_spot import BlindSpotMasking, decide_blind_spot, mask_plan_batch
 from jump_n2v.n2v.trained import load_trained
@@ -240,8 +240,8 @@ def test_the_window_posterior_takes_what_the_neighbours_raw_values_hold_on_mixed
     patches = torch.from_numpy(noisy).float()
     pixel, _ = fit_posterior(net, patches, 0.0, 1.0, model, batch_size=16, seed=1)
     region = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]  # the 2 x 2 box's blind region
-    window, evidence = fit_posterior(net, patches, 0.0, 1.0, model, batch_size=16, seed=1, window=posterior_window(region))
-    assert len(window.offsets) == 25 and window.offsets[0] == (0, 0)  # the region grown by one ring
+    window, evidence = fit_posterior(net, patches, 0.0, 1.0, model, batch_size=16, seed=1, windows=posterior_windows(region))
+    assert len(window.offsets) == 25 and window.offsets[0] == (0, 0)  # up to the region grown by one ring
     with torch.no_grad():
         network = net(patches).numpy()[:, 0].astype(np.float64)
     inner = (slice(None), slice(8, -8), slice(8, -8))
@@ -272,13 +272,17 @@ def test_posterior_records_of_the_pixel_alone_still_load_and_apply():
         Posterior(signal=(0.0,), weight=((0.1, 0.2),))
 
 
-def test_the_posterior_window_is_the_pixel_or_the_blind_region_grown_by_one_ring():
-    assert posterior_window() == ((0, 0),)
-    line = posterior_window([(0, -1), (0, 1)])  # a horizontal structN2V-like region
-    assert line[0] == (0, 0) and set(line[1:]) == {(dy, dx) for dy in (-1, 0, 1) for dx in range(-2, 3)} - {(0, 0)}
+def test_the_posterior_windows_are_the_pixel_its_blind_region_and_that_grown_by_one_ring():
+    assert posterior_windows() == (((0, 0),),)
+    pixel, region, grown = posterior_windows([(0, 1), (0, -1)])  # a horizontal structN2V-like region
+    assert pixel == ((0, 0),) and region == ((0, 0), (0, -1), (0, 1))
+    assert grown[:3] == region and set(grown) == {(dy, dx) for dy in (-1, 0, 1) for dx in range(-2, 3)}
+    with pytest.raises(ValueError, match="nested"):
+        fit_posterior(_fixed_filter_net(np.ones((1, 1))), torch.randn(2, 1, 32, 32), 0.0, 1.0, _model(WHITE),
+                      batch_size=2, seed=0, windows=[((0, 0),), ((0, 1), (0, 0))])
 
 
-def _blind_mean_with_posterior(photons, side, gain_error, rng, window=((0, 0),)):
+def _blind_mean_with_posterior(photons, side, gain_error, rng, windows=(((0, 0),),)):
     """A camera (gain 2, offset 100, read variance 9) over ``photons``, a blind ``side`` x ``side`` mean as
     the "network", and the posterior fitted with a noise model whose gain is ``gain_error`` x the truth:
     (clean, noisy, network output, posterior output, evidence), in ADU."""
@@ -291,7 +295,7 @@ def _blind_mean_with_posterior(photons, side, gain_error, rng, window=((0, 0),))
     mean, std = float(noisy.mean()), float(noisy.std())
     normalised = torch.from_numpy((noisy - mean) / std).float()[:, None]
     model = _model(WHITE, gain=gain * gain_error, offset=offset, read_variance=read_variance)
-    posterior, evidence = fit_posterior(net, normalised, mean, std, model, batch_size=16, seed=1, window=window)
+    posterior, evidence = fit_posterior(net, normalised, mean, std, model, batch_size=16, seed=1, windows=windows)
     with torch.no_grad():
         network = net(normalised).numpy()[:, 0].astype(np.float64) * std + mean
     combined = np.stack([posterior.apply(n, f) for n, f in zip(noisy, network)]) if posterior else network
@@ -311,7 +315,7 @@ def test_posterior_never_lowers_psnr_when_the_gain_is_misread(gain_error, window
     # read 1.4x cost 6.3 dB before the lower end of the measured variance ratio was checked).
     half = window // 2
     offsets = ((0, 0), *((dy, dx) for dy in range(-half, half + 1) for dx in range(-half, half + 1) if dy or dx))
-    clean, noisy, network, combined, evidence = _blind_mean_with_posterior(photons, 5, gain_error, rng, offsets)
+    clean, noisy, network, combined, evidence = _blind_mean_with_posterior(photons, 5, gain_error, rng, [offsets])
     inner = (slice(None), slice(8, -8), slice(8, -8))
     mse_network = np.mean((network - clean)[inner] ** 2)
     mse_combined = np.mean((combined - clean)[inner] ** 2)

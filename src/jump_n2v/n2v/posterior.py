@@ -4,8 +4,9 @@ A blind-spot network estimates each pixel from its surroundings; the noisy pixel
 information about the signal (the idea behind PN2V and Laine et al. 2019), and so do its neighbours
 inside the blind region: their noise is correlated with the pixel's where the camera mixes pixels, and
 the network's error varies slowly, so their residuals measure it. The posterior step is the linear
-estimate from the raw values of a window around the pixel (:func:`posterior_window`: the pixel alone
-where the blind spot is one pixel, the blind region grown by one ring where it is a region),
+estimate from the raw values of a window around the pixel (:func:`posterior_windows`: the pixel alone
+where the blind spot is one pixel; where it is a region, per intensity bin whichever of the pixel, the
+pixel and its region, and that grown by one ring scores better on held-out patches),
 ``out = s_hat + sum_j w_j(m) * (x_j - s_hat)``, with one weight vector per intensity bin of ``m``, the
 network output smoothed (Gaussian, sigma 2 px). Measured on 2 x 2-mixed synthetic stains at 400 steps
 (in-sample fits on the benchmark's two sites; BM3D with the true noise PSD in brackets): DNA the pixel
@@ -141,14 +142,16 @@ class Posterior:
                    offsets=tuple(tuple(o) for o in values.get("offsets", [(0, 0)])))
 
 
-def posterior_window(blind_region: Sequence[Sequence[int]] = ()) -> tuple[tuple[int, int], ...]:
-    """The raw pixels the posterior combines, (0, 0) first: the pixel alone for a one-pixel blind spot;
-    for a blind region, the region grown by one ring (a 3 x 3 region gives the 5 x 5 window)."""
-    region = {(int(dy), int(dx)) for dy, dx in blind_region} - {(0, 0)}
+def posterior_windows(blind_region: Sequence[Sequence[int]] = ()) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """The nested windows the posterior chooses from per bin, each extending the one before, (0, 0) first:
+    the pixel alone; with a blind region, also the pixel and its region, and that grown by one ring (a
+    3 x 3 region gives 1, 9 and 25 raw pixels)."""
+    region = sorted({(int(dy), int(dx)) for dy, dx in blind_region} - {(0, 0)})
     if not region:
-        return ((0, 0),)
-    grown = {(dy + a, dx + b) for dy, dx in region | {(0, 0)} for a in (-1, 0, 1) for b in (-1, 0, 1)} - {(0, 0)}
-    return ((0, 0), *sorted(grown))
+        return (((0, 0),),)
+    inner = ((0, 0), *region)
+    grown = {(dy + a, dx + b) for dy, dx in inner for a in (-1, 0, 1) for b in (-1, 0, 1)} - set(inner)
+    return (((0, 0),), inner, (*inner, *sorted(grown)))
 
 
 def correlated_unit_noise(shape: tuple[int, ...], correlation: np.ndarray, generator: torch.Generator) -> torch.Tensor:
@@ -181,10 +184,12 @@ def fit_posterior(
     batch_size: int,
     seed: int,
     bins: int = POSTERIOR_BINS,
-    window: Sequence[tuple[int, int]] = ((0, 0),),
+    windows: Sequence[Sequence[tuple[int, int]]] = (((0, 0),),),
 ) -> tuple[Posterior | None, dict[str, Any]]:
-    """Fit the per-bin weights of the raw pixels at the ``window`` offsets (see :func:`posterior_window`)
-    on normalised validation ``patches`` (N, 1, P, P); returns (posterior, evidence).
+    """Fit the per-bin weights of the raw pixels of one of the nested ``windows`` (see
+    :func:`posterior_windows`; per bin, the one whose weights fitted on one half of the validation patches
+    score the lower estimated error on the other) on normalised validation ``patches`` (N, 1, P, P);
+    returns (posterior, evidence).
 
     The evidence records, per bin, the weight and the estimated MSE (source units squared) of the
     network output and of the posterior. A border of P/8 (at most 8 px) is left out: prediction tiles
@@ -195,17 +200,19 @@ def fit_posterior(
     if getattr(noise_model, "processed", False):
         return None, {"fitted": False, "reason": "the noise model flags the data as processed: " + "; ".join(noise_model.notes)}
     net.eval()
-    offsets = tuple((int(dy), int(dx)) for dy, dx in window)
-    if not offsets or offsets[0] != (0, 0):
-        raise ValueError(f"posterior window {offsets}: the pixel itself, (0, 0), comes first")
+    candidates = [tuple((int(dy), int(dx)) for dy, dx in window) for window in windows]
+    offsets = candidates[-1]
+    if not offsets or offsets[0] != (0, 0) or any(offsets[: len(c)] != c for c in candidates):
+        raise ValueError(f"posterior windows {candidates}: nested, each extending the one before, (0, 0) first")
     pixels = _PixelRisks.of(net, patches, mean, std, noise_model, offsets, batch_size=batch_size, seed=seed)
-    rows = _fit_bins(pixels, bins, mean, std)
+    rows = _fit_bins(pixels, bins, mean, std, sizes=tuple(len(c) for c in candidates))
     if not rows:
         return None, {"fitted": False, "reason": "too few validation pixels"}
     counts = np.array([row["pixels"] for row in rows], dtype=np.float64)
     evidence = {
         "fitted": True,
-        "method": f"per-bin weights of the {len(offsets)} raw pixels of the pixel and its blind region minimising SURE under the "
+        "method": f"per-bin weights of the raw pixels of the nested windows of {[len(c) for c in candidates]} pixels (the one "
+                  "scoring better on held-out patches) minimising SURE under the "
                   "fitted noise model (correlation included), scaled down so that they cost nothing while the true variance is within each bin's measured margin of the model's "
                   "(upper confidence bound of the raw patches' Haar-detail variance over the model's), "
                   "and checked on the held-out half of the validation patches",
@@ -312,8 +319,9 @@ def haar_variance_ratios(x: np.ndarray, variance: np.ndarray, correlation: np.nd
     return np.repeat(np.repeat(ratio, 2, axis=-2), 2, axis=-1)
 
 
-def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[dict[str, Any]]:
-    """One evidence row per intensity bin with enough pixels: its signal (source units), weights and risks."""
+def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """One evidence row per intensity bin with enough pixels: its signal (source units), weights and risks.
+    ``sizes`` are the nested windows' pixel counts (prefixes of the offsets)."""
     level = pixels.level
     edges = np.quantile(level, np.linspace(0, 1, bins + 1))
     which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, bins - 1)
@@ -326,16 +334,21 @@ def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float) -> list[d
         measured, factors = pixels.variance_margin(chosen)
         stats = pixels.risk(chosen, factors)
         halves = [pixels.risk(chosen & (pixels.half == h), factors) for h in (0, 1)]
+        # The window whose weights, fitted on either half, score the least estimated error on the other.
+        size = min(sizes, key=lambda n: sum(
+            halves[1 - h].window(n).risk(halves[h].window(n).safe_weights()) for h in (0, 1)))
+        stats, halves = stats.window(size), [half.window(size) for half in halves]
         weights = stats.safe_weights()
         # Each half's weights must not raise the other half's error, at either end of the measured variance ratio.
         held_out = all(halves[1 - h].cost(halves[h].safe_weights()) <= 0 for h in (0, 1))
         if not held_out:
             weights = np.zeros_like(weights)
+        weights = np.concatenate([weights, np.zeros(sizes[-1] - size)])
         rows.append({
             "signal": float(np.median(level[chosen]) * std + mean), "pixels": int(chosen.sum()),
-            "weight": float(weights[0]), "weights": [float(w) for w in weights], "raw_share": float(weights.sum()),
+            "window": size, "weight": float(weights[0]), "weights": [float(w) for w in weights], "raw_share": float(weights.sum()),
             "unbounded_weight": float(stats.sure_weights()[0]), "held_out_check": held_out,
-            "mse_network": float(stats.risk(np.zeros_like(weights)) * scale), "mse_posterior": float(stats.risk(weights) * scale),
+            "mse_network": float(stats.risk(np.zeros(size)) * scale), "mse_posterior": float(stats.risk(weights[:size]) * scale),
             "noise_variance": float(stats.variance * scale), "noise_covariance_trace": float(stats.trace * scale),
             "measured_variance_ratio": measured, "variance_margin": factors[1], "variance_margin_low": factors[0],
         })
@@ -369,6 +382,10 @@ class _BinRisk:
     @property
     def variance(self) -> float:
         return float(self.covariance[0])
+
+    def window(self, size: int) -> "_BinRisk":
+        """The statistics of the first ``size`` raw pixels of the window alone."""
+        return _BinRisk(self.second[:size, :size], self.cross[:size], self.covariance[:size], self.trace, self.factors)
 
     @property
     def squared(self) -> float:

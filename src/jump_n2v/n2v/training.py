@@ -46,7 +46,7 @@ from jump_n2v.n2v.checkpoint import (
 )
 from jump_n2v.n2v.masking import BlindRegion, StructMask, masked_mse, network_masked_mse
 from jump_n2v.n2v.model import UNet, build_unet
-from jump_n2v.n2v.posterior import Posterior, fit_posterior, posterior_window
+from jump_n2v.n2v.posterior import Posterior, fit_posterior, posterior_windows
 from jump_n2v.n2v.reproducibility import data_identity, derived_seed, run_fingerprint, seed_everything
 from jump_n2v.n2v.sampling import PatchSampler, array_location
 from jump_n2v.n2v.similarity import fit_noise_model, normalised_quantiles, training_record
@@ -381,7 +381,7 @@ class _TrainingRun:
             posterior, posterior_evidence = fit_posterior(
                 best_net, self.validation.targets, norm.mean, norm.std, self.noise_model,
                 batch_size=settings.batch_size, seed=derived_seed(settings.seed, _POSTERIOR_STREAM),
-                window=posterior_window(blind_region or ()),
+                windows=posterior_windows(blind_region or ()),
             )
         if posterior is not None:
             self.log.info(
