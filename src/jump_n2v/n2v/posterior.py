@@ -334,9 +334,11 @@ def _fit_bins(pixels: _PixelRisks, bins: int, mean: float, std: float, sizes: tu
         measured, factors = pixels.variance_margin(chosen)
         stats = pixels.risk(chosen, factors)
         halves = [pixels.risk(chosen & (pixels.half == h), factors) for h in (0, 1)]
-        # The window whose weights, fitted on either half, score the least estimated error on the other.
+        # The window whose weights, fitted on either half, score the least estimated error on the other at
+        # its worst (either end of the variance ratio, correlation errors within the tolerance): a wide
+        # window's estimate leans on the model's correlation at every neighbour.
         size = min(sizes, key=lambda n: sum(
-            halves[1 - h].window(n).risk(halves[h].window(n).safe_weights()) for h in (0, 1)))
+            halves[1 - h].window(n).cost(halves[h].window(n).safe_weights()) for h in (0, 1)))
         stats, halves = stats.window(size), [half.window(size) for half in halves]
         weights = stats.safe_weights()
         # Each half's weights must not raise the other half's error, at either end of the measured variance ratio.
