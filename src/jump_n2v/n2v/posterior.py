@@ -56,8 +56,8 @@ model that reads the variance high only lowers the weight, but a neighbour's wei
 lower true variance makes costly (a gain read 1.4x the camera's cost 6.3 dB before the lower end was
 checked). A fixed margin of 1.5 (the rule before the measured one) zeroed every weight of a network
 whose error is small against the noise, which is where the posterior's gain lies (0.5-2.1 dB on the
-demo plate). A bin's weights are also checked on the half of the validation patches it was not fitted on (the bound must hold there too) and falls back to 0 (the
-network's output) where it does not.
+demo plate). A bin's weights are also checked on the half of the validation patches they were not fitted
+on (the bound must hold there too) and fall back to 0 (the network's output) where it does not.
 """
 
 from __future__ import annotations
@@ -114,16 +114,12 @@ class Posterior:
         if any(len(row) != len(self.offsets) for row in weight) or len(weight) != len(self.signal):
             raise ValueError(f"posterior: {len(self.signal)} bins and {len(self.offsets)} offsets, but weights {weight}")
 
-    @property
-    def radius(self) -> int:
-        return max(max(abs(dy), abs(dx)) for dy, dx in self.offsets)
-
     def apply(self, raw: np.ndarray, denoised: np.ndarray) -> np.ndarray:
         """The posterior estimate (float32) from the raw image and the network output (same units).
         The window is reflected at the image border."""
         denoised = np.asarray(denoised, dtype=np.float32)
         level = binning_signal(denoised)
-        r = self.radius
+        r = window_radius(self.offsets)
         padded = np.pad(np.asarray(raw, dtype=np.float32), [(0, 0)] * (denoised.ndim - 2) + [(r, r), (r, r)], mode="reflect")
         height, width = denoised.shape[-2:]
         out = denoised.copy()
@@ -140,6 +136,11 @@ class Posterior:
     def from_dict(cls, values: Mapping[str, Any]) -> "Posterior":
         return cls(signal=tuple(float(v) for v in values["signal"]), weight=tuple(values["weight"]),
                    offsets=tuple(tuple(o) for o in values.get("offsets", [(0, 0)])))
+
+
+def window_radius(offsets: Sequence[tuple[int, int]]) -> int:
+    """How far (Chebyshev) the window's farthest raw pixel lies from the pixel."""
+    return max(max(abs(dy), abs(dx)) for dy, dx in offsets)
 
 
 def posterior_windows(blind_region: Sequence[Sequence[int]] = ()) -> tuple[tuple[tuple[int, int], ...], ...]:
@@ -213,8 +214,9 @@ def fit_posterior(
         "fitted": True,
         "method": f"per-bin weights of the raw pixels of the nested windows of {[len(c) for c in candidates]} pixels (the one "
                   "scoring better on held-out patches) minimising SURE under the "
-                  "fitted noise model (correlation included), scaled down so that they cost nothing while the true variance is within each bin's measured margin of the model's "
-                  "(upper confidence bound of the raw patches' Haar-detail variance over the model's), "
+                  "fitted noise model (correlation included), scaled down so that they cost nothing while the true variance is anywhere "
+                  "between the ends of each bin's measured ratio to the model's (confidence interval of the raw patches' Haar-detail "
+                  "variance over the model's) and each neighbour's correlation is off by up to CORRELATION_TOLERANCE, "
                   "and checked on the held-out half of the validation patches",
         "estimated_mse_network": float(np.average([row["mse_network"] for row in rows], weights=counts)),
         "estimated_mse_posterior": float(np.average([row["mse_posterior"] for row in rows], weights=counts)),
@@ -254,8 +256,7 @@ class _PixelRisks:
         generator = torch.Generator().manual_seed(seed)
         correlation = np.asarray(noise_model.correlation, dtype=np.float64)
         lags = correlation.shape[0] // 2
-        radius = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-        margin = max(radius, min(8, patches.shape[-1] // 8))
+        margin = max(window_radius(offsets), min(8, patches.shape[-1] // 8))
         height, width = patches.shape[-2:]
         inner = (slice(None), 0, slice(margin, height - margin), slice(margin, width - margin))
 

@@ -85,12 +85,14 @@ WINSOR_PERCENT = 1.0
 ROBUST_SAMPLE_PIXELS = 2**22
 
 
-def weighted_quantile(values: np.ndarray, counts: np.ndarray, fraction: float) -> float:
-    """The value below which ``fraction`` of the (``counts``-weighted) values lie: the lower one at a tie, exact."""
+def weighted_quantiles(values: np.ndarray, counts: np.ndarray, fractions: Sequence[float]) -> list[float]:
+    """The values below which each of ``fractions`` of the (``counts``-weighted) values lie: the lower one
+    at a tie, exact. One sort for all of them."""
     order = np.argsort(values, kind="stable")
-    cumulative = np.cumsum(counts[order])
-    rank = min(int(math.floor(fraction * (cumulative[-1] - 1))), int(cumulative[-1]) - 1)
-    return float(values[order][np.searchsorted(cumulative, rank + 1)])
+    ordered, cumulative = values[order], np.cumsum(counts[order])
+    total = int(cumulative[-1])
+    ranks = [min(int(math.floor(fraction * (total - 1))), total - 1) for fraction in fractions]
+    return [float(ordered[np.searchsorted(cumulative, rank + 1)]) for rank in ranks]
 
 
 def median_and_winsorised_std(values: np.ndarray, counts: np.ndarray | None = None) -> tuple[float, float]:
@@ -98,7 +100,7 @@ def median_and_winsorised_std(values: np.ndarray, counts: np.ndarray | None = No
     :data:`WINSOR_PERCENT` and 100 - :data:`WINSOR_PERCENT` percentiles. ``counts`` weighs each value (a histogram)."""
     values = np.asarray(values, dtype=np.float64)
     counts = np.ones(values.shape, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-    low, median, high = (weighted_quantile(values, counts, f) for f in (WINSOR_PERCENT / 100, 0.5, 1 - WINSOR_PERCENT / 100))
+    low, median, high = weighted_quantiles(values, counts, (WINSOR_PERCENT / 100, 0.5, 1 - WINSOR_PERCENT / 100))
     clipped = np.clip(values, low, high)
     weights = counts.astype(np.float64)
     centre = float(np.average(clipped, weights=weights))
