@@ -394,22 +394,26 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 
 
 @torch.inference_mode()
+def network_masked_errors(
+    net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, batch_size: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The network's squared error at every blind spot of masked ``inputs`` (``masks`` True), float32,
+    ``batch_size`` patches per pass on the tensors' device, with the net in eval mode."""
+    net.eval()
+    errors = []
+    for start in range(0, len(inputs), batch_size):
+        stop = start + batch_size
+        with torch.autocast(inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            prediction = net(inputs[start:stop])
+        errors.append((prediction.float() - targets[start:stop])[masks[start:stop]].square())
+    return torch.cat(errors)
+
+
 def network_masked_mse(
     net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, batch_size: int,
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
-    """The network's mean squared error over the blind spots of masked ``inputs`` (``masks`` True),
-    ``batch_size`` patches per pass on the tensors' device, with the net in eval mode: the validation loss
-    of training and the loss prediction compares a plate's patches with (jump_n2v.n2v.similarity)."""
-    net.eval()
-    device = inputs.device
-    total = torch.zeros((), device=device)
-    count = torch.zeros((), device=device)
-    for start in range(0, len(inputs), batch_size):
-        stop = start + batch_size
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            prediction = net(inputs[start:stop])
-        mask = masks[start:stop].float()
-        total += ((prediction.float() - targets[start:stop]).square() * mask).sum()
-        count += mask.sum()
-    return float(total / count)
+    """The network's mean squared error over the blind spots of masked ``inputs``: the validation loss
+    of training."""
+    return float(network_masked_errors(net, inputs, targets, masks, batch_size, autocast_dtype).mean())

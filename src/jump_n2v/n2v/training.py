@@ -44,7 +44,7 @@ from jump_n2v.n2v.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
-from jump_n2v.n2v.masking import BlindRegion, StructMask, masked_mse, network_masked_mse
+from jump_n2v.n2v.masking import BlindRegion, StructMask, masked_mse, network_masked_errors, network_masked_mse
 from jump_n2v.n2v.model import UNet, build_unet
 from jump_n2v.n2v.posterior import Posterior, fit_posterior, posterior_windows
 from jump_n2v.n2v.reproducibility import data_identity, derived_seed, run_fingerprint, seed_everything
@@ -148,8 +148,9 @@ def train_channel(
     while not run.finished:
         run.fit_epoch()
         run.save_checkpoint()
-    posterior, posterior_evidence = run.fit_posterior()
-    record = run.model_record(posterior, posterior_evidence)
+    best_net = run.best_network()
+    posterior, posterior_evidence = run.fit_posterior(best_net)
+    record = run.model_record(best_net, posterior, posterior_evidence)
     run.write(model_dir, record)
     return record.to_dict()
 
@@ -369,14 +370,18 @@ class _TrainingRun:
         )
         save_checkpoint(self.checkpoint_path, payload)
 
-    def fit_posterior(self) -> tuple[Posterior | None, dict]:
+    def best_network(self) -> UNet:
+        """A network holding the best epoch's weights (what model.pt saves)."""
+        best_net = build_unet(**self.architecture).to(self.device)
+        best_net.load_state_dict(self.best_weights)
+        return best_net
+
+    def fit_posterior(self, best_net: UNet) -> tuple[Posterior | None, dict]:
         """Fit the posterior step's weights for the best net on the validation targets (only with a
         noise model), and log the outcome."""
         settings, norm = self.settings, self.sampler.normalization
         posterior, posterior_evidence = None, {"fitted": False, "reason": "no noise model"}
         if self.noise_model is not None:
-            best_net = build_unet(**self.architecture).to(self.device)
-            best_net.load_state_dict(self.best_weights)
             blind_region = self.blind_spot.get("offsets") if self.blind_spot.get("mode") == "region" else None
             posterior, posterior_evidence = fit_posterior(
                 best_net, self.validation.targets, norm.mean, norm.std, self.noise_model,
@@ -395,11 +400,14 @@ class _TrainingRun:
             self.log.info("posterior step not fitted: %s", posterior_evidence["reason"])
         return posterior, posterior_evidence
 
-    def model_record(self, posterior: Posterior | None, posterior_evidence: dict) -> ModelRecord:
+    def model_record(self, best_net: UNet, posterior: Posterior | None, posterior_evidence: dict) -> ModelRecord:
         """The model.json record: settings, normalisation, training summary, data split, seed, versions,
-        blind spot, noise model, posterior and the training-data record (:mod:`jump_n2v.n2v.similarity`)."""
-        settings, progress, sampler = self.settings, self.progress, self.sampler
+        blind spot, noise model, posterior and the training-data record (:mod:`jump_n2v.n2v.similarity`),
+        whose masked loss is the best net's on the validation patches."""
+        settings, progress, sampler, validation = self.settings, self.progress, self.sampler, self.validation
         noise_model = self.noise_model
+        validation_errors = network_masked_errors(
+            best_net, validation.inputs, validation.targets, validation.masks, settings.batch_size, self.autocast_dtype)
         return ModelRecord(
             settings=settings.to_dict(),
             normalization=sampler.normalization.to_dict(),
@@ -426,7 +434,7 @@ class _TrainingRun:
             blind_spot=self.blind_spot,
             noise_model=noise_model.to_dict() if noise_model is not None else None,
             posterior={**posterior_evidence, **(posterior.to_dict() if posterior is not None else {})},
-            training_data=training_record(self.data_quantiles, noise_model, progress.best_val_loss, self.data_images),
+            training_data=training_record(self.data_quantiles, noise_model, validation_errors, self.data_images),
         )
 
     def write(self, model_dir: Path, record: ModelRecord) -> None:
