@@ -48,7 +48,7 @@ def test_defaults_are_filled_from_the_schema():
     assert config["experiments"]["exp"]["train_on"] == "plate"
     n2v = channel_settings(config, "exp", "DNA")["n2v"]
     assert n2v == section_defaults("n2v")
-    assert n2v["depth"] == 2 and n2v["base_filters"] == 32 and n2v["masked_fraction"] == 0.002
+    assert n2v["depth"] == 2 and n2v["base_filters"] == 32 and n2v["masked_fraction"] == 0.05
 
 
 def test_channel_override_wins_over_experiment_and_global_settings():

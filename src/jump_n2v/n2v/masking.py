@@ -1,8 +1,12 @@
 """Blind-spot masking for Noise2Void training: N2V, N2V2 and structN2V, vectorised in torch.
 
 A batch of normalised patches is split into a grid of square cells of side
-``round(1 / sqrt(masked_fraction))``; one pixel per cell is picked at random (stratified sampling, as
-in N2V and CAREamics) and its value is replaced so that the network never sees it:
+``round(1 / sqrt(masked_fraction / hidden))``, where ``hidden`` is the number of pixels each blind spot
+hides (1, or 1 + its region's); one pixel per cell is picked at random (stratified sampling, as in N2V
+and CAREamics) and its value is replaced so that the network never sees it. ``masked_fraction`` is thus
+the fraction of pixels the network does not see, whatever the region: a 3 x 3 region spreads the blind
+spots 3x further apart than a lone pixel, so that the input stays mostly raw (at 5 % hidden pixels,
+2 x 2-mixed AGP: centres 7 px apart 29.96 dB, 13 px apart 32.75; docs/benchmarks.md 'Masked fraction'):
 
 * ``uniform`` (N2V): the value of a uniformly random neighbour in the ``roi_size`` x ``roi_size``
   window around the pixel, the centre excluded;
@@ -166,11 +170,12 @@ def as_region(region: "BlindRegion | StructMask | None") -> BlindRegion | None:
     return region if region is not None and region.offsets else None
 
 
-def stratification_cell_size(masked_fraction: float) -> int:
-    """Side of the grid cells that each hold one blind spot (0.002 -> 22 pixels)."""
+def stratification_cell_size(masked_fraction: float, hidden: int = 1) -> int:
+    """Side of the grid cells that each hold one blind spot hiding ``hidden`` pixels, so that about
+    ``masked_fraction`` of the pixels are hidden (0.05 -> 4 pixels alone, 13 with 8 neighbours)."""
     if not 0 < masked_fraction <= 1:
         raise ValueError(f"masked_fraction must be in (0, 1], got {masked_fraction}")
-    return max(1, round(1 / math.sqrt(masked_fraction)))
+    return max(1, round(1 / math.sqrt(masked_fraction / hidden)))
 
 
 def stratified_positions(
@@ -291,7 +296,8 @@ def mask_batch(
     transforms = _plane_transforms(transforms, planes.shape[0], device)
 
     plane, ys, xs = stratified_positions(
-        planes.shape[0], height, width, stratification_cell_size(masked_fraction),
+        planes.shape[0], height, width,
+        stratification_cell_size(masked_fraction, 1 + (len(region.offsets) if region is not None else 0)),
         generator=generator, device=device,
     )
     spots = _BlindSpots(planes.reshape(-1), plane, ys, xs, height, width)
