@@ -401,11 +401,11 @@ class _BinRisk:
         return float(self.squared - 2 * w @ self.cross + w @ self.second @ w
                      + factor * (2 * self.trace - self.variance + 2 * w @ (self.covariance - self.trace)))
 
-    def sure_weights(self, factor: float = 1.0) -> np.ndarray:
-        """The weights minimising the risk at ``factor`` (zeros where the residuals carry nothing)."""
+    def sure_weights(self) -> np.ndarray:
+        """The weights minimising the risk under the model's covariance (zeros where the residuals carry nothing)."""
         if not self.squared > 0:
             return np.zeros_like(self.cross)
-        target = self.cross - factor * (self.covariance - self.trace)
+        target = self.cross - (self.covariance - self.trace)
         # The least-norm solution: directions the residuals do not vary along (a network that is itself a
         # linear mean of the window makes its residuals sum to 0) get no weight, not an arbitrary one.
         return np.linalg.lstsq(self.second, target, rcond=SOLVE_RCOND)[0]
