@@ -131,7 +131,7 @@ def train_ours(dataset: dict, blind_spot: str, args, work: Path) -> dict:
     settings = N2VSettings.from_dict({
         "depth": 2, "base_filters": 32, "patch_size": args.patch_size, "batch_size": args.batch_size,
         "epochs": epochs, "steps_per_epoch": args.steps // epochs, "learning_rate": args.learning_rate,
-        "masked_fraction": args.masked_fraction,
+        **({"masked_fraction": args.masked_fraction} if args.masked_fraction is not None else {}),
         "validation_patches": args.validation_patches, "device": args.device, "seed": args.seed,
         "early_stopping_patience": 1000, "blind_spot": blind_spot,
     })
@@ -191,7 +191,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps-per-epoch", type=int, default=100, help="ours: steps between validations")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--masked-fraction", type=float, default=0.002, help="ours: fraction of pixels masked per patch")
+    parser.add_argument("--masked-fraction", type=float, default=None,
+                        help="ours: fraction of pixels hidden per patch (default: the schema's n2v.masked_fraction)")
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--validation-patches", type=int, default=32, help="ours: fixed validation patches")
     parser.add_argument("--sites", type=int, default=4, help="synthetic sites per stain")
