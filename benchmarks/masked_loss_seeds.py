@@ -47,7 +47,7 @@ def main() -> None:
     trained = load_trained(args.model_json)
     image = zarr.open_array(args.array, mode="r")[0].astype(np.float32)
     reference = seed_errors(trained, image, args.patches, 0)
-    cap = float(torch.quantile(reference.double(), similarity.MASKED_LOSS_CAP_PERCENTILE / 100))
+    cap = float(np.percentile(reference.double().numpy(), similarity.MASKED_LOSS_CAP_PERCENTILE))
     capped_reference = similarity.winsorised_mean(reference, cap)
     uncapped, ratios = [], []
     for seed in range(1, args.seeds):

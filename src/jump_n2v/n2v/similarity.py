@@ -109,7 +109,8 @@ def training_record(
 ) -> dict:
     """model.json ``training_data``: what :func:`compare_with_training` compares a plate's sample with.
     ``validation_errors``: the best network's squared errors at the validation patches' blind spots."""
-    cap = float(torch.quantile(validation_errors.double().cpu(), MASKED_LOSS_CAP_PERCENTILE / 100))
+    # numpy, not torch.quantile, which refuses more than 2**24 values (large validation sets at a high masked fraction).
+    cap = float(np.percentile(validation_errors.double().cpu().numpy(), MASKED_LOSS_CAP_PERCENTILE))
     return {
         "format": RECORD_FORMAT,
         "images": images,
