@@ -104,13 +104,18 @@ def winsorised_mean(errors: torch.Tensor, cap: float | None) -> float:
     return float((errors if cap is None else errors.clamp(max=cap)).mean())
 
 
+def masked_loss_cap(errors: torch.Tensor) -> float:
+    """The cap of the masked loss's squared errors: their :data:`MASKED_LOSS_CAP_PERCENTILE` percentile."""
+    # numpy, not torch.quantile, which refuses more than 2**24 values (large validation sets at a high masked fraction).
+    return float(np.percentile(errors.double().cpu().numpy(), MASKED_LOSS_CAP_PERCENTILE))
+
+
 def training_record(
     quantiles: Sequence[float], noise_model: NoiseModel | None, validation_errors: torch.Tensor, images: int
 ) -> dict:
     """model.json ``training_data``: what :func:`compare_with_training` compares a plate's sample with.
     ``validation_errors``: the best network's squared errors at the validation patches' blind spots."""
-    # numpy, not torch.quantile, which refuses more than 2**24 values (large validation sets at a high masked fraction).
-    cap = float(np.percentile(validation_errors.double().cpu().numpy(), MASKED_LOSS_CAP_PERCENTILE))
+    cap = masked_loss_cap(validation_errors)
     return {
         "format": RECORD_FORMAT,
         "images": images,
@@ -130,10 +135,10 @@ def _blind_region(record: ModelRecord) -> BlindRegion | None:
 
 
 @torch.inference_mode()
-def masked_loss(trained: Any, images: Sequence[np.ndarray], patches: int, seed: int, cap: float | None) -> float:
-    """The network's masked N2V loss on ``patches`` seeded patches of ``images``, normalised, patched and
-    masked as training's validation patches were (its patch size, masked fraction, window, blind spot),
-    each squared error capped at ``cap`` (None: uncapped)."""
+def masked_errors(trained: Any, images: Sequence[np.ndarray], patches: int, seed: int) -> torch.Tensor:
+    """The network's squared errors at the blind spots of ``patches`` seeded patches of ``images``,
+    normalised, patched and masked as training's validation patches were (its patch size, masked
+    fraction, window, blind spot)."""
     settings = trained.settings
     size = settings.patch_size
     rng = np.random.default_rng([seed, _PATCH_STREAM])
@@ -150,8 +155,12 @@ def masked_loss(trained: Any, images: Sequence[np.ndarray], patches: int, seed: 
     masking = BlindSpotMasking.from_settings(settings, _blind_region(trained.record))
     inputs, masks = masking.mask(targets, generator=generator)
     device = next(trained.net.parameters()).device
-    errors = network_masked_errors(trained.net, inputs.to(device), targets.to(device), masks.to(device), settings.batch_size)
-    return winsorised_mean(errors, cap)
+    return network_masked_errors(trained.net, inputs.to(device), targets.to(device), masks.to(device), settings.batch_size)
+
+
+def masked_loss(trained: Any, images: Sequence[np.ndarray], patches: int, seed: int, cap: float | None) -> float:
+    """:func:`masked_errors`' mean, each squared error capped at ``cap`` (None: uncapped)."""
+    return winsorised_mean(masked_errors(trained, images, patches, seed), cap)
 
 
 def _folded_ratio(sample: float, training: float) -> float:
